@@ -1,0 +1,1 @@
+"""Torch networks, losses, metrics, training, checkpoints and the Predictor."""
