@@ -1,0 +1,211 @@
+"""The ``slidewatch`` command line (typer). Wiring only: parse, call the library, show progress."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from datetime import date, datetime
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from pipeline import __version__
+from pipeline.collections import PLANETARY_COMPUTER_STAC
+from pipeline.config import CubeConfig, TimeWindow
+from pipeline.errors import SlidewatchError, TimeWindowError
+from pipeline.regions import parse_region
+
+app = typer.Typer(
+    name="slidewatch",
+    help="Landslide risk mapping from Sentinel-1/2 and Copernicus DEM over STAC.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+console = Console(stderr=True)
+out_console = Console()
+
+
+def _parse_day(text: str, what: str) -> date:
+    try:
+        return datetime.strptime(text, "%Y-%m-%d").date()
+    except ValueError:
+        raise TimeWindowError(f"{what} {text!r} is not a date.", "use YYYY-MM-DD, e.g. 2024-07-01.") from None
+
+
+def parse_window(start: str, end: str) -> TimeWindow:
+    s, e = _parse_day(start, "--start"), _parse_day(end, "--end")
+    if e < s:
+        raise TimeWindowError(f"--end {e} is before --start {s}.", "swap them.")
+    return TimeWindow(s, e)
+
+
+def _human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1024 or unit == "TB":
+            return f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TB"
+
+
+class _RunProgress:
+    """Turns the run's events into a rich progress display."""
+
+    def __init__(self) -> None:
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+            console=console, transient=False,
+        )
+        self.tasks: dict[str, int] = {}
+
+    def __call__(self, kind: str, info: dict) -> None:
+        zone = info.get("zone", "")
+        if kind == "search":
+            console.print(f"[cyan]searching[/] STAC for zone {zone} ...")
+        elif kind == "searched":
+            counts = ", ".join(f"{k}: {v}" for k, v in info["counts"].items())
+            console.print(f"  items: {counts}")
+            for note in info.get("notes", []):
+                console.print(f"  [yellow]note:[/] {note}")
+        elif kind == "reused":
+            console.print(f"[green]reusing[/] finished cube {info['path']}")
+        elif kind == "tiles":
+            self.progress.start()
+            self.tasks[zone] = self.progress.add_task(f"cube {zone}", total=info["total"], completed=0)
+        elif kind == "tile":
+            self.progress.advance(self.tasks[zone])
+        elif kind == "written":
+            self.progress.stop()
+            console.print(f"[green]cube written[/] {info['path']}")
+
+    def stop(self) -> None:
+        self.progress.stop()
+
+
+def _print_plan(result) -> None:  # type: ignore[no-untyped-def]
+    table = Table(title="slidewatch dry-run plan")
+    for col in ("zone", "EPSG", "grid (px)", "area km²", "chunks", "items", "est. bytes read", "dask tasks"):
+        table.add_column(col)
+    for p in result.plans:
+        g = p.grid
+        cy, cx = g.chunk_shape
+        items = "\n".join(f"{k}: {v}" for k, v in p.items.items())
+        table.add_row(g.zone_name, str(g.epsg), f"{g.width}×{g.height}", f"{p.area_km2:,.1f}",
+                      f"{cy}×{cx}={cy * cx} of {g.chunk}²", items, _human_bytes(p.bytes_read), f"{p.tasks:,}")
+    out_console.print(table)
+    for p in result.plans:
+        for note in p.notes:
+            out_console.print(f"note ({p.grid.zone_name}): {note}")
+
+
+@app.command()
+def run(
+    region: Annotated[str, typer.Option(help="Built-in name (demo, hongya, junlian), bbox 'west,south,east,north' in degrees, or a GeoJSON file.")],
+    start: Annotated[str, typer.Option(help="First day of the imagery window, YYYY-MM-DD.")],
+    end: Annotated[str, typer.Option(help="Last day of the imagery window, YYYY-MM-DD.")],
+    stac_url: Annotated[str, typer.Option(help="STAC API; Planetary Computer by default (signed automatically).")] = PLANETARY_COMPUTER_STAC,
+    out: Annotated[Path, typer.Option(help="Output root; the run writes under OUT/REGION/START_END/.")] = Path("out"),
+    max_cloud: Annotated[float, typer.Option(help="Largest scene cloud cover (%) searched for Sentinel-2.")] = 60.0,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan (items, grid, chunks, bytes, tasks) and exit.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a finished store made with other inputs.")] = False,
+) -> None:
+    """Build the aligned cube (Zarr) for a region and time window."""
+    from flows.regional_run import regional_run
+
+    reg = parse_region(region)
+    window = parse_window(start, end)
+    if not 0 < max_cloud <= 100:
+        raise TimeWindowError(f"--max-cloud {max_cloud} is outside (0, 100].", "give a percentage such as 60.")
+    config = CubeConfig(max_cloud_cover=max_cloud)
+    progress = _RunProgress()
+    try:
+        result = regional_run(reg, window, stac_url, out, config, dry_run=dry_run, overwrite=overwrite, on_event=progress)
+    finally:
+        progress.stop()
+    if dry_run:
+        _print_plan(result)
+        return
+    for z in result.zones:
+        out_console.print(f"{z.grid.zone_name}: {z.cube_path}")
+    out_console.print(f"open with: xr.open_zarr({str(result.zones[0].cube_path)!r}, decode_coords='all')")
+
+
+@app.command()
+def demo(
+    data: Annotated[Path, typer.Option(help="Where the generated demo region is cached.")] = Path("data/demo"),
+    out: Annotated[Path, typer.Option(help="Output root of the demo run.")] = Path("out"),
+    regenerate: Annotated[bool, typer.Option("--regenerate", help="Regenerate the synthetic region even if cached.")] = False,
+    seed: Annotated[int, typer.Option(help="Seed of the synthetic region.")] = 20240701,
+) -> None:
+    """Generate (once) the synthetic demo region, serve it as a local STAC API, and run it."""
+    from flows.regional_run import regional_run
+    from pipeline.demo import LocalStacServer, ensure_demo_data
+    from pipeline.demo.generate import DEMO_WINDOW, generate
+    from pipeline.regions import DEMO_REGION
+
+    if regenerate:
+        with console.status("generating the demo region"):
+            layout = generate(data, seed, progress=lambda m: console.print(f"  {m}"))
+    else:
+        layout, made = ensure_demo_data(data, seed, progress=lambda m: console.print(f"  {m}"))
+        console.print(("generated" if made else "reusing cached") + f" demo region in {layout.root}")
+    hrefs = [*layout.collection_files(), *layout.item_files()]
+    progress = _RunProgress()
+    with LocalStacServer(hrefs) as url:
+        console.print(f"local STAC API (rustac serve) at {url}")
+        try:
+            result = regional_run(DEMO_REGION, DEMO_WINDOW, url, out, CubeConfig(), on_event=progress)
+        finally:
+            progress.stop()
+    for z in result.zones:
+        out_console.print(f"cube: {z.cube_path}")
+    out_console.print(f"ground truth (synthetic landslide scars): {layout.truth_mask}")
+
+
+def _register_optional_commands() -> None:
+    try:
+        from flows import model_commands
+    except ImportError:
+        return
+    for name in ("train", "evaluate"):
+        fn = getattr(model_commands, name, None)
+        if fn is not None:
+            app.command(name)(fn)
+
+
+_register_optional_commands()
+
+
+def version_callback(value: bool) -> None:
+    if value:
+        out_console.print(f"slidewatch {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    version: Annotated[Optional[bool], typer.Option("--version", callback=version_callback, is_eager=True, help="Show the version.")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log library details.")] = False,
+) -> None:
+    """slidewatch: landslide risk from STAC imagery."""
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+
+def main() -> None:
+    """Console entry point: turns slidewatch errors into one line and a non-zero exit."""
+    try:
+        app()
+    except SlidewatchError as exc:
+        console.print(f"[bold red]error:[/] {exc}")
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted[/]: rerun the same command to resume.")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,322 @@
+"""Safe model checkpoints: one ``.safetensors`` file, weights plus JSON metadata, no pickle.
+
+Layout: a standard safetensors file whose header ``__metadata__`` holds one key,
+``"slidewatch"``, a JSON document::
+
+    {
+      "format": "slidewatch-checkpoint", "format_version": 1,
+      "architecture": "EnhancedUNet",
+      "hyperparameters": {"channels": [...], "num_classes": 1, "base_width": 16, ...},
+      "channels": ["slope", "dem", "ndvi", "ndwi", "smi", "ndbi", "lsi"],
+      "normalisation": {"mean": [...], "std": [...]},
+      "output": "logit",
+      "provenance": {"cube": ..., "inventory": ..., "split": {...}, ...},
+      "metrics": {...},
+      "software": {"slidewatch": "0.1.0", "torch": "2.13.0"},
+      "created": "2026-11-21T15:31:00+00:00"
+    }
+
+Weights and metadata live in one file, so :func:`sha256` of that file identifies both
+(the STAC item records it). Loading never unpickles anything: torch.save payloads (zip
+or raw pickle) are recognised by their magic bytes and refused before any parsing, then
+the JSON is validated (format, architecture, hyper-parameters, channel list,
+normalisation lengths) and every tensor's name and shape is checked against the network
+the metadata describes. Every failure raises :class:`~pipeline.errors.CheckpointError`.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+import pipeline
+from models.data import NormStats
+from models.networks import ARCHITECTURES, build_model
+from pipeline.errors import CheckpointError
+
+__all__ = [
+    "FORMAT",
+    "FORMAT_VERSION",
+    "CheckpointMetadata",
+    "check_channel_list",
+    "load_checkpoint",
+    "read_metadata",
+    "save_checkpoint",
+    "sha256",
+]
+
+FORMAT = "slidewatch-checkpoint"
+FORMAT_VERSION = 1
+_META_KEY = "slidewatch"
+_MAX_HEADER = 100 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class CheckpointMetadata:
+    """Everything needed to rebuild, feed and trace a trained network."""
+
+    architecture: str
+    hyperparameters: dict
+    channels: tuple[str, ...]
+    normalisation: NormStats
+    provenance: dict = field(default_factory=dict)
+    metrics: dict = field(default_factory=dict)
+    software: dict = field(default_factory=dict)
+    output: str = "logit"
+    created: str = ""
+    format_version: int = FORMAT_VERSION
+
+    def to_json(self) -> dict:
+        return {
+            "format": FORMAT,
+            "format_version": self.format_version,
+            "architecture": self.architecture,
+            "hyperparameters": self.hyperparameters,
+            "channels": list(self.channels),
+            "normalisation": self.normalisation.to_json(),
+            "output": self.output,
+            "provenance": self.provenance,
+            "metrics": self.metrics,
+            "software": self.software,
+            "created": self.created,
+        }
+
+    @classmethod
+    def from_json(cls, d: object, source: str = "checkpoint") -> CheckpointMetadata:
+        """Validate a metadata document; raise :class:`CheckpointError` naming the problem."""
+        if not isinstance(d, dict):
+            raise CheckpointError(f"{source}: metadata is not a JSON object.")
+        if d.get("format") != FORMAT:
+            raise CheckpointError(f"{source}: not a slidewatch checkpoint (format={d.get('format')!r}).")
+        version = d.get("format_version")
+        if version != FORMAT_VERSION:
+            raise CheckpointError(
+                f"{source}: checkpoint format version {version!r} is not supported "
+                f"(this slidewatch reads version {FORMAT_VERSION}).",
+                "retrain, or use the slidewatch version that wrote it.",
+            )
+        missing = [
+            k for k in ("architecture", "hyperparameters", "channels", "normalisation") if k not in d
+        ]
+        if missing:
+            raise CheckpointError(f"{source}: metadata lacks {missing}.")
+        arch = d["architecture"]
+        if arch not in ARCHITECTURES:
+            raise CheckpointError(
+                f"{source}: unknown architecture {arch!r}; known: {sorted(ARCHITECTURES)}."
+            )
+        hp = d["hyperparameters"]
+        channels = d["channels"]
+        if not isinstance(hp, dict):
+            raise CheckpointError(f"{source}: hyperparameters must be a JSON object.")
+        if not (isinstance(channels, list) and channels and all(isinstance(c, str) for c in channels)):
+            raise CheckpointError(f"{source}: channels must be a non-empty list of names.")
+        if list(hp.get("channels", channels)) != channels:
+            raise CheckpointError(
+                f"{source}: hyperparameters channels {hp.get('channels')} differ from "
+                f"channels {channels}."
+            )
+        norm = d["normalisation"]
+        try:
+            stats = NormStats.from_json(norm)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CheckpointError(f"{source}: unreadable normalisation {norm!r}.") from exc
+        if not (len(stats.mean) == len(stats.std) == len(channels)):
+            raise CheckpointError(
+                f"{source}: normalisation has {len(stats.mean)} means and {len(stats.std)} "
+                f"stds for {len(channels)} channels."
+            )
+        if any(s <= 0 for s in stats.std):
+            raise CheckpointError(f"{source}: normalisation std must be > 0, got {stats.std}.")
+        if d.get("output", "logit") != "logit":
+            raise CheckpointError(f"{source}: unsupported output kind {d.get('output')!r}.")
+        return cls(
+            architecture=arch,
+            hyperparameters={**hp, "channels": list(channels)},
+            channels=tuple(channels),
+            normalisation=stats,
+            provenance=d.get("provenance") or {},
+            metrics=d.get("metrics") or {},
+            software=d.get("software") or {},
+            output="logit",
+            created=d.get("created", ""),
+            format_version=version,
+        )
+
+
+def sha256(path: str | Path) -> str:
+    """Hex SHA-256 of a file (weights and metadata together for a checkpoint)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def check_channel_list(expected: Sequence[str], got: Sequence[str], what: str = "input") -> None:
+    """Raise :class:`CheckpointError` listing missing, extra and misordered channels."""
+    expected, got = list(expected), list(got)
+    if expected == got:
+        return
+    missing = [c for c in expected if c not in got]
+    extra = [c for c in got if c not in expected]
+    parts = [f"{what} channels {got} do not match the checkpoint's {expected}:"]
+    if missing:
+        parts.append(f"missing {missing}")
+    if extra:
+        parts.append(f"extra {extra}")
+    if not missing and not extra:
+        parts.append("same names in a different order")
+    raise CheckpointError(
+        " ".join(parts) + ".",
+        "select/reorder the cube's variables to the checkpoint's channel list, or retrain.",
+    )
+
+
+def save_checkpoint(
+    path: str | Path,
+    model: torch.nn.Module,
+    normalisation: NormStats,
+    *,
+    provenance: dict | None = None,
+    metrics: dict | None = None,
+) -> Path:
+    """Write ``model`` (weights) and its metadata to ``path`` atomically; return the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    hp = model.config()
+    meta = CheckpointMetadata(
+        architecture=model.architecture,
+        hyperparameters=hp,
+        channels=tuple(hp["channels"]),
+        normalisation=normalisation,
+        provenance=provenance or {},
+        metrics=metrics or {},
+        software={"slidewatch": pipeline.__version__, "torch": torch.__version__.split("+")[0]},
+        created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    )
+    # validate what we write with the same code that reads it
+    CheckpointMetadata.from_json(json.loads(json.dumps(meta.to_json())), str(path))
+    state = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(state, str(tmp), metadata={_META_KEY: json.dumps(meta.to_json(), sort_keys=True)})
+    os.replace(tmp, path)
+    return path
+
+
+def _read_header(path: Path) -> dict:
+    """Parse the safetensors header after refusing torch.save/pickle payloads by magic."""
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist.", "pass the .safetensors file that train wrote.")
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if head[:4] == b"PK\x03\x04":
+            raise CheckpointError(
+                f"{path} is a zip archive (a torch.save payload); it was refused without "
+                "being opened, because loading it would unpickle arbitrary code.",
+                "load only slidewatch .safetensors checkpoints; convert trusted weights with "
+                "safetensors.torch.save_file.",
+            )
+        if head[:1] == b"\x80":
+            raise CheckpointError(
+                f"{path} is a Python pickle; it was refused without being unpickled.",
+                "load only slidewatch .safetensors checkpoints.",
+            )
+        if len(head) < 8:
+            raise CheckpointError(f"{path} is too short to be a safetensors checkpoint.")
+        (n,) = struct.unpack("<Q", head)
+        if n <= 1 or n > min(_MAX_HEADER, size - 8):
+            raise CheckpointError(f"{path} is not a safetensors file (bad header length {n}).")
+        raw = f.read(n)
+    if not raw.lstrip().startswith(b"{"):
+        raise CheckpointError(f"{path} is not a safetensors file (header is not JSON).")
+    try:
+        header = json.loads(raw)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise CheckpointError(f"{path}: corrupt safetensors header ({exc}).") from exc
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path}: corrupt safetensors header.")
+    return header
+
+
+def read_metadata(path: str | Path) -> CheckpointMetadata:
+    """Read and validate a checkpoint's metadata without loading weights."""
+    path = Path(path)
+    header = _read_header(path)
+    meta_block = header.get("__metadata__") or {}
+    if _META_KEY not in meta_block:
+        raise CheckpointError(
+            f"{path} is a safetensors file without slidewatch metadata.",
+            "checkpoints must be written by models.checkpoint.save_checkpoint.",
+        )
+    try:
+        doc = json.loads(meta_block[_META_KEY])
+    except ValueError as exc:
+        raise CheckpointError(f"{path}: slidewatch metadata is not valid JSON ({exc}).") from exc
+    return CheckpointMetadata.from_json(doc, str(path))
+
+
+def load_checkpoint(
+    path: str | Path,
+    device: str | torch.device = "cpu",
+    expected_channels: Sequence[str] | None = None,
+) -> tuple[torch.nn.Module, CheckpointMetadata]:
+    """Rebuild the network from a checkpoint, in eval mode on ``device``.
+
+    Validates metadata, optional ``expected_channels``, tensor names and shapes; raises
+    :class:`CheckpointError` on any mismatch.
+    """
+    path = Path(path)
+    meta = read_metadata(path)
+    if expected_channels is not None:
+        check_channel_list(meta.channels, expected_channels)
+    try:
+        model = build_model(meta.architecture, **meta.hyperparameters)
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(
+            f"{path}: hyperparameters {meta.hyperparameters} do not build a "
+            f"{meta.architecture}: {exc}"
+        ) from exc
+    try:
+        state = load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: cannot read tensors ({exc}).") from exc
+    want = model.state_dict()
+    missing = sorted(set(want) - set(state))
+    unexpected = sorted(set(state) - set(want))
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{path}: tensors do not match a {meta.architecture} "
+            f"(missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
+            f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''})."
+        )
+    bad = [
+        f"{k}: expected {tuple(want[k].shape)}, got {tuple(state[k].shape)}"
+        for k in want
+        if tuple(want[k].shape) != tuple(state[k].shape)
+    ]
+    if bad:
+        raise CheckpointError(
+            f"{path}: tensor shapes do not match the architecture in its metadata: "
+            + "; ".join(bad[:5])
+            + (f" (+{len(bad) - 5} more)" if len(bad) > 5 else "")
+            + "."
+        )
+    bad_dtype = [k for k in want if want[k].dtype != state[k].dtype]
+    if bad_dtype:
+        raise CheckpointError(f"{path}: unexpected tensor dtypes for {bad_dtype[:5]}.")
+    model.load_state_dict(state, strict=True)
+    model.to(device)
+    model.eval()
+    return model, meta

@@ -1,0 +1,116 @@
+"""Metrics against scikit-learn (when installed) and hand-written references; losses."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from models.losses import DiceBCELoss, FocalDiceLoss, dice_loss, focal_loss, make_loss
+from models.metrics import (
+    Confusion,
+    confusion,
+    dice,
+    iou,
+    precision,
+    recall,
+    recall_by_size,
+    roc_auc,
+    segmentation_metrics,
+)
+from models_testdata import torch_threads  # noqa: F401  (fixture)
+
+pytestmark = pytest.mark.usefixtures("torch_threads")
+
+
+def _masks(seed, shape=(40, 50), p=0.3):
+    rng = np.random.default_rng(seed)
+    target = (rng.random(shape) < p).astype(np.uint8)
+    prob = np.clip(0.35 * target + rng.random(shape) * 0.8, 0, 1).astype(np.float32)
+    prob[rng.random(shape) < 0.05] = 0.5  # ties
+    return prob, target
+
+
+def _reference(pred, t):
+    tp = np.sum(pred & t)
+    fp = np.sum(pred & ~t)
+    fn = np.sum(~pred & t)
+    return 2 * tp / (2 * tp + fp + fn), tp / (tp + fp + fn), tp / (tp + fp), tp / (tp + fn)
+
+
+def _auc_reference(s, t):
+    pos, neg = s[t], s[~t]
+    gt = (pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()
+    return gt / (pos.size * neg.size)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_metrics_match_reference_formulas(seed):
+    prob, target = _masks(seed)
+    pred = prob >= 0.5
+    t = target == 1
+    d, j, p, r = _reference(pred, t)
+    assert dice(pred, target) == pytest.approx(d)
+    assert iou(pred, target) == pytest.approx(j)
+    assert precision(pred, target) == pytest.approx(p)
+    assert recall(pred, target) == pytest.approx(r)
+    assert roc_auc(prob, target) == pytest.approx(_auc_reference(prob.ravel(), t.ravel()))
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_metrics_match_scikit_learn(seed):
+    skm = pytest.importorskip("sklearn.metrics", reason="scikit-learn not installed")
+    prob, target = _masks(seed)
+    pred = prob >= 0.5
+    yt, yp = target.ravel(), pred.ravel().astype(int)
+    assert dice(pred, target) == pytest.approx(skm.f1_score(yt, yp))
+    assert iou(pred, target) == pytest.approx(skm.jaccard_score(yt, yp))
+    assert precision(pred, target) == pytest.approx(skm.precision_score(yt, yp))
+    assert recall(pred, target) == pytest.approx(skm.recall_score(yt, yp))
+    assert roc_auc(prob, target) == pytest.approx(skm.roc_auc_score(yt, prob.ravel()))
+
+
+def test_valid_mask_excludes_pixels_and_empty_cases_are_nan():
+    target = np.array([[1, 0], [255, 1]], dtype=np.uint8)
+    pred = np.array([[1, 1], [1, 0]], dtype=bool)
+    c = confusion(pred, target, target != 255)
+    assert c == Confusion(tp=1, fp=1, fn=1, tn=0)
+    z = np.zeros((3, 3), np.uint8)
+    assert np.isnan(dice(z.astype(bool), z))
+    assert np.isnan(roc_auc(np.random.rand(3, 3), z))
+    assert Confusion(1, 2, 3, 4) + Confusion(1, 1, 1, 1) == Confusion(2, 3, 4, 5)
+
+
+def test_recall_by_size_classes():
+    t = np.zeros((60, 60), np.uint8)
+    t[1:3, 1:3] = 1  # 4 px: small
+    t[10:15, 10:15] = 1  # 25 px: medium
+    t[30:45, 30:45] = 1  # 225 px: large
+    pred = np.zeros_like(t, dtype=bool)
+    pred[10:15, 10:13] = True  # 15 of 25 medium px
+    pred[30:45, 30:45] = True
+    r = recall_by_size(pred, t)
+    assert r["small"]["count"] == 1 and r["small"]["pixel_recall"] == 0.0
+    assert r["medium"]["pixel_recall"] == pytest.approx(15 / 25)
+    assert r["medium"]["object_recall"] == 1.0  # >= 50 % of the component found
+    assert r["large"]["pixel_recall"] == 1.0
+    m = segmentation_metrics(pred.astype(np.float32), t)
+    assert m["recall_large"] == 1.0 and m["landslide_px"] == 254
+
+
+def test_losses_behave():
+    torch.manual_seed(0)
+    t = (torch.rand(2, 16, 16) > 0.7).float()
+    good = (t * 2 - 1) * 8  # confident and right
+    bad = -good
+    for fn in (DiceBCELoss(), FocalDiceLoss(), make_loss("dice_bce"), make_loss("focal_dice")):
+        assert float(fn(good, t)) < 0.05 < float(fn(bad, t))
+    assert float(dice_loss(good, t)) < 0.01
+    assert float(focal_loss(bad, t)) > float(focal_loss(good, t))
+    # invalid pixels do not count
+    valid = torch.zeros_like(t, dtype=torch.bool)
+    valid[0] = True
+    mixed = torch.where(valid, good, bad)
+    assert float(DiceBCELoss()(mixed, t, valid)) < 0.05
+    with pytest.raises(ValueError):
+        make_loss("nope")
