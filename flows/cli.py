@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import sys
+from collections.abc import Callable
 from datetime import date, datetime
 from pathlib import Path
 from typing import Annotated, Optional
@@ -11,7 +13,6 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
 from pipeline import __version__
 from pipeline.collections import PLANETARY_COMPUTER_STAC
@@ -28,6 +29,23 @@ app = typer.Typer(
 )
 console = Console(stderr=True)
 out_console = Console()
+
+
+def friendly_errors(fn: Callable[..., None]) -> Callable[..., None]:
+    """Turn slidewatch errors into a one-line cause and fix, and a non-zero exit."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: object, **kwargs: object) -> None:
+        try:
+            fn(*args, **kwargs)
+        except SlidewatchError as exc:
+            console.print(f"[bold red]error:[/] {exc}", soft_wrap=True)
+            raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt:
+            console.print("[yellow]interrupted[/]: rerun the same command to resume.")
+            raise typer.Exit(130) from None
+
+    return wrapper
 
 
 def _parse_day(text: str, what: str) -> date:
@@ -87,22 +105,27 @@ class _RunProgress:
 
 
 def _print_plan(result) -> None:  # type: ignore[no-untyped-def]
-    table = Table(title="slidewatch dry-run plan")
-    for col in ("zone", "EPSG", "grid (px)", "area km²", "chunks", "items", "est. bytes read", "dask tasks"):
-        table.add_column(col)
+    out_console.print("[bold]slidewatch dry-run plan[/] (nothing read or written)")
+    total_bytes = total_tasks = 0
     for p in result.plans:
         g = p.grid
         cy, cx = g.chunk_shape
-        items = "\n".join(f"{k}: {v}" for k, v in p.items.items())
-        table.add_row(g.zone_name, str(g.epsg), f"{g.width}×{g.height}", f"{p.area_km2:,.1f}",
-                      f"{cy}×{cx}={cy * cx} of {g.chunk}²", items, _human_bytes(p.bytes_read), f"{p.tasks:,}")
-    out_console.print(table)
-    for p in result.plans:
+        out_console.print(f"zone {g.zone_name} (EPSG:{g.epsg})")
+        out_console.print(f"  grid: {g.width}×{g.height} px at {g.resolution:g} m, {p.area_km2:,.1f} km², origin ({g.x0:.0f}, {g.y1:.0f})")
+        out_console.print(f"  chunks: {cy}×{cx} = {cy * cx} of {g.chunk}×{g.chunk} px")
+        for name, count in p.items.items():
+            out_console.print(f"  items {name}: {count}")
+        out_console.print(f"  estimated bytes read: {_human_bytes(p.bytes_read)}")
+        out_console.print(f"  dask tasks: {p.tasks:,}")
         for note in p.notes:
-            out_console.print(f"note ({p.grid.zone_name}): {note}")
+            out_console.print(f"  note: {note}")
+        total_bytes += p.bytes_read
+        total_tasks += p.tasks
+    out_console.print(f"total: {len(result.plans)} zone(s), {_human_bytes(total_bytes)} to read, {total_tasks:,} dask tasks")
 
 
 @app.command()
+@friendly_errors
 def run(
     region: Annotated[str, typer.Option(help="Built-in name (demo, hongya, junlian), bbox 'west,south,east,north' in degrees, or a GeoJSON file.")],
     start: Annotated[str, typer.Option(help="First day of the imagery window, YYYY-MM-DD.")],
@@ -112,6 +135,7 @@ def run(
     max_cloud: Annotated[float, typer.Option(help="Largest scene cloud cover (%) searched for Sentinel-2.")] = 60.0,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan (items, grid, chunks, bytes, tasks) and exit.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a finished store made with other inputs.")] = False,
+    chunk: Annotated[int, typer.Option(help="Chunk edge in pixels (Zarr chunks, dask chunks, tile lattice).")] = 512,
 ) -> None:
     """Build the aligned cube (Zarr) for a region and time window."""
     from flows.regional_run import regional_run
@@ -123,7 +147,7 @@ def run(
     config = CubeConfig(max_cloud_cover=max_cloud)
     progress = _RunProgress()
     try:
-        result = regional_run(reg, window, stac_url, out, config, dry_run=dry_run, overwrite=overwrite, on_event=progress)
+        result = regional_run(reg, window, stac_url, out, config, dry_run=dry_run, overwrite=overwrite, on_event=progress, chunk=chunk)
     finally:
         progress.stop()
     if dry_run:
@@ -135,6 +159,7 @@ def run(
 
 
 @app.command()
+@friendly_errors
 def demo(
     data: Annotated[Path, typer.Option(help="Where the generated demo region is cached.")] = Path("data/demo"),
     out: Annotated[Path, typer.Option(help="Output root of the demo run.")] = Path("out"),
@@ -174,7 +199,7 @@ def _register_optional_commands() -> None:
     for name in ("train", "evaluate"):
         fn = getattr(model_commands, name, None)
         if fn is not None:
-            app.command(name)(fn)
+            app.command(name)(friendly_errors(fn))
 
 
 _register_optional_commands()

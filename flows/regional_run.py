@@ -14,7 +14,7 @@ import xarray as xr
 from pipeline import __version__
 from pipeline.catalog import RunInputs, StacApiSource, ItemSource, save_items, search_inputs, sign_for_read, unsign_item
 from pipeline.collections import COP_DEM, SENTINEL2
-from pipeline.config import CubeConfig, RunSpec, Tile, TimeWindow, ZoneGrid
+from pipeline.config import DEFAULT_CHUNK, CubeConfig, RunSpec, Tile, TimeWindow, ZoneGrid
 from pipeline.cube import VARIABLE_ATTRS, build_cube, cube_variables
 from pipeline.errors import NoValidDataError
 from pipeline.grid import plan_grids
@@ -67,10 +67,11 @@ def regional_run(
     dry_run: bool = False,
     overwrite: bool = False,
     on_event: Callable[[str, dict], None] | None = None,
+    chunk: int = DEFAULT_CHUNK,
 ) -> RunResult:
     """Run a region end to end; ``on_event(kind, info)`` reports progress to the caller."""
     emit = on_event or (lambda kind, info: None)
-    grids = plan_grids(region)
+    grids = plan_grids(region, chunk=chunk)
     src = source or StacApiSource.open(stac_url)
     run_dir = run_dir_for(out, region, window)
     result = RunResult(run_dir=run_dir)

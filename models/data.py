@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import struct
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass

@@ -48,15 +48,41 @@ def predict_blocks(
     x: np.ndarray,
     blocks: Sequence[Block],
     context: int = 32,
+    window: int | None = None,
 ) -> dict[str, np.ndarray]:
-    """Probability map per block: ``{block.id: (h, w) float32}`` from a Predictor."""
+    """Probability map per block: ``{block.id: (h, w) float32}`` from a Predictor.
+
+    With ``window=None`` each block is one forward pass over the block grown by
+    ``context`` px (clipped at the cube edge). With ``window`` (e.g. the training chip
+    size) each block is cut into ``window`` px cores, each predicted with ``context`` px
+    around it and cropped back; equal-shaped windows are batched. Windows close to the
+    training chip size keep the enhanced network's global channel-attention pooling close
+    to what it saw in training.
+    """
     _, h, w = x.shape
-    out = {}
+    out: dict[str, np.ndarray] = {}
     for b in blocks:
-        r0, r1 = max(0, b.r0 - context), min(h, b.r1 + context)
-        c0, c1 = max(0, b.c0 - context), min(w, b.c1 + context)
-        prob = predictor(x[None, :, r0:r1, c0:c1])[0]
-        out[b.id] = prob[b.r0 - r0 : b.r1 - r0, b.c0 - c0 : b.c1 - c0]
+        if window is None:
+            cores = [(b.r0, b.r1, b.c0, b.c1)]
+        else:
+            cores = [
+                (r, min(r + window, b.r1), c, min(c + window, b.c1))
+                for r in range(b.r0, b.r1, window)
+                for c in range(b.c0, b.c1, window)
+            ]
+        prob = np.empty((b.r1 - b.r0, b.c1 - b.c0), dtype=np.float32)
+        groups: dict[tuple[int, int], list[tuple[int, ...]]] = {}
+        for r0, r1, c0, c1 in cores:
+            rr0, rr1 = max(0, r0 - context), min(h, r1 + context)
+            cc0, cc1 = max(0, c0 - context), min(w, c1 + context)
+            groups.setdefault((rr1 - rr0, cc1 - cc0), []).append((r0, r1, c0, c1, rr0, rr1, cc0, cc1))
+        for items in groups.values():
+            batch = np.stack([x[:, rr0:rr1, cc0:cc1] for (_, _, _, _, rr0, rr1, cc0, cc1) in items])
+            for (r0, r1, c0, c1, rr0, _, cc0, _), pi in zip(items, predictor(batch)):
+                prob[r0 - b.r0 : r1 - b.r0, c0 - b.c0 : c1 - b.c0] = pi[
+                    r0 - rr0 : r1 - rr0, c0 - cc0 : c1 - cc0
+                ]
+        out[b.id] = prob
     return out
 
 
@@ -102,12 +128,16 @@ def evaluate(
     context: int = 32,
     block_size: int | None = None,
     device: str = "auto",
+    window: int | None | str = "chip",
 ) -> EvaluationReport:
     """Metrics per held-out block (and pooled) for a checkpoint on a cube + inventory.
 
     ``split`` is ``"test"``/``"val"``/``"train"`` (the blocks recorded in the checkpoint;
     the cube must be on the training grid) or ``"all"`` (every block of a fresh
-    ``block_size`` grid, e.g. for a different region). Raises :class:`CheckpointError`
+    ``block_size`` grid, e.g. for a different region). ``window="chip"`` predicts in
+    windows of the training chip size (from the checkpoint; whole blocks if unknown),
+    ``None`` whole blocks, an int that window size; ``context`` px of input surround
+    each window. Raises :class:`CheckpointError`
     when the cube's channels or grid do not fit the checkpoint.
     """
     meta: CheckpointMetadata = read_metadata(checkpoint)
@@ -144,7 +174,9 @@ def evaluate(
         split_of = {b.id: split for b in blocks}
     else:
         raise InputDataError(f"unknown split {split!r}; choose train, val, test or all.")
-    probs = predict_blocks(predictor, x, blocks, context)
+    if window == "chip":
+        window = (meta.provenance.get("config") or {}).get("chip_size")
+    probs = predict_blocks(predictor, x, blocks, context, window)
     rows, overall = _score_blocks(probs, y, blocks, split_of, threshold)
     return EvaluationReport(
         rows, overall, str(checkpoint), predictor.checkpoint_sha256, split, threshold
@@ -235,7 +267,7 @@ def ablation(
                 res.model.architecture, res.model.config(), tuple(chans), identity
             )
             pred = Predictor(res.model, meta, device=cfg.device)
-            probs = predict_blocks(pred, sub.x, test_blocks, context)
+            probs = predict_blocks(pred, sub.x, test_blocks, context, cfg.chip_size)
             _, overall = _score_blocks(probs, sub.y, test_blocks, split_of, 0.5)
             emit(
                 {

@@ -75,9 +75,14 @@ class StacApiSource:
         try:
             client = Client.open(url, modifier=modifier, timeout=timeout)
         except APIError as exc:
+            if getattr(exc, "status_code", None) is not None:
+                raise CatalogError(
+                    f"STAC API at {url} answered HTTP {exc.status_code}: {str(exc)[:200]}",
+                    "check the --stac-url; it must be a STAC API landing page.",
+                ) from None
             raise CatalogError(
-                f"STAC API at {url} answered with an error: {str(exc)[:200]}",
-                "check the --stac-url; it must be a STAC API landing page.",
+                f"Could not reach the STAC API at {url}.",
+                "check the URL and your network; for an offline try run `slidewatch demo`.",
             ) from None
         except Exception as exc:  # requests' ConnectionError, timeouts, bad JSON
             raise CatalogError(

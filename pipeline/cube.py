@@ -73,6 +73,22 @@ def _check_assets(items: Sequence[pystac.Item], assets: Sequence[str], collectio
             )
 
 
+def _with_epsg(fields: dict) -> None:
+    code = fields.get("proj:code")
+    if "proj:epsg" not in fields and isinstance(code, str) and code.upper().startswith("EPSG:"):
+        fields["proj:epsg"] = int(code.split(":", 1)[1])
+
+
+def stackstac_dict(item: pystac.Item) -> dict:
+    """The item as a dict stackstac 0.5 understands: pystac migrates the projection
+    extension to v2 (``proj:code``), while stackstac reads ``proj:epsg``."""
+    d = item.to_dict(transform_hrefs=False)
+    _with_epsg(d["properties"])
+    for asset in d.get("assets", {}).values():
+        _with_epsg(asset)
+    return d
+
+
 def _stack(
     items: Sequence[pystac.Item],
     assets: Sequence[str],
@@ -84,7 +100,7 @@ def _stack(
     time_chunk: int,
 ) -> xr.DataArray:
     arr = stackstac.stack(
-        [it.to_dict(transform_hrefs=False) for it in items],
+        [stackstac_dict(it) for it in items],
         assets=list(assets),
         epsg=grid.epsg,
         resolution=grid.resolution,

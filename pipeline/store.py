@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import warnings
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +26,6 @@ import zarr
 from pipeline.config import Tile, ZoneGrid
 from pipeline.errors import StoreError
 
-LEDGER = "slidewatch-progress.json"
 COMPLETE_ATTR = "slidewatch_complete"
 FINGERPRINT_ATTR = "slidewatch_fingerprint"
 
@@ -99,6 +99,11 @@ class TileStore:
         return self.path.with_name(self.path.name + ".partial")
 
     @property
+    def ledger(self) -> Path:
+        """Progress ledger beside the partial store (tiles written so far)."""
+        return self.path.with_name(self.path.name + ".progress.json")
+
+    @property
     def lock(self) -> Path:
         return self.path.with_name(self.path.name + ".lock")
 
@@ -120,8 +125,8 @@ class TileStore:
             return None
 
     def done(self) -> set[str]:
-        ledger = self.partial / LEDGER
-        if not ledger.exists():
+        ledger = self.ledger
+        if not ledger.exists() or not self.partial.exists():
             return set()
         doc = json.loads(ledger.read_text())
         if doc.get("fingerprint") != self.fingerprint:
@@ -164,7 +169,7 @@ class TileStore:
                 "pass --overwrite to replace it, or choose another --out.",
             )
         if self.partial.exists():
-            ledger = self.partial / LEDGER
+            ledger = self.ledger
             if ledger.exists() and json.loads(ledger.read_text()).get("fingerprint") == self.fingerprint:
                 return  # resume
             shutil.rmtree(self.partial)
@@ -204,8 +209,9 @@ class TileStore:
         if extra_attrs:
             group.attrs.update({k: _jsonable(v) for k, v in extra_attrs.items()})
         group.attrs[COMPLETE_ATTR] = True
-        (self.partial / LEDGER).unlink(missing_ok=True)
-        zarr.consolidate_metadata(str(self.partial))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "consolidated metadata is not in the v3 spec yet"
+            zarr.consolidate_metadata(str(self.partial))
         if self.path.exists():
             trash = self.path.with_name(self.path.name + ".old")
             shutil.rmtree(trash, ignore_errors=True)
@@ -214,10 +220,11 @@ class TileStore:
             shutil.rmtree(trash, ignore_errors=True)
         else:
             self.partial.rename(self.path)
+        self.ledger.unlink(missing_ok=True)
         return self.path
 
     def _write_ledger(self, tiles: Iterable[str]) -> None:
-        ledger = self.partial / LEDGER
+        ledger = self.ledger
         tmp = ledger.with_suffix(".tmp")
         tmp.write_text(json.dumps({"fingerprint": self.fingerprint, "tiles": sorted(tiles)}))
         tmp.replace(ledger)

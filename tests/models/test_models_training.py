@@ -155,3 +155,25 @@ def test_cli_errors_exit_non_zero_with_one_line(synthetic, tmp_path):
     )
     assert res.exit_code == 2
     assert "does not exist" in res.output
+
+
+@pytest.mark.parametrize("window", [None, 16, 25])
+def test_predict_blocks_stitches_windows(window):
+    from models.data import block_split
+    from models.evaluate import predict_blocks
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2, 70, 90)).astype(np.float32)
+    calls = []
+
+    def pointwise(batch):  # a fake Predictor: numpy in, numpy out
+        calls.append(batch.shape)
+        return 1 / (1 + np.exp(-batch[:, 0]))
+
+    blocks = block_split((70, 90), 32).blocks()
+    probs = predict_blocks(pointwise, x, blocks, context=5, window=window)
+    full = 1 / (1 + np.exp(-x[0]))
+    for b in blocks:
+        np.testing.assert_allclose(probs[b.id], full[b.r0 : b.r1, b.c0 : b.c1], rtol=1e-6)
+    if window == 16:
+        assert any(s[0] > 1 for s in calls)  # equal windows are batched

@@ -1,0 +1,34 @@
+# slidewatch: the two commands a new user needs are `make demo` and `make test`.
+PY ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test install bench clean-demo
+
+$(STAMP): pyproject.toml
+	@command -v $(PY) >/dev/null || { echo "error: $(PY) not found; install Python 3.11 or run 'make PY=python3 ...'"; exit 1; }
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	# torch is pinned to 2.13.0 (CPU build); an unpinned torch would pull several GB of CUDA wheels.
+	$(BIN)/pip install --quiet -e ".[ml,test]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## Set everything up and run the main job on the embedded demo region.
+demo: $(STAMP)
+	$(BIN)/slidewatch demo
+
+## Run the test suite (offline; reads ../shared/fixtures when present).
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+## Benchmarks: print figures side by side (no assertions on time).
+bench: $(STAMP)
+	$(BIN)/python tests/benchmarks/bench_cube.py
+	$(BIN)/python tests/benchmarks/bench_lsi.py
+	-$(BIN)/python tests/benchmarks/bench_models.py
+
+clean-demo:
+	rm -rf data/demo out/demo

@@ -1,0 +1,89 @@
+"""Zarr store: template + aligned region writes, CRS round trip, resume, completeness, lock."""
+
+from __future__ import annotations
+
+import os
+
+import dask.array as da
+import numpy as np
+import pytest
+import rioxarray  # noqa: F401
+import xarray as xr
+
+from pipeline.config import ZoneGrid
+from pipeline.errors import StoreError
+from pipeline.store import TileStore, grid_coords, template, write_tiles
+
+GRID = ZoneGrid(epsg=32648, x0=320000.0, y1=3309440.0, width=128, height=128, chunk=32)
+VARS = {"a": "float32", "n": "uint8"}
+ATTRS = {"a": {"units": "m", "long_name": "test a"}, "n": {"units": "1", "long_name": "count"}}
+
+
+def _tile_ds(tile):  # type: ignore[no-untyped-def]
+    sub = GRID.subgrid(tile)
+    yy, xx = np.meshgrid(np.arange(tile.row0, tile.row1), np.arange(tile.col0, tile.col1), indexing="ij")
+    return xr.Dataset({"a": (("y", "x"), da.from_array((yy * 1000 + xx).astype("float32"), chunks=32)),
+                       "n": (("y", "x"), da.from_array(np.full(sub.shape, 3, "uint8"), chunks=32))},
+                      coords=grid_coords(sub))
+
+
+def test_round_trip_with_crs_and_attrs(tmp_path):  # type: ignore[no-untyped-def]
+    store = TileStore(tmp_path / "c.zarr", "fp1")
+    store.prepare(template(GRID, VARS, ATTRS), {"region": "t", "input_items": {"s2": ["x"]}})
+    write_tiles(store, GRID, GRID.tiles(2), _tile_ds)
+    assert not store.path.exists() and not store.is_complete()  # not final until finalized
+    store.finalize()
+    ds = xr.open_zarr(store.path, decode_coords="all")
+    assert ds.rio.crs.to_epsg() == 32648
+    assert tuple(ds.rio.transform())[:6] == GRID.transform
+    assert ds["a"].attrs["units"] == "m" and ds["a"].attrs["long_name"] == "test a"
+    yy, xx = np.meshgrid(np.arange(128), np.arange(128), indexing="ij")
+    np.testing.assert_array_equal(ds["a"].values, yy * 1000 + xx)
+    assert ds.attrs["slidewatch_complete"] is True and ds.attrs["input_items"] == {"s2": ["x"]}
+    assert store.is_complete()
+    assert os.path.exists(store.path / "zarr.json")
+
+
+def test_resume_writes_only_missing_tiles(tmp_path):  # type: ignore[no-untyped-def]
+    store = TileStore(tmp_path / "c.zarr", "fp1")
+    store.prepare(template(GRID, VARS, ATTRS), {})
+    tiles = GRID.tiles(1)
+    for t in tiles[:5]:
+        store.write_tile(t, _tile_ds(t))
+    # a new process resumes: same fingerprint, the ledger says 5 are done
+    again = TileStore(tmp_path / "c.zarr", "fp1")
+    again.prepare(template(GRID, VARS, ATTRS), {})
+    assert len(again.done()) == 5
+    written = []
+    write_tiles(again, GRID, tiles, lambda t: (written.append(t.key), _tile_ds(t))[1])
+    assert len(written) == len(tiles) - 5
+    again.finalize()
+    yy, xx = np.meshgrid(np.arange(128), np.arange(128), indexing="ij")
+    np.testing.assert_array_equal(xr.open_zarr(again.path)["a"].values, yy * 1000 + xx)
+
+
+def test_other_fingerprint_restarts_partial_and_protects_finished(tmp_path):  # type: ignore[no-untyped-def]
+    store = TileStore(tmp_path / "c.zarr", "fp1")
+    store.prepare(template(GRID, VARS, ATTRS), {})
+    store.write_tile(GRID.tiles(1)[0], _tile_ds(GRID.tiles(1)[0]))
+    other = TileStore(tmp_path / "c.zarr", "fp2")
+    other.prepare(template(GRID, VARS, ATTRS), {})
+    assert other.done() == set()
+    write_tiles(other, GRID, GRID.tiles(2), _tile_ds)
+    other.finalize()
+    third = TileStore(tmp_path / "c.zarr", "fp3")
+    with pytest.raises(StoreError, match="--overwrite"):
+        third.prepare(template(GRID, VARS, ATTRS), {})
+    assert other.is_complete()  # untouched
+
+
+def test_lock_refuses_a_second_writer(tmp_path):  # type: ignore[no-untyped-def]
+    a = TileStore(tmp_path / "c.zarr", "fp")
+    a.acquire()
+    with pytest.raises(StoreError, match="another slidewatch run"):
+        TileStore(tmp_path / "c.zarr", "fp").acquire()
+    a.release()
+    (tmp_path / "c.zarr.lock").write_text("999999")  # stale lock of a dead process
+    b = TileStore(tmp_path / "c.zarr", "fp")
+    b.acquire()
+    b.release()
