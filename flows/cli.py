@@ -17,7 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from pipeline import __version__
 from pipeline.collections import PLANETARY_COMPUTER_STAC
 from pipeline.config import CubeConfig, TimeWindow
-from pipeline.errors import SlidewatchError, TimeWindowError
+from pipeline.errors import RainfallError, SlidewatchError, TimeWindowError
 from pipeline.regions import parse_region
 
 app = typer.Typer(
@@ -124,6 +124,38 @@ def _print_plan(result) -> None:  # type: ignore[no-untyped-def]
     out_console.print(f"total: {len(result.plans)} zone(s), {_human_bytes(total_bytes)} to read, {total_tasks:,} dask tasks")
 
 
+def _rain(intensity: float | None, duration: float | None, precip: Path | None, bbox, window: TimeWindow):  # type: ignore[no-untyped-def]
+    """The run's rainfall event: explicit P/D, a local precipitation Zarr, or none (R_m = 1)."""
+    from datetime import timedelta
+
+    from flows.lsi_stage import Rain
+    from pipeline.rainfall import LocalZarrSource, rain_event, rainfall_multiplier
+
+    if (intensity is None) != (duration is None):
+        raise RainfallError("--rain-intensity and --rain-duration go together.", "give both, or neither.")
+    if intensity is not None and duration is not None:
+        return Rain(intensity, duration, float(rainfall_multiplier(intensity, duration)), "explicit")
+    if precip is not None:
+        start = window.end - timedelta(days=3)
+        ev = rain_event(LocalZarrSource(precip), bbox, str(start), str(window.end + timedelta(days=1))).compute()
+        p, d = float(ev["intensity"]), float(ev["duration"])
+        return Rain(p, d, float(rainfall_multiplier(p, d)), f"{precip} {start}..{window.end}")
+    return Rain(None, None, 1.0, "none (no rainfall scaling, R_m = 1)")
+
+
+def _lsi_stage(result, rain, progress, overwrite: bool = False) -> None:  # type: ignore[no-untyped-def]
+    from flows.lsi_stage import write_lsi, write_lsi_quicklook
+    from pipeline.lsi import LsiParams
+
+    console.print(f"rainfall: P={rain.intensity_mm_h} mm/h, D={rain.duration_days} d, R_m={rain.multiplier:.3f} ({rain.source})")
+    for z in result.zones:
+        path = write_lsi(z.cube_path, z.grid, LsiParams(), rain, overwrite=overwrite, on_event=progress)
+        png = write_lsi_quicklook(path)
+        out_console.print(f"LSI {z.grid.zone_name}: {path}")
+        out_console.print(f"quick look: {png}")
+        z.lsi_path = path
+
+
 @app.command()
 @friendly_errors
 def run(
@@ -136,6 +168,10 @@ def run(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan (items, grid, chunks, bytes, tasks) and exit.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a finished store made with other inputs.")] = False,
     chunk: Annotated[int, typer.Option(help="Chunk edge in pixels (Zarr chunks, dask chunks, tile lattice).")] = 512,
+    rain_intensity: Annotated[Optional[float], typer.Option(help="Event rainfall intensity P in mm/h (with --rain-duration).")] = None,
+    rain_duration: Annotated[Optional[float], typer.Option(help="Event rainfall duration D in days (with --rain-intensity).")] = None,
+    precip: Annotated[Optional[Path], typer.Option(help="Local IMERG-layout precipitation Zarr to read P and D from (last 3 days of the window).")] = None,
+    cube_only: Annotated[bool, typer.Option("--cube-only", help="Stop after the cube; skip factors and LSI.")] = False,
 ) -> None:
     """Build the aligned cube (Zarr) for a region and time window."""
     from flows.regional_run import regional_run
@@ -154,7 +190,10 @@ def run(
         _print_plan(result)
         return
     for z in result.zones:
-        out_console.print(f"{z.grid.zone_name}: {z.cube_path}")
+        out_console.print(f"cube {z.grid.zone_name}: {z.cube_path}")
+    if not cube_only:
+        rain = _rain(rain_intensity, rain_duration, precip, reg.bbox, window)
+        _lsi_stage(result, rain, progress, overwrite=overwrite)
     out_console.print(f"open with: xr.open_zarr({str(result.zones[0].cube_path)!r}, decode_coords='all')")
 
 
@@ -188,7 +227,23 @@ def demo(
             progress.stop()
     for z in result.zones:
         out_console.print(f"cube: {z.cube_path}")
+    rain = _rain(None, None, layout.precipitation if layout.precipitation.exists() else None, DEMO_REGION.bbox, DEMO_WINDOW)
+    _lsi_stage(result, rain, progress, overwrite=True)  # the demo's LSI is cheap: refresh it when inputs change
+    _demo_calibration(result, layout)
     out_console.print(f"ground truth (synthetic landslide scars): {layout.truth_mask}")
+
+
+def _demo_calibration(result, layout) -> None:  # type: ignore[no-untyped-def]
+    import rasterio
+
+    from flows.lsi_stage import lsi_score
+    from pipeline.calibration import calibrate, format_report
+
+    with rasterio.open(layout.truth_mask) as src:
+        truth = src.read(1)
+    for z in result.zones:
+        res = calibrate(lsi_score(z.lsi_path).compute(), truth)
+        out_console.print(format_report(res, "the slidewatch demo region (synthetic scars)"))
 
 
 def _register_optional_commands() -> None:

@@ -34,6 +34,7 @@ class ZoneResult:
     cube_path: Path
     reused: bool
     inputs: RunInputs
+    lsi_path: Path | None = None
 
 
 @dataclass

@@ -219,6 +219,7 @@ def lsi_threshold_baseline(data: TrainingData, lsi_channel: str = "lsi") -> dict
     pred_prob = (s >= thr).astype(np.float32)
     m = _pooled(pred_prob, y, 0.5)
     m["auc"] = roc_auc(s, y, y != IGNORE)
+    m["threshold"] = thr
     return m
 
 
@@ -232,13 +233,17 @@ def ablation(
     context: int = 32,
     progress: bool = False,
     on_row: Callable[[dict], None] | None = None,
+    tune_threshold: bool = True,
 ) -> list[dict]:
     """EnhancedUNet vs plain UNet vs LSI threshold, with and without the LSI channel.
 
     Every network is trained from scratch on the same blocked split and seed (``epochs``
     epochs at ``base_width``, other settings from ``config``) and scored on the test
-    blocks. Returns one row per variant: ``model``, ``channels``, ``parameters``,
-    ``train_s`` and the pooled test metrics.
+    blocks. With ``tune_threshold`` every variant's probability threshold is chosen on the
+    validation blocks (max Dice), as for the LSI threshold, so the comparison is fair;
+    otherwise networks use 0.5. Returns one row per variant: ``model``, ``channels``,
+    ``parameters``, ``epochs``, ``train_s``, ``threshold`` and the pooled test metrics
+    (``dice``, ``iou``, ``precision``, ``recall``, ``auc``).
     """
     config = config or TrainConfig()
     data = prepare_data(cube_path, inventory_path, config)
@@ -267,8 +272,16 @@ def ablation(
                 res.model.architecture, res.model.config(), tuple(chans), identity
             )
             pred = Predictor(res.model, meta, device=cfg.device)
+            thr = 0.5
+            if tune_threshold:
+                val_blocks = data.split.blocks("val")
+                vp = predict_blocks(pred, sub.x, val_blocks, context, cfg.chip_size)
+                thr = _best_threshold(
+                    np.concatenate([vp[b.id].ravel() for b in val_blocks]),
+                    np.concatenate([sub.y[b.r0 : b.r1, b.c0 : b.c1].ravel() for b in val_blocks]),
+                )
             probs = predict_blocks(pred, sub.x, test_blocks, context, cfg.chip_size)
-            _, overall = _score_blocks(probs, sub.y, test_blocks, split_of, 0.5)
+            _, overall = _score_blocks(probs, sub.y, test_blocks, split_of, thr)
             emit(
                 {
                     "model": res.model.architecture,
@@ -276,6 +289,7 @@ def ablation(
                     "parameters": count_parameters(res.model),
                     "epochs": len(res.history),
                     "train_s": round(train_s, 1),
+                    "threshold": round(thr, 4),
                     **{k: overall.get(k, math.nan) for k in ("dice", "iou", "precision", "recall", "auc")},
                 }
             )
@@ -288,6 +302,7 @@ def ablation(
                 "parameters": 1,
                 "epochs": 0,
                 "train_s": 0.0,
+                "threshold": round(m["threshold"], 4),
                 **{k: m.get(k, math.nan) for k in ("dice", "iou", "precision", "recall", "auc")},
             }
         )
