@@ -1,0 +1,431 @@
+"""Benchmark: cube assembly throughput and peak memory of the full cube write (a script).
+
+Run: ``python tests/benchmarks/bench_cube.py [--repeat 2] [--skip-rss] [--skip-throughput]``
+
+Prints figures and asserts nothing (machines are noisy: the alternatives are measured side
+by side in the same run, interleaved repeat by repeat, and compared as ratios).
+
+1. **Cube assembly throughput** on the demo region (2048 × 2048 px at 10 m, 4 Sentinel-2
+   scenes), dask threaded scheduler, best of ``--repeat``:
+
+   a. ``pipeline.cube.s2_composite`` computed: SCL mask, reflectance, median over time and
+      valid count for the 6 cube bands (what the cube does with Sentinel-2);
+   b. raw ``stackstac.stack`` of the same items, 6 bands + SCL, same grid, float32/NaN,
+      ``chunksize=512``, reduced with ``da.nansum`` (reads and reprojects every pixel of
+      every scene, holds only one chunk per thread: no compositing);
+   c. ``odc.stac.load`` of the same items and bands onto the same ``GeoBox``,
+      ``chunks={"x": 512, "y": 512}``, ``resampling="nearest"``, float32/NaN, reduced the
+      same way as (b).
+
+   Throughput is "output grid pixels × 6 bands / seconds / cores" (Mpx/s per core), the
+   same normalisation for all three (b and c also read SCL, as a does). The whole
+   ``build_cube`` (all variables: S2, S1 medians and references, DEM) is timed too.
+
+2. **Peak RSS of the full cube write** (``flows.regional_run.regional_run`` with an
+   in-memory item source, Zarr output in a temp dir, default chunk 512), each size in a
+   fresh subprocess whose ``ru_maxrss`` is read with ``os.wait4``: the demo region and a
+   region 4× larger (4096 × 4096 px) built as a 2×2 mosaic of the demo scenes through
+   small GDAL VRTs that reference the original COGs with a shifted GeoTransform (no pixel
+   is copied). The RSS ratio (4× / demo) should stay far below 4.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from xml.sax.saxutils import escape
+
+import dask
+import dask.array as da
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from pipeline.catalog import RunInputs, load_items  # noqa: E402
+from pipeline.collections import COP_DEM, SENTINEL1_RTC, SENTINEL2  # noqa: E402
+from pipeline.config import CubeConfig  # noqa: E402
+from pipeline.demo import ensure_demo_data  # noqa: E402
+from pipeline.demo.generate import DEMO_WINDOW, GRID_SIZE, GRID_X0, GRID_Y1, RES  # noqa: E402
+from pipeline.grid import plan_grids  # noqa: E402
+from pipeline.regions import DEMO_REGION, Region  # noqa: E402
+
+DEMO_ROOT = ROOT / "data" / "demo"
+COLLECTIONS = (SENTINEL2, SENTINEL1_RTC, COP_DEM)
+#: The demo square's edge in metres (EPSG:32648): the 2×2 mosaic shifts copies by this.
+SHIFT = GRID_SIZE * RES
+
+
+# --------------------------------------------------------------------------- item source
+
+
+class MemorySource:
+    """An ``ItemSource`` over in-memory items, filtering by collection, datetime and bbox."""
+
+    url = "http://fake.invalid/stac"
+
+    def __init__(self, items: dict[str, list]) -> None:
+        self.items = items
+
+    def search(self, collection, bbox, datetime=None, max_cloud_cover=None, max_items=None):  # type: ignore[no-untyped-def]
+        out = list(self.items.get(collection, []))
+        if datetime:
+            lo, hi = (_parse_dt(p) for p in datetime.split("/"))
+            out = [it for it in out if lo <= _item_dt(it) <= hi]
+        w, s, e, n = bbox
+        out = [it for it in out if it.bbox is None
+               or (it.bbox[0] <= e and it.bbox[2] >= w and it.bbox[1] <= n and it.bbox[3] >= s)]
+        if max_cloud_cover is not None:
+            out = [it for it in out if float(it.properties.get("eo:cloud_cover", 0.0)) < max_cloud_cover]
+        return out[:max_items] if max_items else out
+
+
+def _parse_dt(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def _item_dt(item) -> datetime:  # type: ignore[no-untyped-def]
+    dt = item.datetime
+    return dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)
+
+
+def load_item_dir(items_dir: Path) -> dict[str, list]:
+    return {c: load_items(items_dir / f"{c}.json") for c in COLLECTIONS}
+
+
+def demo_inputs() -> RunInputs:
+    items = load_item_dir(DEMO_ROOT / "items")
+    s1 = [it for it in items[SENTINEL1_RTC] if DEMO_WINDOW.start <= it.datetime.date() <= DEMO_WINDOW.end]
+    return RunInputs(s2=items[SENTINEL2], s1=s1, s1_history=items[SENTINEL1_RTC], dem=items[COP_DEM])
+
+
+# --------------------------------------------------------------------------- 1. throughput
+
+
+def _best_interleaved(fns: dict[str, object], repeat: int) -> dict[str, float]:
+    best = {k: math.inf for k in fns}
+    for _ in range(repeat):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()  # type: ignore[operator]
+            best[name] = min(best[name], time.perf_counter() - t0)
+    return best
+
+
+def throughput(repeat: int, cores: int) -> dict[str, float]:
+    import odc.stac
+    import stackstac
+    from affine import Affine
+    from odc.geo.geobox import GeoBox
+    from rasterio.enums import Resampling
+
+    from pipeline.cube import build_cube, s2_composite, stackstac_dict
+    from pipeline.gdal_settings import GDAL_ENV
+
+    inputs = demo_inputs()
+    grid = plan_grids(DEMO_REGION)[0]
+    bands = list(CubeConfig().s2_bands)
+    assets = [*bands, "SCL"]
+    npx = grid.width * grid.height
+    print(f"grid {grid.width}x{grid.height} px EPSG:{grid.epsg} chunk {grid.chunk}; "
+          f"{len(inputs.s2)} S2 scenes; bands {','.join(bands)} (+SCL); {cores} cores, dask threads")
+
+    def ours() -> None:
+        ds = s2_composite(inputs.s2, grid, bands)
+        ds.compute()
+
+    def raw_stackstac() -> float:
+        arr = stackstac.stack(
+            [stackstac_dict(it) for it in inputs.s2], assets=assets, epsg=grid.epsg,
+            resolution=grid.resolution, bounds=grid.bounds, snap_bounds=False,
+            resampling=Resampling.nearest, chunksize=grid.chunk, dtype=np.dtype("float32"),
+            fill_value=np.float32(np.nan), rescale=False, xy_coords="center", gdal_env=GDAL_ENV,
+        )
+        assert arr.shape[-2:] == grid.shape, arr.shape
+        return float(da.nansum(arr.data).compute())
+
+    geobox = GeoBox(grid.shape, Affine(*grid.transform), f"EPSG:{grid.epsg}")
+
+    def raw_odc() -> float:
+        ds = odc.stac.load(inputs.s2, bands=assets, geobox=geobox, chunks={"x": grid.chunk, "y": grid.chunk},
+                           resampling="nearest", dtype="float32", nodata=np.nan)
+        assert ds.sizes["y"] == grid.height and ds.sizes["x"] == grid.width, dict(ds.sizes)
+        sums = dask.compute(*[da.nansum(ds[b].data) for b in assets])
+        return float(sum(sums))
+
+    def whole_cube() -> None:
+        build_cube(inputs, grid, bands).compute()
+
+    with dask.config.set(scheduler="threads", num_workers=cores):
+        sb, so = raw_stackstac(), raw_odc()  # warm the page cache and GDAL; checksums
+        print(f"checksum (nansum of all read pixels): stackstac {sb:.6e}  odc-stac {so:.6e}  "
+              f"rel.diff {abs(sb - so) / max(abs(sb), 1e-30):.1e}")
+        t = _best_interleaved({"a": ours, "b": raw_stackstac, "c": raw_odc}, repeat)
+        t["cube"] = _best_interleaved({"cube": whole_cube}, max(1, repeat - 1))["cube"]
+
+    def mpx(sec: float) -> float:
+        return npx * len(bands) / sec / cores / 1e6
+
+    print(f"\n1. Cube assembly throughput, demo region (best of {repeat}; Mpx/s per core = "
+          f"{npx:,} px x {len(bands)} bands / s / {cores} cores)")
+    rows = [
+        ("a", "s2_composite (mask+median+count) .compute()"),
+        ("b", "raw stackstac.stack 7 assets, da.nansum"),
+        ("c", "odc.stac.load 7 assets, da.nansum"),
+    ]
+    for key, label in rows:
+        print(f"  ({key}) {label:<46} {t[key]:7.2f} s  {mpx(t[key]):6.2f} Mpx/s/core  "
+              f"time vs (b) x{t[key] / t['b']:.2f}  throughput vs (b) x{t['b'] / t[key]:.2f}")
+    print(f"  whole build_cube (11 variables) .compute()          {t['cube']:7.2f} s  "
+          f"({npx / t['cube'] / cores / 1e6:.2f} Mpx/s/core of output grid)")
+    return t
+
+
+# --------------------------------------------------------------------------- 4× mosaic
+
+
+def _vrt(src: Path, dst: Path, dx: float, dy: float) -> None:
+    """A VRT of ``src`` (all bands, full extent) with its GeoTransform shifted by (dx, dy)."""
+    import rasterio
+
+    with rasterio.open(src) as ds:
+        a, b, c, d, e, f = tuple(ds.transform)[:6]
+        gt = (c + dx, a, b, f + dy, d, e)
+        bx, by = ds.block_shapes[0][1], ds.block_shapes[0][0]
+        parts = [f'<VRTDataset rasterXSize="{ds.width}" rasterYSize="{ds.height}">',
+                 f"  <SRS>{escape(ds.crs.to_wkt())}</SRS>",
+                 "  <GeoTransform>" + ", ".join(repr(float(v)) for v in gt) + "</GeoTransform>"]
+        gdal_types = {"uint8": "Byte", "uint16": "UInt16", "int16": "Int16", "uint32": "UInt32",
+                      "int32": "Int32", "float32": "Float32", "float64": "Float64"}
+        for i in range(1, ds.count + 1):
+            dt = gdal_types[ds.dtypes[i - 1]]
+            parts.append(f'  <VRTRasterBand dataType="{dt}" band="{i}">')
+            if ds.nodatavals[i - 1] is not None:
+                parts.append(f"    <NoDataValue>{ds.nodatavals[i - 1]!r}</NoDataValue>")
+            parts += [
+                "    <SimpleSource>",
+                f'      <SourceFilename relativeToVRT="0">{escape(str(src))}</SourceFilename>',
+                f"      <SourceBand>{i}</SourceBand>",
+                f'      <SourceProperties RasterXSize="{ds.width}" RasterYSize="{ds.height}" '
+                f'DataType="{dt}" BlockXSize="{bx}" BlockYSize="{by}" />',
+                f'      <SrcRect xOff="0" yOff="0" xSize="{ds.width}" ySize="{ds.height}" />',
+                f'      <DstRect xOff="0" yOff="0" xSize="{ds.width}" ySize="{ds.height}" />',
+                "    </SimpleSource>",
+                "  </VRTRasterBand>",
+            ]
+        parts.append("</VRTDataset>")
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    dst.write_text("\n".join(parts) + "\n")
+
+
+def _shift_proj(fields: dict, dx: float, dy: float) -> None:
+    if "proj:transform" in fields:
+        t = list(fields["proj:transform"])
+        t[2] += dx
+        t[5] += dy
+        fields["proj:transform"] = t
+    if "proj:bbox" in fields:
+        x0, y0, x1, y1 = fields["proj:bbox"]
+        fields["proj:bbox"] = [x0 + dx, y0 + dy, x1 + dx, y1 + dy]
+
+
+def _lonlat_footprint(epsg: int, bounds: list[float]) -> tuple[dict, list[float]]:
+    from pyproj import Transformer
+
+    x0, y0, x1, y1 = bounds
+    n = 21
+    xs = [x0 + (x1 - x0) * k / n for k in range(n)]
+    ys = [y0 + (y1 - y0) * k / n for k in range(n)]
+    ring = ([(x, y0) for x in xs] + [(x1, y) for y in ys]
+            + [(x, y1) for x in reversed(xs[1:] + [x1])] + [(x0, y) for y in reversed(ys[1:] + [y1])])
+    tr = Transformer.from_crs(epsg, 4326, always_xy=True)
+    lon, lat = tr.transform([p[0] for p in ring], [p[1] for p in ring])
+    coords = [[float(a), float(b)] for a, b in zip(lon, lat)]
+    coords.append(coords[0])
+    bbox = [min(lon), min(lat), max(lon), max(lat)]
+    return {"type": "Polygon", "coordinates": [coords]}, [float(v) for v in bbox]
+
+
+def _shifted_item(item, ix: int, iy: int, vrt_root: Path):  # type: ignore[no-untyped-def]
+    """A clone of ``item`` moved by (ix·SHIFT, -iy·SHIFT) metres (in degrees for EPSG:4326)."""
+    import pystac
+
+    d = item.to_dict(transform_hrefs=False)
+    code = d["properties"].get("proj:code") or f"EPSG:{d['properties'].get('proj:epsg')}"
+    epsg = int(str(code).split(":")[1])
+    if epsg == 4326:  # the demo square's size in degrees at its centre latitude
+        lat_c = 29.93
+        dx, dy = ix * SHIFT / (111_320.0 * math.cos(math.radians(lat_c))), -iy * SHIFT / 110_850.0
+    else:
+        dx, dy = ix * SHIFT, -iy * SHIFT
+    d["id"] = f"{item.id}_x{ix}y{iy}"
+    _shift_proj(d["properties"], dx, dy)
+    for key, asset in d["assets"].items():
+        src = Path(asset["href"])
+        dst = vrt_root / item.collection_id / d["id"] / f"{key}.vrt"
+        _vrt(src, dst, dx, dy)
+        asset["href"] = str(dst)
+        asset["type"] = "application/x-ogc-vrt+xml"
+        _shift_proj(asset, dx, dy)
+    if epsg == 4326:
+        w, s, e, n = item.bbox
+        d["bbox"] = [w + dx, s + dy, e + dx, n + dy]
+        geom = item.geometry
+        d["geometry"] = {"type": geom["type"], "coordinates": [
+            [[p[0] + dx, p[1] + dy] for p in ring] for ring in geom["coordinates"]]}
+    else:
+        # footprint = union of the shifted assets' proj:bbox (item-level when present)
+        boxes = [a["proj:bbox"] for a in d["assets"].values() if "proj:bbox" in a]
+        if "proj:bbox" in d["properties"]:
+            boxes.append(d["properties"]["proj:bbox"])
+        b = [min(x[0] for x in boxes), min(x[1] for x in boxes), max(x[2] for x in boxes), max(x[3] for x in boxes)]
+        d["geometry"], d["bbox"] = _lonlat_footprint(epsg, b)
+    return pystac.Item.from_dict(d)
+
+
+def make_mosaic(tmp: Path) -> tuple[Region, Path]:
+    """2×2 mosaic of the demo items (VRTs + items under ``tmp``) and a region 4× the demo's."""
+    from pipeline.catalog import save_items
+    from pyproj import Transformer
+
+    items = load_item_dir(DEMO_ROOT / "items")
+    out: dict[str, list] = {c: [] for c in COLLECTIONS}
+    for c, its in items.items():
+        for it in its:
+            for ix, iy in ((0, 0), (1, 0), (0, 1), (1, 1)):
+                out[c].append(it if (ix, iy) == (0, 0) else _shifted_item(it, ix, iy, tmp / "vrt"))
+    items_dir = tmp / "items"
+    for c, its in out.items():
+        save_items(its, items_dir / f"{c}.json")
+    # lon/lat bbox inscribed in the 2×2 square (x 317440..358400, y 3281920..3322880)
+    x0, x1, y0, y1 = GRID_X0, GRID_X0 + 2 * SHIFT, GRID_Y1 - 2 * SHIFT, GRID_Y1
+    tr = Transformer.from_crs(32648, 4326, always_xy=True)
+    ts = np.linspace(0, 1, 41)
+    west = max(tr.transform(np.full_like(ts, x0), y0 + ts * (y1 - y0))[0])
+    east = min(tr.transform(np.full_like(ts, x1), y0 + ts * (y1 - y0))[0])
+    south = max(tr.transform(x0 + ts * (x1 - x0), np.full_like(ts, y0))[1])
+    north = min(tr.transform(x0 + ts * (x1 - x0), np.full_like(ts, y1))[1])
+    eps = 0.002
+    region = Region("demo4x", (west + eps, south + eps, east - eps, north - eps))
+    return region, items_dir
+
+
+# --------------------------------------------------------------------------- 2. peak RSS
+
+
+def child(kind: str, items_dir: Path, out: Path, bbox: list[float] | None) -> None:
+    """Run the full cube write once and print one JSON line (run in a fresh process)."""
+    import psutil
+
+    from flows.regional_run import regional_run
+
+    region = DEMO_REGION if kind == "demo" else Region("demo4x", tuple(bbox))  # type: ignore[arg-type]
+    src = MemorySource(load_item_dir(items_dir))
+    rss0 = psutil.Process().memory_info().rss
+    t0 = time.perf_counter()
+    res = regional_run(region, DEMO_WINDOW, src.url, out, source=src)
+    wall = time.perf_counter() - t0
+    z = res.zones[0]
+    print(json.dumps({"wall_s": wall, "rss_after_imports": rss0, "px": z.grid.width * z.grid.height,
+                      "shape": [z.grid.height, z.grid.width], "path": str(z.cube_path),
+                      "ru_maxrss_self_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
+
+
+def run_child_wait4(kind: str, items_dir: Path, out: Path, region: Region) -> dict:
+    """Start the child, read its output, and reap it with ``os.wait4`` for its own rusage."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", kind, "--items-dir", str(items_dir),
+           "--out", str(out), "--bbox", json.dumps(list(region.bbox))]
+    with tempfile.TemporaryFile("w+") as fo, tempfile.TemporaryFile("w+") as fe:
+        pid = os.posix_spawn(sys.executable, cmd, os.environ, file_actions=[
+            (os.POSIX_SPAWN_DUP2, fo.fileno(), 1), (os.POSIX_SPAWN_DUP2, fe.fileno(), 2)])
+        _, status, ru = os.wait4(pid, 0)
+        fo.seek(0)
+        fe.seek(0)
+        stdout, stderr = fo.read(), fe.read()
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise RuntimeError(f"child {kind} failed ({status}):\n{stderr[-4000:]}")
+    info = json.loads(stdout.strip().splitlines()[-1])
+    info["ru_maxrss_kb"] = ru.ru_maxrss
+    return info
+
+
+def peak_rss() -> dict[str, dict]:
+    from flows.regional_run import _intersecting
+
+    results: dict[str, dict] = {}
+    with tempfile.TemporaryDirectory(prefix="bench_cube_") as td:
+        tmp = Path(td)
+        region4, items4 = make_mosaic(tmp / "mosaic")
+        grid4 = plan_grids(region4)[0]
+        grid1 = plan_grids(DEMO_REGION)[0]
+        assert (grid4.width, grid4.height, grid4.x0, grid4.y1) == (2 * GRID_SIZE, 2 * GRID_SIZE, GRID_X0, GRID_Y1), grid4
+        print(f"\n2. Peak RSS of the full cube write (regional_run, chunk {grid1.chunk}, write tiles of 2x2 chunks), "
+              "one fresh subprocess per size")
+        print(f"  4x region bbox {tuple(round(v, 4) for v in region4.bbox)} -> grid {grid4.width}x{grid4.height} "
+              f"x0={grid4.x0:.0f} y1={grid4.y1:.0f} (VRT 2x2 mosaic of the demo scenes)")
+        for kind, region, items_dir, grid in (("demo", DEMO_REGION, DEMO_ROOT / "items", grid1),
+                                              ("4x", region4, items4, grid4)):
+            s2 = load_items(items_dir / f"{SENTINEL2}.json")
+            per_tile = [len(_intersecting(s2, grid.subgrid(t))) for t in grid.tiles(2)]
+            info = run_child_wait4(kind, items_dir, tmp / f"out_{kind}", region)
+            info["s2_per_tile"] = (min(per_tile), sum(per_tile) / len(per_tile), max(per_tile))
+            info["tiles"] = len(per_tile)
+            results[kind] = info
+            print(f"  {kind:>4}: {info['shape'][0]}x{info['shape'][1]} = {info['px'] / 1e6:5.2f} Mpx, "
+                  f"{info['tiles']:2d} write tiles (S2 scenes per tile min/mean/max "
+                  f"{per_tile and min(per_tile)}/{info['s2_per_tile'][1]:.1f}/{max(per_tile)}), "
+                  f"wall {info['wall_s']:6.1f} s, peak RSS {info['ru_maxrss_kb'] / 1024:7.1f} MB "
+                  f"(after imports {info['rss_after_imports'] / 2**20:5.1f} MB)")
+    d, q = results["demo"], results["4x"]
+    ratio = q["ru_maxrss_kb"] / d["ru_maxrss_kb"]
+    grow = (q["ru_maxrss_kb"] * 1024 - q["rss_after_imports"]) / max(d["ru_maxrss_kb"] * 1024 - d["rss_after_imports"], 1)
+    print(f"  pixels x{q['px'] / d['px']:.1f}, wall x{q['wall_s'] / d['wall_s']:.2f}, "
+          f"peak RSS x{ratio:.2f} (above-imports RSS x{grow:.2f})")
+    results["ratio"] = {"rss": ratio, "rss_above_imports": grow}
+    return results
+
+
+# --------------------------------------------------------------------------- main
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--repeat", type=int, default=2)
+    p.add_argument("--skip-throughput", action="store_true")
+    p.add_argument("--skip-rss", action="store_true")
+    p.add_argument("--child", choices=["demo", "4x"], help=argparse.SUPPRESS)
+    p.add_argument("--items-dir", type=Path, help=argparse.SUPPRESS)
+    p.add_argument("--out", type=Path, help=argparse.SUPPRESS)
+    p.add_argument("--bbox", type=json.loads, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.child:
+        child(args.child, args.items_dir, args.out, args.bbox)
+        return
+    ensure_demo_data(DEMO_ROOT)
+    cores = os.cpu_count() or 1
+    t0 = time.perf_counter()
+    t = throughput(args.repeat, cores) if not args.skip_throughput else None
+    r = peak_rss() if not args.skip_rss else None
+    parts = []
+    if t:
+        npx = GRID_SIZE * GRID_SIZE * 6
+        parts.append(f"S2 composite {npx / t['a'] / cores / 1e6:.2f} Mpx/s/core "
+                     f"(x{t['b'] / t['a']:.2f} of raw stackstac, odc-stac x{t['b'] / t['c']:.2f} of stackstac), "
+                     f"whole cube {t['cube']:.1f} s")
+    if r:
+        parts.append(f"peak RSS demo {r['demo']['ru_maxrss_kb'] / 1024:.0f} MB, 4x {r['4x']['ru_maxrss_kb'] / 1024:.0f} MB "
+                     f"(x{r['ratio']['rss']:.2f} for 4x the pixels)")
+    print(f"\nSUMMARY: {'; '.join(parts)}  [total {time.perf_counter() - t0:.0f} s]")
+
+
+if __name__ == "__main__":
+    main()
