@@ -173,6 +173,14 @@ class RunInputs:
         }
 
 
+def _has_projection(item: pystac.Item) -> bool:
+    """True when the item (or its vv asset) states a CRS and transform stackstac can use."""
+    fields = [item.properties, *(a.extra_fields for a in item.assets.values())]
+    has_crs = any(("proj:epsg" in f and f["proj:epsg"]) or f.get("proj:code") for f in fields)
+    has_tr = any("proj:transform" in f for f in fields)
+    return bool(has_crs and has_tr)
+
+
 def _item_time(item: pystac.Item) -> datetime:
     dt = item.datetime or pystac.utils.str_to_datetime(item.properties["start_datetime"])
     return dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)
@@ -208,7 +216,14 @@ def search_inputs(
     s1_collection = SENTINEL1_RTC
     s1_hist = source.search(SENTINEL1_RTC, bbox, hist_window.stac_datetime(), max_items=config.max_items)
     if not s1_hist and config.s1_grd_fallback:
-        s1_hist = source.search(SENTINEL1_GRD, bbox, hist_window.stac_datetime(), max_items=config.max_items)
+        grd = source.search(SENTINEL1_GRD, bbox, hist_window.stac_datetime(), max_items=config.max_items)
+        s1_hist = [it for it in grd if _has_projection(it)]
+        if grd and not s1_hist:
+            notes.append(
+                f"No sentinel-1-rtc items; {len(grd)} sentinel-1-grd items were found but carry no map "
+                "projection (radar geometry with GCPs), which this version cannot read: soil moisture "
+                "falls back to the NDMI proxy and is flagged in the quality layer."
+            )
         if s1_hist:
             s1_collection = SENTINEL1_GRD
             notes.append(

@@ -197,7 +197,8 @@ class _Empty:
     def search(self, collection, bbox, datetime, max_cloud_cover=None, max_items=None):  # type: ignore[no-untyped-def]
         if collection in self.empty:
             return []
-        return [pystac.Item(id=f"{collection}-1", geometry=None, bbox=None, datetime=__import__("datetime").datetime(2024, 7, 5), properties={})]
+        props = {} if collection == "sentinel-1-grd" and "grd-unprojected" in self.empty else {"proj:epsg": 32648, "proj:transform": [10, 0, 0, 0, -10, 0]}
+        return [pystac.Item(id=f"{collection}-1", geometry=None, bbox=None, datetime=__import__("datetime").datetime(2024, 7, 5), properties=props)]
 
 
 def test_empty_search_names_the_collection():
@@ -212,8 +213,19 @@ def test_grd_fallback_when_no_rtc():
     win = TimeWindow(date(2024, 7, 1), date(2024, 7, 31))
     got = search_inputs(_Empty({"sentinel-1-rtc"}), (0, 0, 1, 1), win, CubeConfig())
     assert got.s1_collection == "sentinel-1-grd" and got.notes and "sentinel-1-grd" in got.notes[0]
+    # real Planetary Computer GRD items are in radar geometry (no proj:*): NDMI proxy, with a note
+    got = search_inputs(_Empty({"sentinel-1-rtc", "grd-unprojected"}), (0, 0, 1, 1), win)
+    assert got.s1 == [] and any("no map projection" in n for n in got.notes)
     got = search_inputs(_Empty({"sentinel-1-rtc"}), (0, 0, 1, 1), win, CubeConfig(s1_grd_fallback=False))
     assert got.s1 == [] and "NDMI proxy" in got.notes[0]
+
+
+def test_recorded_grd_items_are_recognised_as_unprojected(shared_fixtures):  # type: ignore[no-untyped-def]
+    doc = json.loads((shared_fixtures / "planetary-computer" / "stac-geoparquet-items" / "cassette-items" / "sentinel-1-grd_00_FeatureCollection.json").read_text())
+    grd = [pystac.Item.from_dict(f) for f in doc["features"]]
+    assert grd and not any(catalog._has_projection(it) for it in grd)
+    rtc = json.loads((shared_fixtures / "planetary-computer" / "stac-geoparquet-items" / "cassette-items" / "sentinel-1-rtc_00_FeatureCollection.json").read_text())
+    assert all(catalog._has_projection(pystac.Item.from_dict(f)) for f in rtc["features"])
 
 
 def test_unreachable_stac_api():
