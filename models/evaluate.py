@@ -203,7 +203,8 @@ def _best_threshold(score: np.ndarray, y: np.ndarray) -> float:
 
 def lsi_threshold_baseline(data: TrainingData, lsi_channel: str = "lsi") -> dict:
     """Threshold the LSI channel alone: threshold fit on validation blocks (max Dice),
-    scored on the test blocks. AUC uses the raw score (threshold-free)."""
+    scored on the test blocks. AUC uses the raw score (threshold-free). The threshold is
+    in normalised LSI units (z-score with the training blocks' mean/std)."""
     i = data.channels.index(lsi_channel)
     lsi = data.x[i]
     val = data.split.mask("val")
