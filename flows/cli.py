@@ -124,36 +124,14 @@ def _print_plan(result) -> None:  # type: ignore[no-untyped-def]
     out_console.print(f"total: {len(result.plans)} zone(s), {_human_bytes(total_bytes)} to read, {total_tasks:,} dask tasks")
 
 
-def _rain(intensity: float | None, duration: float | None, precip: Path | None, bbox, window: TimeWindow):  # type: ignore[no-untyped-def]
-    """The run's rainfall event: explicit P/D, a local precipitation Zarr, or none (R_m = 1)."""
-    from datetime import timedelta
-
-    from flows.lsi_stage import Rain
-    from pipeline.rainfall import LocalZarrSource, rain_event, rainfall_multiplier
-
-    if (intensity is None) != (duration is None):
-        raise RainfallError("--rain-intensity and --rain-duration go together.", "give both, or neither.")
-    if intensity is not None and duration is not None:
-        return Rain(intensity, duration, float(rainfall_multiplier(intensity, duration)), "explicit")
-    if precip is not None:
-        start = window.end - timedelta(days=3)
-        ev = rain_event(LocalZarrSource(precip), bbox, str(start), str(window.end + timedelta(days=1))).compute()
-        p, d = float(ev["intensity"]), float(ev["duration"])
-        return Rain(p, d, float(rainfall_multiplier(p, d)), f"{precip} {start}..{window.end}")
-    return Rain(None, None, 1.0, "none (no rainfall scaling, R_m = 1)")
-
-
 def _lsi_stage(result, rain, progress, overwrite: bool = False) -> None:  # type: ignore[no-untyped-def]
-    from flows.lsi_stage import write_lsi, write_lsi_quicklook
-    from pipeline.lsi import LsiParams
+    from flows.stages import lsi_stage
 
     console.print(f"rainfall: P={rain.intensity_mm_h} mm/h, D={rain.duration_days} d, R_m={rain.multiplier:.3f} ({rain.source})")
+    lsi_stage(result, rain, overwrite=overwrite, on_event=progress)
     for z in result.zones:
-        path = write_lsi(z.cube_path, z.grid, LsiParams(), rain, overwrite=overwrite, on_event=progress)
-        png = write_lsi_quicklook(path)
-        out_console.print(f"LSI {z.grid.zone_name}: {path}")
-        out_console.print(f"quick look: {png}")
-        z.lsi_path = path
+        out_console.print(f"LSI {z.grid.zone_name}: {z.lsi_path}")
+        out_console.print(f"quick look: {z.lsi_path.with_suffix('.png')}")
 
 
 @app.command()
@@ -174,7 +152,7 @@ def run(
     cube_only: Annotated[bool, typer.Option("--cube-only", help="Stop after the cube; skip factors and LSI.")] = False,
 ) -> None:
     """Build the aligned cube (Zarr) for a region and time window."""
-    from flows.regional_run import regional_run
+    from flows.stages import cube_stage, resolve_rain
 
     reg = parse_region(region)
     window = parse_window(start, end)
@@ -183,7 +161,7 @@ def run(
     config = CubeConfig(max_cloud_cover=max_cloud)
     progress = _RunProgress()
     try:
-        result = regional_run(reg, window, stac_url, out, config, dry_run=dry_run, overwrite=overwrite, on_event=progress, chunk=chunk)
+        result = cube_stage(reg, window, stac_url, out, config, dry_run=dry_run, overwrite=overwrite, on_event=progress, chunk=chunk)
     finally:
         progress.stop()
     if dry_run:
@@ -192,7 +170,7 @@ def run(
     for z in result.zones:
         out_console.print(f"cube {z.grid.zone_name}: {z.cube_path}")
     if not cube_only:
-        rain = _rain(rain_intensity, rain_duration, precip, reg.bbox, window)
+        rain = resolve_rain(rain_intensity, rain_duration, precip, reg.bbox, window)
         _lsi_stage(result, rain, progress, overwrite=overwrite)
     out_console.print(f"open with: xr.open_zarr({str(result.zones[0].cube_path)!r}, decode_coords='all')")
 
@@ -206,7 +184,7 @@ def demo(
     seed: Annotated[int, typer.Option(help="Seed of the synthetic region.")] = 20240701,
 ) -> None:
     """Generate (once) the synthetic demo region, serve it as a local STAC API, and run it."""
-    from flows.regional_run import regional_run
+    from flows.stages import cube_stage, resolve_rain
     from pipeline.demo import LocalStacServer, ensure_demo_data
     from pipeline.demo.generate import DEMO_WINDOW, generate
     from pipeline.regions import DEMO_REGION
@@ -222,12 +200,12 @@ def demo(
     with LocalStacServer(hrefs) as url:
         console.print(f"local STAC API (rustac serve) at {url}")
         try:
-            result = regional_run(DEMO_REGION, DEMO_WINDOW, url, out, CubeConfig(), on_event=progress)
+            result = cube_stage(DEMO_REGION, DEMO_WINDOW, url, out, CubeConfig(), on_event=progress)
         finally:
             progress.stop()
     for z in result.zones:
         out_console.print(f"cube: {z.cube_path}")
-    rain = _rain(None, None, layout.precipitation if layout.precipitation.exists() else None, DEMO_REGION.bbox, DEMO_WINDOW)
+    rain = resolve_rain(None, None, layout.precipitation if layout.precipitation.exists() else None, DEMO_REGION.bbox, DEMO_WINDOW)
     _lsi_stage(result, rain, progress, overwrite=True)  # the demo's LSI is cheap: refresh it when inputs change
     _demo_calibration(result, layout)
     out_console.print(f"ground truth (synthetic landslide scars): {layout.truth_mask}")

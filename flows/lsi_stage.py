@@ -8,7 +8,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import dask
+import dask  # noqa: F401
+
+from flows.dask_context import compute_context
 import numpy as np
 import xarray as xr
 
@@ -57,7 +59,7 @@ def write_lsi(
         emit("reused", {"zone": grid.zone_name, "path": str(store.path)})
         return store.path
     factors = compute_factors(cube)
-    with dask.config.set(scheduler="threads"):
+    with compute_context():
         ranges = normalisation_ranges(factors)
     ds = lsi_dataset(cube, ranges, params, rain)
     variables = {name: str(v.dtype) for name, v in ds.data_vars.items()}
@@ -85,7 +87,7 @@ def write_lsi(
         def tile_ds(t):  # type: ignore[no-untyped-def]
             return ds.isel(y=slice(t.row0, t.row1), x=slice(t.col0, t.col1))
 
-        with dask.config.set(scheduler="threads"):
+        with compute_context():
             write_tiles(store, grid, tiles, tile_ds,
                         on_tile=lambda t, s: emit("tile", {"zone": f"{grid.zone_name} LSI", "tile": t.key, "skipped": s}))
         path = store.finalize()

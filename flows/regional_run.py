@@ -8,7 +8,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-import dask
+import dask  # noqa: F401
+
+from flows.dask_context import compute_context
 import xarray as xr
 
 from pipeline import __version__
@@ -122,7 +124,7 @@ def _write_zone(
                 return blank(sub, variables)
             return build_cube(signed, sub, config.s2_bands)
 
-        with dask.config.set(scheduler="threads"):
+        with compute_context():
             write_tiles(store, grid, tiles, tile_dataset,
                         on_tile=lambda t, skipped: emit("tile", {"zone": grid.zone_name, "tile": t.key, "skipped": skipped}))
         valid = int(xr.open_zarr(str(store.partial), consolidated=False)["s2_valid_count"].astype("int64").sum().compute())
