@@ -134,6 +134,28 @@ def _lsi_stage(result, rain, progress, overwrite: bool = False) -> None:  # type
         out_console.print(f"quick look: {z.lsi_path.with_suffix('.png')}")
 
 
+def _risk_stage(result, rain, checkpoint, progress, device: str = "auto", overwrite: bool = False) -> None:  # type: ignore[no-untyped-def]
+    from flows.stages import risk_stage
+
+    if checkpoint is None:
+        console.print("[yellow]note:[/] no --checkpoint given: the run stops after the LSI (train one with `slidewatch train`).")
+        return
+    risk_stage(result, rain, checkpoint, device=device, overwrite=overwrite, on_event=progress)
+
+
+def _print_outputs(result, with_risk: bool) -> None:  # type: ignore[no-untyped-def]
+    run_dir = result.run_dir
+    if with_risk:
+        out_console.print(f"[bold green]risk mosaic[/]: {run_dir / 'risk.zarr'} (one group per UTM zone)")
+        out_console.print(f"exports (COGs, PNG, STAC item): {run_dir / 'exports'}")
+        zone = result.zones[0].grid.zone_name
+        out_console.print(f"open with: xr.open_zarr({str(run_dir / 'risk.zarr')!r}, group={zone!r}, decode_coords='all')")
+        out_console.print(f"map: slidewatch report {run_dir}")
+    else:
+        z = result.zones[0]
+        out_console.print(f"open with: xr.open_zarr({str(z.lsi_path or z.cube_path)!r}, decode_coords='all')")
+
+
 @app.command()
 @friendly_errors
 def run(
@@ -150,9 +172,12 @@ def run(
     rain_duration: Annotated[Optional[float], typer.Option(help="Event rainfall duration D in days (with --rain-intensity).")] = None,
     precip: Annotated[Optional[Path], typer.Option(help="Local IMERG-layout precipitation Zarr to read P and D from (last 3 days of the window).")] = None,
     cube_only: Annotated[bool, typer.Option("--cube-only", help="Stop after the cube; skip factors and LSI.")] = False,
+    checkpoint: Annotated[Optional[Path], typer.Option(help="U-Net checkpoint (model.safetensors from `slidewatch train`); without it the run stops after the LSI.")] = None,
+    device: Annotated[str, typer.Option(help="Inference device: auto (CUDA when present), cpu or cuda.")] = "auto",
+    dask_address: Annotated[Optional[str], typer.Option(envvar="SLIDEWATCH_DASK_ADDRESS", help="Dask scheduler address (tcp://host:8786); default: a local cluster.")] = None,
 ) -> None:
-    """Build the aligned cube (Zarr) for a region and time window."""
-    from flows.stages import cube_stage, resolve_rain
+    """Run a region: cube (Zarr) → factors and LSI → U-Net risk mosaic and exports."""
+    from flows.stages import cube_stage, resolve_rain, run_record, write_run_json
 
     reg = parse_region(region)
     window = parse_window(start, end)
@@ -160,19 +185,29 @@ def run(
         raise TimeWindowError(f"--max-cloud {max_cloud} is outside (0, 100].", "give a percentage such as 60.")
     config = CubeConfig(max_cloud_cover=max_cloud)
     progress = _RunProgress()
-    try:
-        result = cube_stage(reg, window, stac_url, out, config, dry_run=dry_run, overwrite=overwrite, on_event=progress, chunk=chunk)
-    finally:
-        progress.stop()
     if dry_run:
+        result = cube_stage(reg, window, stac_url, out, config, dry_run=True, on_event=progress, chunk=chunk)
+        progress.stop()
         _print_plan(result)
         return
-    for z in result.zones:
-        out_console.print(f"cube {z.grid.zone_name}: {z.cube_path}")
-    if not cube_only:
+    from flows.dask_context import dask_client
+
+    with dask_client(dask_address):
+        try:
+            result = cube_stage(reg, window, stac_url, out, config, overwrite=overwrite, on_event=progress, chunk=chunk)
+        finally:
+            progress.stop()
+        for z in result.zones:
+            out_console.print(f"cube {z.grid.zone_name}: {z.cube_path}")
+        if cube_only:
+            out_console.print(f"open with: xr.open_zarr({str(result.zones[0].cube_path)!r}, decode_coords='all')")
+            return
         rain = resolve_rain(rain_intensity, rain_duration, precip, reg.bbox, window)
         _lsi_stage(result, rain, progress, overwrite=overwrite)
-    out_console.print(f"open with: xr.open_zarr({str(result.zones[0].cube_path)!r}, decode_coords='all')")
+        write_run_json(result.run_dir, run_record(reg, window, stac_url, result, rain,
+                                                  extra={"checkpoint": str(checkpoint) if checkpoint else None}))
+        _risk_stage(result, rain, checkpoint, progress, device=device, overwrite=overwrite)
+    _print_outputs(result, checkpoint is not None)
 
 
 @app.command()
@@ -182,9 +217,11 @@ def demo(
     out: Annotated[Path, typer.Option(help="Output root of the demo run.")] = Path("out"),
     regenerate: Annotated[bool, typer.Option("--regenerate", help="Regenerate the synthetic region even if cached.")] = False,
     seed: Annotated[int, typer.Option(help="Seed of the synthetic region.")] = 20240701,
+    no_model: Annotated[bool, typer.Option("--no-model", help="Stop after the LSI (no U-Net training or inference).")] = False,
+    retrain: Annotated[bool, typer.Option("--retrain", help="Retrain the demo model even if a cached one matches.")] = False,
 ) -> None:
     """Generate (once) the synthetic demo region, serve it as a local STAC API, and run it."""
-    from flows.stages import cube_stage, resolve_rain
+    from flows.stages import cube_stage, ensure_demo_model, resolve_rain, risk_stage, run_record, write_run_json
     from pipeline.demo import LocalStacServer, ensure_demo_data
     from pipeline.demo.generate import DEMO_WINDOW, generate
     from pipeline.regions import DEMO_REGION
@@ -209,6 +246,17 @@ def demo(
     _lsi_stage(result, rain, progress, overwrite=True)  # the demo's LSI is cheap: refresh it when inputs change
     _demo_calibration(result, layout)
     out_console.print(f"ground truth (synthetic landslide scars): {layout.truth_mask}")
+    if no_model:
+        _print_outputs(result, False)
+        return
+    lsi_path = result.zones[0].lsi_path
+    console.print("[cyan]model[/]: the demo U-Net is trained on the demo region's SYNTHETIC scars (cached after the first run)")
+    ckpt = ensure_demo_model(lsi_path, layout.truth_mask, data / "model", retrain=retrain, on_event=progress)
+    out_console.print(f"demo checkpoint: {ckpt}")
+    write_run_json(result.run_dir, run_record(DEMO_REGION, DEMO_WINDOW, "local demo STAC (rustac serve)", result, rain,
+                                              extra={"checkpoint": str(ckpt), "model_note": "trained on synthetic demo scars"}))
+    risk_stage(result, rain, ckpt, overwrite=True, on_event=progress)  # replaced only when stale
+    _print_outputs(result, True)
 
 
 def _demo_calibration(result, layout) -> None:  # type: ignore[no-untyped-def]
@@ -225,14 +273,23 @@ def _demo_calibration(result, layout) -> None:  # type: ignore[no-untyped-def]
 
 
 def _register_optional_commands() -> None:
-    try:
-        from flows import model_commands
-    except ImportError:
-        return
-    for name in ("train", "evaluate"):
-        fn = getattr(model_commands, name, None)
-        if fn is not None:
-            app.command(name)(friendly_errors(fn))
+    """Commands whose modules need extras (torch for the model commands, prefect for the
+    watch): registered only when their module imports."""
+    import importlib
+
+    for module, names in (
+        ("flows.model_commands", ("train", "evaluate", "ablate")),
+        ("flows.report_command", ("report",)),
+        ("flows.watch_commands", ("watch", "serve")),
+    ):
+        try:
+            mod = importlib.import_module(module)
+        except ImportError:
+            continue
+        for name in names:
+            fn = getattr(mod, name, None)
+            if fn is not None:
+                app.command(name)(friendly_errors(fn))
 
 
 _register_optional_commands()

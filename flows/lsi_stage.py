@@ -73,6 +73,8 @@ def write_lsi(
             "slidewatch_version": __version__,
             "cube": str(cube_path),
             "region": cube.attrs.get("region"),
+            "time_start": cube.attrs.get("time_start"),
+            "time_end": cube.attrs.get("time_end"),
             "input_items": cube.attrs.get("input_items"),
             "normalisation_ranges": ranges,
             "lsi_params": params.__dict__,

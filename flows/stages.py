@@ -26,7 +26,7 @@ from flows.lsi_stage import Rain, write_lsi, write_lsi_quicklook
 from flows.regional_run import RunResult, regional_run
 from pipeline import __version__
 from pipeline.config import CubeConfig, TimeWindow
-from pipeline.errors import RainfallError
+from pipeline.errors import RainfallError, StoreError
 from pipeline.lsi import LsiParams
 from pipeline.regions import Region
 
@@ -145,3 +145,106 @@ def run_record(
         },
         **(extra or {}),
     }
+
+
+def load_predictor(checkpoint: Path, device: str = "auto", batch_size: int = 8) -> Any:
+    """The checkpoint's Predictor, loaded once per process (see :func:`models.predictor.cached_predictor`)."""
+    from models.predictor import cached_predictor
+
+    return cached_predictor(str(checkpoint), device, batch_size)
+
+
+def risk_stage(
+    result: RunResult,
+    rain: Rain,
+    checkpoint: Path | None,
+    *,
+    overwrite: bool = False,
+    on_event: Event | None = None,
+    device: str = "auto",
+    thresholds: tuple[float, float] | None = None,
+    tile: int = 256,
+    batch_size: int = 8,
+) -> Path | None:
+    """U-Net over every zone's LSI store → ``RUN/risk.zarr`` → exports (COGs, PNG, STAC item).
+
+    ``checkpoint=None`` skips the stage (returns ``None``). The mosaic is reused when its
+    LSI store, checkpoint and settings are unchanged; ``rain`` is recorded through the LSI
+    store it reads.
+    """
+    from flows.risk_stage import open_zone, write_risk
+    from pipeline.export import export_run
+    from pipeline.mosaic import CLASS_THRESHOLDS
+    from pipeline.quicklook import write_quicklook
+
+    emit = on_event or _quiet
+    if checkpoint is None:
+        return None
+    predictor = load_predictor(checkpoint, device, batch_size)
+    emit("model", {"predictor": repr(predictor)})
+    zones = [(z.grid, z.lsi_path) for z in result.zones if z.lsi_path is not None]
+    if not zones:
+        raise StoreError("No LSI store to run the model on.", "run the LSI stage first (drop --cube-only).")
+    region = str(xr_attr(zones[0][1], "region") or result.run_dir.parent.name)
+    risk = write_risk(result.run_dir, zones, predictor, region=region, thresholds=thresholds or CLASS_THRESHOLDS,
+                      tile=tile, batch_size=batch_size, overwrite=overwrite, on_event=emit)
+    emit("inference", {"stats": risk.stats.as_dict(), "reused": risk.reused})
+    quicklooks = {}
+    for grid, _ in zones:
+        ds = open_zone(result.run_dir, grid.zone_name)
+        quicklooks[grid.zone_name] = write_quicklook(
+            ds["probability"], result.run_dir / "exports" / f"risk_{grid.zone_name}.png", classes=ds["risk_class"],
+            title=f"Landslide probability (U-Net), {ds.attrs.get('region')} {grid.zone_name}")
+    item = export_run(result.run_dir, quicklooks=quicklooks)
+    emit("exported", {"item": str(item), "exports": str(result.run_dir / "exports")})
+    return risk.path
+
+
+def xr_attr(store: Path, name: str) -> Any:
+    """One attribute of a Zarr store's root (``None`` when absent)."""
+    import zarr
+
+    return dict(zarr.open_group(str(store), mode="r").attrs).get(name)
+
+
+#: How ``slidewatch demo`` trains its model (small, CPU-friendly; synthetic scars only).
+DEMO_TRAIN: dict[str, Any] = {
+    "arch": "enhanced", "base_width": 8, "depth": 3, "epochs": 10, "chips_per_epoch": 192,
+    "patience": 4, "batch_size": 16, "seed": 0,
+}
+
+
+def ensure_demo_model(
+    lsi_path: Path, truth: Path, model_dir: Path, *, retrain: bool = False, on_event: Event | None = None,
+) -> Path:
+    """The demo's checkpoint: trained once on the demo region's planted (synthetic) scars
+    and cached in ``model_dir``; reused while the training inputs and settings match."""
+    import hashlib
+
+    from models.checkpoint import read_metadata
+    from models.training import CHECKPOINT_NAME, TrainConfig, train
+
+    emit = on_event or _quiet
+    key = hashlib.sha256(json.dumps({
+        "train": DEMO_TRAIN, "lsi": xr_attr(lsi_path, "slidewatch_fingerprint"),
+        "truth": truth.stat().st_size, "version": __version__,
+    }, sort_keys=True).encode()).hexdigest()[:16]
+    path, stamp = model_dir / CHECKPOINT_NAME, model_dir / "demo_key.txt"
+    if path.is_file() and stamp.is_file() and stamp.read_text().strip() == key and not retrain:
+        try:
+            read_metadata(path)
+        except Exception:  # a corrupt cache is simply retrained
+            pass
+        else:
+            emit("model-reused", {"path": str(path)})
+            return path
+    emit("training", {"config": DEMO_TRAIN, "out": str(model_dir)})
+    tmp_dir = model_dir.with_name(model_dir.name + ".partial")
+    import shutil
+
+    shutil.rmtree(tmp_dir, ignore_errors=True)
+    new = train(lsi_path, truth, tmp_dir, TrainConfig(**DEMO_TRAIN), progress=True)
+    (tmp_dir / "demo_key.txt").write_text(key + "\n")
+    shutil.rmtree(model_dir, ignore_errors=True)
+    tmp_dir.rename(model_dir)
+    return model_dir / new.name

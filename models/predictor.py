@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from models.checkpoint import CheckpointMetadata, check_channel_list, load_check
 from models.data import normalise
 from models.networks import landslide_logit
 
-__all__ = ["Predictor", "resolve_device"]
+__all__ = ["Predictor", "cached_predictor", "resolve_device"]
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -38,6 +39,8 @@ class Predictor:
         channels: channel names in the order the network expects.
         halo: half the network's theoretical receptive field in pixels (overlap needed for
             seam-free chunked inference).
+        size_multiple: the network's ``2**depth``; inputs that are multiples of it need no
+            internal padding (``pipeline.inference`` aligns its tiles to it).
         metadata: the checkpoint's :class:`~models.checkpoint.CheckpointMetadata`.
         checkpoint_sha256: SHA-256 of the checkpoint file (``None`` when built in memory).
     """
@@ -57,6 +60,7 @@ class Predictor:
         self.channels: tuple[str, ...] = tuple(metadata.channels)
         self.halo: int = int(model.halo())
         self.receptive_field: int = int(model.receptive_field())
+        self.size_multiple: int = int(getattr(model, "size_multiple", 1))
         self.batch_size = int(batch_size)
         self.amp = bool(amp) and self.device.type == "cuda"
         self.checkpoint_sha256 = checkpoint_sha256
@@ -104,3 +108,23 @@ class Predictor:
             f"Predictor({self.metadata.architecture}, channels={list(self.channels)}, "
             f"device={self.device}, halo={self.halo})"
         )
+
+
+def cached_predictor(path: str, device: str = "auto", batch_size: int = 8) -> Predictor:
+    """:meth:`Predictor.from_checkpoint`, loaded once per process (and so once per dask
+    worker): later calls with the same file, device and batch size reuse it. The cache key
+    includes the file's size and modification time, so a replaced checkpoint is reloaded."""
+    return _cached(str(Path(path).resolve()), device, batch_size, _stamp(path))
+
+
+def _stamp(path: str) -> tuple[int, int]:
+    try:
+        st = Path(path).stat()
+    except OSError:
+        return (0, 0)
+    return (st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=4)
+def _cached(path: str, device: str, batch_size: int, stamp: tuple[int, int]) -> Predictor:
+    return Predictor.from_checkpoint(path, device=device, batch_size=batch_size)

@@ -15,6 +15,8 @@ bit  name                 meaning
 16   read_failure         the source chunk could not be read (filled with NaN)
 32   paper_denominator    ``paper`` mode only: the denominator w4*NDWI + w5*SMI +
                           w6*NDBI was <= eps, so the LSI is NaN
+64   no_model             risk mosaic only: the U-Net was not run there (every input
+                          channel missing, or one missing), so the probability is NaN
 ===  ===================  ============================================================
 """
 
@@ -40,6 +42,7 @@ class QualityFlag(enum.IntFlag):
     NAN_FACTOR = 8
     READ_FAILURE = 16
     PAPER_DENOMINATOR = 32
+    NO_MODEL = 64
 
 
 def _members() -> list[QualityFlag]:

@@ -1,0 +1,139 @@
+"""The risk stage end to end on the tiny region: LSI store → U-Net over tiles → risk.zarr
+(one group per zone) → COGs, PNG and a STAC item; resumable and reused when current."""
+
+from __future__ import annotations
+
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import xarray as xr
+
+from flows import stages
+from flows.risk_stage import open_zone
+from models.checkpoint import save_checkpoint
+from models.data import NormStats
+from models.networks import DEFAULT_CHANNELS, EnhancedUNet
+from models.predictor import Predictor
+from pipeline.config import CubeConfig, TimeWindow
+from pipeline.errors import CheckpointError
+from pipeline.inference import predict_window
+from pipeline.mosaic import classify
+from pipeline.quality import QualityFlag
+from pipeline.regions import Region
+from tests.tinyregion import GRID, FakeSource, make_tiny_region
+
+WINDOW = TimeWindow(date(2024, 7, 1), date(2024, 8, 31))
+
+
+def _region() -> Region:
+    from pyproj import Transformer
+
+    tr = Transformer.from_crs(GRID.epsg, 4326, always_xy=True)
+    minx, miny, maxx, maxy = GRID.bounds
+    w, s = tr.transform(minx + 50, miny + 50)
+    e, n = tr.transform(maxx - 50, maxy - 50)
+    return Region("tiny", (w, s, e, n))
+
+
+@pytest.fixture(scope="module")
+def lsi_run(tmp_path_factory):  # type: ignore[no-untyped-def]
+    root = tmp_path_factory.mktemp("risk")
+    items = make_tiny_region(root / "cogs")
+    out = root / "out"
+    result = stages.cube_stage(_region(), WINDOW, FakeSource.url, out, CubeConfig(), chunk=32,
+                               source=FakeSource(items))
+    rain = stages.resolve_rain(20.0, 2.0, None, _region().bbox, WINDOW)
+    stages.lsi_stage(result, rain)
+    torch.manual_seed(0)
+    model = EnhancedUNet(DEFAULT_CHANNELS, base_width=4, depth=2)
+    lsi = xr.open_zarr(result.zones[0].lsi_path)
+    mean = tuple(float(lsi[c].mean()) for c in DEFAULT_CHANNELS)
+    std = tuple(float(lsi[c].std()) or 1.0 for c in DEFAULT_CHANNELS)
+    ckpt = save_checkpoint(root / "model.safetensors", model, NormStats(mean, std),
+                           provenance={"note": "random weights for tests"})
+    return result, rain, ckpt
+
+
+def test_mosaic_equals_one_pass_and_is_georeferenced(lsi_run) -> None:  # type: ignore[no-untyped-def]
+    result, rain, ckpt = lsi_run
+    events: list[tuple[str, dict]] = []
+    path = stages.risk_stage(result, rain, ckpt, tile=32, on_event=lambda k, i: events.append((k, i)))
+    zone = open_zone(result.run_dir, "utm48n")
+    assert path == result.run_dir / "risk.zarr"
+    assert zone.rio.crs.to_epsg() == 32648 and zone.sizes == {"y": 128, "x": 128}
+    assert zone.attrs["slidewatch_complete"] is True and len(zone.attrs["checkpoint_sha256"]) == 64
+    assert all("units" in v.attrs and "long_name" in v.attrs for v in zone.data_vars.values())
+
+    # Independent reference: the same predictor over the whole LSI array in one call.
+    lsi = xr.open_zarr(result.zones[0].lsi_path)
+    x = np.stack([lsi[c].values for c in DEFAULT_CHANNELS])
+    pred = Predictor.from_checkpoint(ckpt, device="cpu")
+    ref = predict_window(x, pred, tile=32)
+    prob = zone["probability"].values
+    assert np.array_equal(np.isnan(prob), np.isnan(ref))
+    np.testing.assert_allclose(prob, ref, atol=1e-5, equal_nan=True)
+    assert np.array_equal(zone["risk_class"].values, classify(ref))
+    np.testing.assert_array_equal(zone["lsi"].values, lsi["lsi"].values)
+    no_model = (zone["quality"].values & QualityFlag.NO_MODEL) > 0
+    assert np.array_equal(no_model, np.isnan(prob))
+    assert np.isfinite(prob).mean() > 0.5
+
+    exports = result.run_dir / "exports"
+    assert (exports / "risk_utm48n_probability.tif").is_file() and (exports / "risk_utm48n_class.tif").is_file()
+    assert (exports / "risk_utm48n.png").is_file()
+    (item_path,) = [p for p in exports.glob("*.json")]
+    import pystac
+
+    item = pystac.Item.from_file(str(item_path))
+    assert item.properties.get("slidewatch:checkpoint_sha256") == zone.attrs["checkpoint_sha256"]
+    # the tiny region's items have no self links, so they are listed by id (derived_from needs an href)
+    assert sorted(item.properties["slidewatch:input_items"]["sentinel-2-l2a"]) == ["S2_0", "S2_1", "S2_2"]
+
+
+def test_rerun_reuses_and_interrupted_run_resumes(lsi_run) -> None:  # type: ignore[no-untyped-def]
+    result, rain, ckpt = lsi_run
+    stages.risk_stage(result, rain, ckpt, tile=32)
+    before = open_zone(result.run_dir, "utm48n")["probability"].values
+
+    events: list[str] = []
+    stages.risk_stage(result, rain, ckpt, tile=32, on_event=lambda k, i: events.append(k))
+    assert "reused" in events and "tile" not in events
+
+    # Interrupt after the first freshly written tile, then resume.
+    class Stop(Exception):
+        pass
+
+    written: list[str] = []
+
+    def stop_after_one(kind: str, info: dict) -> None:
+        if kind == "tile" and not info["skipped"]:
+            written.append(info["tile"])
+            if len(written) == 1:
+                raise Stop
+
+    with pytest.raises(Stop):
+        stages.risk_stage(result, rain, ckpt, tile=64, overwrite=True, on_event=stop_after_one)  # new settings
+    group = result.run_dir / "risk.zarr" / "utm48n"
+    assert (group.parent / "utm48n.partial").is_dir()
+    resumed: list[tuple[str, bool]] = []
+    stages.risk_stage(result, rain, ckpt, tile=64, overwrite=True,
+                      on_event=lambda k, i: resumed.append((i["tile"], i["skipped"])) if k == "tile" else None)
+    assert (written[0], True) in resumed and sum(not s for _, s in resumed) == len(resumed) - 1
+    after = open_zone(result.run_dir, "utm48n")
+    assert after.attrs["slidewatch_complete"] is True
+    assert np.isfinite(after["probability"].values).sum() == np.isfinite(before).sum()
+
+
+def test_channel_mismatch_is_refused(lsi_run, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    result, rain, _ = lsi_run
+    channels = ("slope", "dem", "ndvi", "soil_moisture_index")  # the last is not in the LSI store
+    model = EnhancedUNet(channels, base_width=4, depth=2)
+    ckpt = save_checkpoint(tmp_path / "m.safetensors", model, NormStats((0.0,) * 4, (1.0,) * 4))
+    mosaic = result.run_dir / "risk.zarr" / "utm48n"
+    before = sorted(p.name for p in mosaic.iterdir()) if mosaic.exists() else None
+    with pytest.raises(CheckpointError, match="soil_moisture_index"):
+        stages.risk_stage(result, rain, ckpt, tile=32)
+    assert (sorted(p.name for p in mosaic.iterdir()) if mosaic.exists() else None) == before
