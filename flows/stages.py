@@ -194,7 +194,7 @@ def risk_stage(
         ds = open_zone(result.run_dir, grid.zone_name)
         quicklooks[grid.zone_name] = write_quicklook(
             ds["probability"], result.run_dir / "exports" / f"risk_{grid.zone_name}.png", classes=ds["risk_class"],
-            title=f"Landslide probability (U-Net), {ds.attrs.get('region')} {grid.zone_name}")
+            title=f"Landslide probability (U-Net), {ds.attrs.get('region')} {grid.zone_name}", label="probability")
     item = export_run(result.run_dir, quicklooks=quicklooks)
     emit("exported", {"item": str(item), "exports": str(result.run_dir / "exports")})
     return risk.path

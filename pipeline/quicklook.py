@@ -20,7 +20,7 @@ from matplotlib.figure import Figure
 
 __all__ = ["write_quicklook"]
 
-CLASS_COLOURS = ("#1a9850", "#fee08b", "#d73027")  # low, medium, high
+CLASS_COLOURS = ("#1a9850", "#fd8d3c", "#d73027")  # low, medium, high (as in the class COG)
 
 
 def _decimate(a: xr.DataArray, max_pixels: int) -> xr.DataArray:
@@ -46,6 +46,7 @@ def write_quicklook(
     *,
     classes: xr.DataArray | None = None,
     title: str = "Landslide susceptibility index",
+    label: str = "LSI",
     max_pixels: int = 1024,
     dpi: int = 100,
 ) -> Path:
@@ -63,9 +64,9 @@ def write_quicklook(
     ext = _extent(a)
     ax = fig.add_subplot(1, panels, 1)
     im = ax.imshow(np.ma.masked_invalid(img), cmap="magma", vmin=0, vmax=1, extent=ext, interpolation="nearest")
-    ax.set_title("LSI")
+    ax.set_title(label)
     cb = fig.colorbar(im, ax=ax, shrink=0.85)
-    cb.set_label("LSI (0 low .. 1 high)")
+    cb.set_label(f"{label} (0 low .. 1 high)")
     if ext is not None:
         ax.set_xlabel("x (m)")
         ax.set_ylabel("y (m)")

@@ -29,7 +29,7 @@ from flows.report_command import report
 H, W, RES, X0, Y1, EPSG = 260, 300, 10.0, 320000.0, 3309440.0, 32648
 # vertical stripes: 40 % low, 30 % medium, 20 % high, 10 % no data (by area)
 STRIPES = ((0, 120, 0), (120, 210, 1), (210, 270, 2), (270, 300, 255))
-RGB = {0: (0x1A, 0x98, 0x50), 1: (0xFE, 0xE0, 0x8B), 2: (0xD7, 0x30, 0x27), 255: (0x9E, 0x9E, 0x9E)}
+RGB = {0: (0x1A, 0x98, 0x50), 1: (0xFD, 0x8D, 0x3C), 2: (0xD7, 0x30, 0x27), 255: (0x9E, 0x9E, 0x9E)}
 
 
 def _chromium() -> str:

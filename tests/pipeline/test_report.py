@@ -24,7 +24,7 @@ from pipeline.report import block_max_class, write_report
 
 H, W, RES = 260, 300, 10.0
 X0, Y1 = 320000.0, 3309440.0
-COLOURS = {0: (0x1A, 0x98, 0x50), 1: (0xFE, 0xE0, 0x8B), 2: (0xD7, 0x30, 0x27), 255: (0x9E, 0x9E, 0x9E)}
+COLOURS = {0: (0x1A, 0x98, 0x50), 1: (0xFD, 0x8D, 0x3C), 2: (0xD7, 0x30, 0x27), 255: (0x9E, 0x9E, 0x9E)}
 ITEMS = {
     "sentinel-2-l2a": ["S2A_MSIL2A_20240704T033539_R104_T48RTU", "S2B_MSIL2A_20240719T033539_R104_T48RTU"],
     "sentinel-1-rtc": ["S1A_IW_GRDH_1SDV_20240705T111502_rtc"],
@@ -140,7 +140,7 @@ def test_no_external_resources(report) -> None:  # type: ignore[no-untyped-def]
 def test_legend_scalebar_map_and_crs(report) -> None:  # type: ignore[no-untyped-def]
     page = report[1]
     legend = re.search(r'<ul class="legend">(.*?)</ul>', page, re.S).group(1)
-    for name, colour in (("low", "#1a9850"), ("medium", "#fee08b"), ("high", "#d73027"), ("no data", "#9e9e9e")):
+    for name, colour in (("low", "#1a9850"), ("medium", "#fd8d3c"), ("high", "#d73027"), ("no data", "#9e9e9e")):
         assert re.search(rf'background:{colour}"></span>{name}</li>', legend), name
     assert 'class="scalebar"' in page and "<canvas" in page
     assert "WGS 84 / UTM zone 48N (EPSG:32648)" in page
