@@ -14,6 +14,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pystac
+import numpy as np
 import pytest
 
 from pipeline import catalog
@@ -170,22 +171,78 @@ def test_recorded_s1_rtc_and_dem_items_have_the_assets_we_read(shared_fixtures):
     assert all("data" in it.assets and stackstac_dict(it)["properties"]["proj:epsg"] == 4326 for it in dem)
 
 
-def test_demo_items_follow_pc_keys(shared_fixtures, tmp_path):  # type: ignore[no-untyped-def]
-    """The demo generator's item shape matches Planetary Computer's (asset keys, proj:*)."""
-    from tests.tinyregion import make_tiny_region  # noqa: F401  (ensures import path works)
+@pytest.fixture(scope="module")
+def small_demo(tmp_path_factory):  # type: ignore[no-untyped-def]
+    """The real demo generator on a 256 px region (same code, smaller extent)."""
+    import pipeline.demo.generate as gen
 
-    pc = json.loads((shared_fixtures / "planetary-computer" / "stac-geoparquet-items" / "items4" / "sentinel-2-l2a-pc.json").read_text())[0]
-    demo_items = Path("data/demo/items/sentinel-2-l2a.json")
-    if not demo_items.exists():
-        pytest.skip("demo region not generated here (run `make demo`)")
-    demo = json.loads(demo_items.read_text())["features"][0]
+    mp = pytest.MonkeyPatch()
+    mp.setattr(gen, "GRID_SIZE", 256)
+    mp.setattr(gen, "MARGIN", 16)
+    try:
+        layout = gen.generate(tmp_path_factory.mktemp("demo"), seed=7)
+    finally:
+        mp.undo()
+    return layout
+
+
+def _features(layout, collection: str) -> list[dict]:  # type: ignore[no-untyped-def]
+    return json.loads((layout.root / "items" / f"{collection}.json").read_text())["features"]
+
+
+def test_demo_items_follow_pc_keys(shared_fixtures, small_demo):  # type: ignore[no-untyped-def]
+    """The demo generator's items match Planetary Computer's: collection ids, asset keys,
+    proj:* metadata and the properties the pipeline reads."""
+    recorded = shared_fixtures / "planetary-computer" / "stac-geoparquet-items" / "items4"
+    templates = shared_fixtures / "planetary-computer" / "collection-templates"
+    # Sentinel-2 L2A
+    pc = json.loads((recorded / "sentinel-2-l2a-pc.json").read_text())[0]
+    demo = _features(small_demo, "sentinel-2-l2a")
+    assert demo and all(f["collection"] == pc["collection"] == "sentinel-2-l2a" for f in demo)
     bands = {k for k in pc["assets"] if k.startswith("B") or k == "SCL"}
-    assert bands <= set(demo["assets"])
-    for k in bands:
-        assert {"proj:shape", "proj:transform"} <= set(demo["assets"][k]) | set(pc["assets"][k]) or True
-        assert demo["assets"][k]["proj:transform"][0] == pc["assets"][k]["proj:transform"][0]
-    for prop in ("eo:cloud_cover", "s2:processing_baseline", "proj:epsg", "s2:mgrs_tile", "platform"):
-        assert prop in demo["properties"] and prop in pc["properties"]
+    for f in demo:
+        assert bands <= set(f["assets"])
+        for k in bands:
+            assert f["assets"][k]["proj:transform"][0] == pc["assets"][k]["proj:transform"][0]  # 10/20/60 m
+            assert len(f["assets"][k]["proj:shape"]) == 2
+        for prop in ("eo:cloud_cover", "s2:processing_baseline", "proj:epsg", "s2:mgrs_tile", "platform", "datetime"):
+            assert prop in f["properties"] and prop in pc["properties"], prop
+    # Sentinel-1 RTC
+    pc1 = json.loads((recorded / "sentinel-1-rtc-pc.json").read_text())[0]
+    demo1 = _features(small_demo, "sentinel-1-rtc")
+    rtc_keys = set(json.loads((templates / "sentinel-1-rtc__template.json").read_text())["item_assets"])
+    assert demo1 and all(f["collection"] == pc1["collection"] == "sentinel-1-rtc" for f in demo1)
+    for f in demo1:
+        assert {"vv", "vh"} <= set(f["assets"]) <= rtc_keys | {"rendered_preview", "tilejson"}
+        for prop in ("sar:polarizations", "sat:orbit_state", "platform"):
+            assert prop in f["properties"] and prop in pc1["properties"], prop
+    # Copernicus DEM GLO-30
+    dem_keys = set(json.loads((templates / "cop-dem__cop-dem-glo-30__template.json").read_text())["item_assets"])
+    demo_dem = _features(small_demo, "cop-dem-glo-30")
+    assert demo_dem and all(f["collection"] == "cop-dem-glo-30" and dem_keys <= set(f["assets"]) for f in demo_dem)
+    assert all(f["properties"].get("proj:epsg") == 4326 or f["properties"].get("proj:code") == "EPSG:4326" for f in demo_dem)
+
+
+def test_demo_generation_is_deterministic(small_demo, tmp_path):  # type: ignore[no-untyped-def]
+    import rasterio
+
+    import pipeline.demo.generate as gen
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(gen, "GRID_SIZE", 256)
+    mp.setattr(gen, "MARGIN", 16)
+    try:
+        again = gen.generate(tmp_path / "again", seed=7)
+    finally:
+        mp.undo()
+    with rasterio.open(small_demo.truth_mask) as a, rasterio.open(again.truth_mask) as b:
+        assert np.array_equal(a.read(1), b.read(1))
+    for name in ("sentinel-2-l2a", "sentinel-1-rtc"):
+        f1 = _features(small_demo, name)[0]
+        f2 = _features(again, name)[0]
+        key = "B04" if name == "sentinel-2-l2a" else "vv"
+        with rasterio.open(f1["assets"][key]["href"]) as a, rasterio.open(f2["assets"][key]["href"]) as b:
+            assert np.array_equal(a.read(1), b.read(1), equal_nan=True)
 
 
 class _Empty:
