@@ -243,7 +243,7 @@ def demo(
     for z in result.zones:
         out_console.print(f"cube: {z.cube_path}")
     rain = resolve_rain(None, None, layout.precipitation if layout.precipitation.exists() else None, DEMO_REGION.bbox, DEMO_WINDOW)
-    _lsi_stage(result, rain, progress, overwrite=True)  # the demo's LSI is cheap: refresh it when inputs change
+    _lsi_stage(result, rain, progress)  # reused when unchanged, recomputed when inputs change
     _demo_calibration(result, layout)
     out_console.print(f"ground truth (synthetic landslide scars): {layout.truth_mask}")
     if no_model:
@@ -255,7 +255,7 @@ def demo(
     out_console.print(f"demo checkpoint: {ckpt}")
     write_run_json(result.run_dir, run_record(DEMO_REGION, DEMO_WINDOW, "local demo STAC (rustac serve)", result, rain,
                                               extra={"checkpoint": str(ckpt), "model_note": "trained on synthetic demo scars"}))
-    risk_stage(result, rain, ckpt, overwrite=True, on_event=progress)  # replaced only when stale
+    risk_stage(result, rain, ckpt, on_event=progress)  # reused when current, replaced when stale
     _print_outputs(result, True)
 
 

@@ -47,7 +47,12 @@ def write_lsi(
     cube_path: Path, grid: ZoneGrid, params: LsiParams, rain: Rain, *, overwrite: bool = False,
     on_event: Callable[[str, dict], None] | None = None,
 ) -> Path:
-    """Write the zone's LSI store next to its cube; reuse it when inputs are unchanged."""
+    """Write the zone's LSI store next to its cube; reuse it when inputs are unchanged.
+
+    The LSI store is derived (cheap next to the cube): when the cube, parameters or rain
+    differ from the finished store's, it is recomputed and replaced. ``overwrite`` forces a
+    recompute even when nothing changed.
+    """
     emit = on_event or (lambda kind, info: None)
     cube = xr.open_zarr(cube_path, decode_coords="all")
     fingerprint = json.dumps({"cube": cube.attrs.get("slidewatch_fingerprint"), "params": params.__dict__,
@@ -82,7 +87,7 @@ def write_lsi(
             "rain_duration_days": rain.duration_days,
             "rain_multiplier": rain.multiplier,
             "rain_source": rain.source,
-        }, overwrite=overwrite)
+        }, overwrite=True)  # a derived store: replaced when its inputs (cube, params, rain) change
         tiles = grid.tiles(CHUNKS_PER_TILE)
         emit("tiles", {"zone": f"{grid.zone_name} LSI", "total": len(tiles), "done": len(store.done())})
 

@@ -87,8 +87,9 @@ def write_zone_risk(
     """Write (or reuse) one zone's group of the risk mosaic. Returns ``(path, reused)``.
 
     A finished group made from the same LSI store, checkpoint and settings is reused; one
-    made from other inputs is replaced only with ``overwrite``. An unfinished group is
-    resumed: only the tiles missing from its ledger are predicted.
+    made from other inputs (LSI, checkpoint, settings) is replaced. An unfinished group is
+    resumed: only the tiles missing from its ledger are predicted. ``overwrite`` is kept for
+    symmetry with the other stages.
     """
     emit = on_event or _quiet
     lsi_lazy = xr.open_zarr(lsi_path, decode_coords="all")
@@ -124,7 +125,7 @@ def write_zone_risk(
             "rain_duration_days": lsi.attrs.get("rain_duration_days"),
             "rain_multiplier": lsi.attrs.get("rain_multiplier"),
             "rain_source": lsi.attrs.get("rain_source"),
-        }, overwrite=overwrite)
+        }, overwrite=True)  # derived: a group made from other inputs is replaced
         tiles = grid.tiles(CHUNKS_PER_TILE)
         done = store.done()
         emit("tiles", {"zone": f"{grid.zone_name} risk", "total": len(tiles), "done": len(done)})

@@ -1,0 +1,393 @@
+"""Prefect 3 flows: the regional run, the rainfall watch and training. Wiring only.
+
+* :func:`regional_run_flow`: cube → LSI → risk for one region and window, each stage a
+  task, inside :func:`flows.dask_context.dask_client` (a LocalCluster by default, or the
+  scheduler at ``dask_address``). The cube task retries transient failures (a STAC API
+  or storage hiccup) but not bad input. A finished cube is reused; the rain-dependent
+  stages are recomputed when the rainfall differs from the stored LSI's.
+* :func:`rainfall_watch_flow`: checks every region of a watch list against its
+  intensity–duration threshold (:mod:`pipeline.watch`), records alerts in
+  ``OUT/alerts.jsonl`` and starts one regional run (a subflow) per *new* alert, with the
+  event's P and D and an imagery window ending on the event's start day.
+* :func:`train_flow`: :func:`models.training.train` as a flow.
+
+Flows take plain parameters (str, numbers, paths) so deployments can call them; ``source``
+and ``precip_source`` are injection points for tests and in-process callers only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+from datetime import date, datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from flows import stages
+from flows.dask_context import dask_client
+from flows.regional_run import RunResult, run_dir_for
+from pipeline.collections import PLANETARY_COMPUTER_STAC
+from pipeline.config import CubeConfig, TimeWindow
+from pipeline.errors import CatalogError, SlidewatchError, TimeWindowError
+from pipeline.regions import Region, parse_region
+from pipeline.watch import (
+    FAILED,
+    SUCCEEDED,
+    Alert,
+    AlertLedger,
+    Event,
+    Threshold,
+    check_region,
+    exceeds,
+    imagery_window,
+    load_watchlist,
+)
+
+__all__ = [
+    "ALERTS_FILE",
+    "is_transient",
+    "rain_changed",
+    "rainfall_watch_flow",
+    "regional_run_flow",
+    "retry_transient",
+    "train_flow",
+]
+
+#: The alert ledger's file name under the output root.
+ALERTS_FILE = "alerts.jsonl"
+
+
+# --------------------------------------------------------------------------- retries
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Worth retrying: a STAC API that could not be reached (CatalogError) or an OS-level
+    I/O or network error. Never a slidewatch error about the input (bad region, empty
+    search, no valid pixels, a locked store, ...)."""
+    if isinstance(exc, SlidewatchError):
+        return isinstance(exc, CatalogError)
+    return isinstance(exc, (OSError, TimeoutError))
+
+
+def retry_transient(_task: Any, _task_run: Any, state: Any) -> bool:
+    """Prefect ``retry_condition_fn``: retry only when the failure :func:`is_transient`."""
+    try:
+        state.result()
+    except BaseException as exc:  # noqa: BLE001 - the state's exception is what we classify
+        return is_transient(exc)
+    return False
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _day(text: str | date, what: str) -> date:
+    if isinstance(text, date):
+        return text
+    try:
+        return date.fromisoformat(str(text))
+    except ValueError:
+        raise TimeWindowError(f"{what} {text!r} is not a date.", "use YYYY-MM-DD, e.g. 2024-07-01.") from None
+
+
+def _window(start: str | date, end: str | date) -> TimeWindow:
+    s, e = _day(start, "start"), _day(end, "end")
+    if e < s:
+        raise TimeWindowError(f"end {e} is before start {s}.", "swap them.")
+    return TimeWindow(s, e)
+
+
+def _region(spec: str, name: str | None) -> Region:
+    reg = parse_region(spec)
+    return replace(reg, name=name) if name else reg
+
+
+def _logger_events() -> Callable[[str, dict], None]:
+    log = get_run_logger()
+
+    def emit(kind: str, info: dict) -> None:
+        if kind != "tile":  # one line per stage event, not per tile
+            log.info("%s %s", kind, info)
+
+    return emit
+
+
+def rain_changed(result: RunResult, rain: stages.Rain) -> bool:
+    """True when a zone's finished LSI store was made with other rainfall than ``rain``
+    (so the rain-dependent stages must be recomputed with ``overwrite=True``)."""
+    import zarr
+
+    for z in result.zones:
+        path = z.cube_path.with_name(f"lsi_{z.grid.zone_name}.zarr")
+        if not path.exists():
+            continue
+        try:
+            attrs = dict(zarr.open_group(str(path), mode="r").attrs)
+        except Exception:  # noqa: BLE001 - unreadable: let the stage rewrite it
+            return True
+        stored = (attrs.get("rain_intensity_mm_h"), attrs.get("rain_duration_days"),
+                  attrs.get("rain_multiplier"), attrs.get("rain_source"))
+        if stored != (rain.intensity_mm_h, rain.duration_days, rain.multiplier, rain.source):
+            return True
+    return False
+
+
+# --------------------------------------------------------------------------- tasks
+
+
+@task(name="cube", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=retry_transient,
+      cache_policy=NO_CACHE, persist_result=False)
+def cube_task(region: Region, window: TimeWindow, stac_url: str, out: Path, config: CubeConfig,
+              chunk: int, source: Any = None) -> RunResult:
+    """Search and write (or reuse) the region's cube stores."""
+    return stages.cube_stage(region, window, stac_url, out, config, on_event=_logger_events(),
+                             chunk=chunk, source=source)
+
+
+@task(name="rain", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=retry_transient,
+      cache_policy=NO_CACHE, persist_result=False)
+def rain_task(intensity: float | None, duration: float | None, precip: Path | None, region: Region,
+              window: TimeWindow) -> stages.Rain:
+    """The run's rainfall (explicit P and D, a precipitation Zarr, or none)."""
+    return stages.resolve_rain(intensity, duration, precip, region.bbox, window)
+
+
+@task(name="lsi", cache_policy=NO_CACHE, persist_result=False)
+def lsi_task(result: RunResult, rain: stages.Rain, overwrite: bool) -> list[Path]:
+    """Factors and LSI of every zone (rain-dependent)."""
+    return stages.lsi_stage(result, rain, overwrite=overwrite, on_event=_logger_events())
+
+
+@task(name="risk", cache_policy=NO_CACHE, persist_result=False)
+def risk_task(result: RunResult, rain: stages.Rain, checkpoint: Path | None, overwrite: bool,
+              device: str) -> Path | None:
+    """U-Net inference → ``risk.zarr`` + exports (skipped without a checkpoint)."""
+    return stages.risk_stage(result, rain, checkpoint, overwrite=overwrite, on_event=_logger_events(),
+                             device=device)
+
+
+@task(name="check-region", retries=2, retry_delay_seconds=[5, 30], retry_condition_fn=retry_transient,
+      cache_policy=NO_CACHE, persist_result=False)
+def check_region_task(source: Any, region: Region, now: datetime, hours: float) -> Event | None:
+    """The latest rainfall event over a watched region (``None`` when dry)."""
+    return check_region(source, region, now, hours)
+
+
+# --------------------------------------------------------------------------- flows
+
+
+@flow(name="slidewatch-regional-run", flow_run_name="run-{region}-{start}-{end}")
+def regional_run_flow(
+    region: str,
+    start: str,
+    end: str,
+    stac_url: str = PLANETARY_COMPUTER_STAC,
+    out: Path = Path("out"),
+    rain_intensity: float | None = None,
+    rain_duration: float | None = None,
+    precip: Path | None = None,
+    checkpoint: Path | None = None,
+    dask_address: str | None = None,
+    alert: dict | None = None,
+    region_name: str | None = None,
+    chunk: int = 512,
+    max_cloud: float = 60.0,
+    overwrite: bool = False,
+    device: str = "auto",
+    source: Any = None,
+) -> dict:
+    """One regional run: cube (reused when finished) → rain → LSI → risk; writes ``run.json``.
+
+    ``region`` is a built-in name, a bbox ``w,s,e,n`` or a GeoJSON path (``region_name``
+    renames it, e.g. the watch list's name); ``start``/``end`` are ISO days; rainfall is
+    ``rain_intensity`` (mm/h) with ``rain_duration`` (days), or ``precip`` (a local
+    IMERG-layout Zarr), or none. ``dask_address`` (else ``SLIDEWATCH_DASK_ADDRESS``) names a
+    scheduler; without one a LocalCluster runs the graphs (``"threads"``: no cluster).
+    ``alert`` (the triggering alert) goes into ``run.json``. Returns the run record.
+    """
+    reg = _region(region, region_name)
+    window = _window(start, end)
+    if not 0 < max_cloud <= 100:
+        raise TimeWindowError(f"max_cloud {max_cloud} is outside (0, 100].", "give a percentage such as 60.")
+    out = Path(out)
+    log = get_run_logger()
+    with dask_client(dask_address) as client:
+        log.info("dask: %s", client if client is not None else "local threads")
+        result = cube_task(reg, window, stac_url, out, CubeConfig(max_cloud_cover=max_cloud), chunk, source)
+        rain = rain_task(rain_intensity, rain_duration, precip, reg, window)
+        recompute = overwrite or rain_changed(result, rain)
+        log.info("rain: P=%s mm/h, D=%s d, R_m=%.3f (%s); rain-dependent stages %s", rain.intensity_mm_h,
+                 rain.duration_days, rain.multiplier, rain.source, "recomputed" if recompute else "reused if finished")
+        lsi_task(result, rain, recompute)
+        risk = risk_task(result, rain, checkpoint, recompute, device)
+    record = stages.run_record(reg, window, stac_url, result, rain, alert=alert, extra={
+        "checkpoint": str(checkpoint) if checkpoint else None,
+        "risk": str(risk) if risk else None,
+        "run_dir": str(result.run_dir),
+        "dask_address": dask_address,
+    })
+    stages.write_run_json(result.run_dir, record)
+    return record
+
+
+def _precip_source(precip: Path | None) -> Any:
+    """A local IMERG-layout Zarr, or (without one) IMERG on Planetary Computer."""
+    from pipeline.rainfall import ImergSource, LocalZarrSource, open_imerg_remote
+
+    if precip is not None:
+        return LocalZarrSource(precip)
+
+    def opener(layout):  # type: ignore[no-untyped-def]  # pragma: no cover - needs the internet
+        import planetary_computer
+
+        token = planetary_computer.sas.get_token(layout.storage_options.get("account_name", "ai4edataeuwest"),
+                                                 "imerg").token
+        return open_imerg_remote(layout, {"credential": token})
+
+    return ImergSource(opener=opener)
+
+
+def _now(now: str | datetime | None) -> datetime:
+    if now is None:
+        return datetime.now(timezone.utc).replace(microsecond=0)
+    if isinstance(now, datetime):
+        return now if now.tzinfo else now.replace(tzinfo=timezone.utc)
+    try:
+        t = datetime.fromisoformat(str(now).replace("Z", "+00:00"))
+    except ValueError:
+        raise TimeWindowError(f"now {now!r} is not an ISO date-time.", "use e.g. 2024-08-31T12:00 (UTC).") from None
+    return t if t.tzinfo else t.replace(tzinfo=timezone.utc)
+
+
+def _row(name: str, event: Event | None, threshold: Threshold) -> dict:
+    if event is None:
+        return {"region": name, "intensity_mm_h": 0.0, "duration_h": 0.0, "threshold_mm_h": None,
+                "alert": False, "new": False, "alert_id": None, "status": "dry", "run_dir": None,
+                "event_start": None, "event_end": None}
+    return {"region": name, "intensity_mm_h": event.intensity_mm_h, "duration_h": event.duration_h,
+            "threshold_mm_h": threshold.intensity(event.duration_h),
+            "alert": exceeds(event.intensity_mm_h, event.duration_h, threshold.a, threshold.b),
+            "new": False, "alert_id": None, "status": "below threshold", "run_dir": None,
+            "event_start": event.start.isoformat(), "event_end": event.end.isoformat()}
+
+
+@flow(name="slidewatch-rainfall-watch")
+def rainfall_watch_flow(
+    watchlist: Path,
+    out: Path = Path("out"),
+    hours: float = 72.0,
+    now: str | None = None,
+    precip: Path | None = None,
+    stac_url: str = PLANETARY_COMPUTER_STAC,
+    window_days: int = 60,
+    checkpoint: Path | None = None,
+    dask_address: str | None = None,
+    chunk: int = 512,
+    max_cloud: float = 60.0,
+    trigger: bool = True,
+    device: str = "auto",
+    source: Any = None,
+    precip_source: Any = None,
+) -> list[dict]:
+    """Check every watched region's rainfall over the ``hours`` before ``now`` (UTC, ISO;
+    default: the current time) and start a regional run for each new alert.
+
+    Precipitation comes from ``precip`` (a local IMERG-layout Zarr) or IMERG on Planetary
+    Computer. An alert whose id is already in ``OUT/alerts.jsonl`` does not trigger
+    again. A triggered run uses the event's P (mm/h) and D (days) and the ``window_days``
+    days of imagery ending on the event's start day. ``trigger=False`` only checks
+    (nothing is recorded). Returns one row per region (I, D, threshold, alert, new,
+    status, run directory); a region whose check or run fails gets a ``check failed`` /
+    ``run failed`` status (a failed run is recorded as ``failed`` in the ledger) and the
+    other regions go on.
+    """
+    log = get_run_logger()
+    wl = load_watchlist(watchlist)
+    out = Path(out)
+    src = precip_source if precip_source is not None else _precip_source(precip)
+    when = _now(now)
+    ledger = AlertLedger(out / ALERTS_FILE)
+    rows = []
+    for entry in wl:
+        try:
+            event = check_region_task(src, entry.region, when, hours)
+        except SlidewatchError as exc:  # e.g. a region outside the precipitation grid: report, go on
+            row = _row(entry.name, None, entry.threshold)
+            row["status"] = f"check failed: {exc}"
+            rows.append(row)
+            log.error("%s: rainfall check failed: %s", entry.name, exc)
+            continue
+        row = _row(entry.name, event, entry.threshold)
+        rows.append(row)
+        if event is None or not row["alert"]:
+            log.info("%s: %s", entry.name, row["status"])
+            continue
+        alert = Alert.from_event(event, entry.threshold)
+        start, end = imagery_window(event.start, window_days)
+        run_dir = run_dir_for(out, entry.region, TimeWindow(start, end))
+        row.update(alert_id=alert.id, run_dir=str(run_dir))
+        if not trigger:
+            row["status"] = "alert (not triggered: check only)"
+            continue
+        if not ledger.claim(alert, run_dir):
+            previous = ledger.get(alert.id) or {}
+            row.update(status=f"seen before ({previous.get('status', '?')})", run_dir=previous.get("run_dir"))
+            log.info("%s: alert %s was handled before (%s)", entry.name, alert.id, previous.get("status"))
+            continue
+        row["new"] = True
+        log.warning("%s: ALERT %s: I=%.2f mm/h over D=%.1f h >= %.2f mm/h; starting a run in %s", entry.name,
+                    alert.id, alert.intensity_mm_h, alert.duration_h, alert.threshold_mm_h, run_dir)
+        try:
+            regional_run_flow(
+                region=entry.spec, region_name=entry.name, start=start.isoformat(), end=end.isoformat(),
+                stac_url=stac_url, out=out, rain_intensity=event.intensity_mm_h,
+                rain_duration=event.duration_days, checkpoint=checkpoint, dask_address=dask_address,
+                alert=alert.as_dict(), chunk=chunk, max_cloud=max_cloud, device=device, source=source,
+            )
+        except Exception as exc:  # noqa: BLE001 - record the failure, go on with the other regions
+            ledger.update(alert.id, FAILED, run_dir, error=f"{type(exc).__name__}: {exc}")
+            row["status"] = f"run failed: {exc}"
+            log.error("%s: run for alert %s failed: %s", entry.name, alert.id, exc)
+            continue
+        ledger.update(alert.id, SUCCEEDED, run_dir)
+        row["status"] = "run finished"
+    return rows
+
+
+@flow(name="slidewatch-train")
+def train_flow(
+    cube: Path,
+    inventory: Path,
+    out: Path,
+    epochs: int = 50,
+    arch: str = "enhanced",
+    base_width: int = 16,
+    depth: int = 4,
+    batch_size: int = 16,
+    chip_size: int = 128,
+    block_size: int = 512,
+    lr: float = 1e-3,
+    patience: int = 10,
+    chips_per_epoch: int | None = None,
+    channels: list[str] | None = None,
+    seed: int = 0,
+    device: str = "auto",
+    num_threads: int | None = None,
+) -> str:
+    """Train a U-Net on a factor cube and an inventory (see ``slidewatch train``); returns
+    the checkpoint path."""
+    from models.training import TrainConfig
+    from models.training import train as run_train
+
+    kwargs: dict[str, Any] = dict(arch=arch, base_width=base_width, depth=depth, batch_size=batch_size,
+                                  chip_size=chip_size, block_size=block_size, epochs=epochs, lr=lr,
+                                  patience=patience, chips_per_epoch=chips_per_epoch, seed=seed, device=device,
+                                  num_threads=num_threads)
+    if channels:
+        kwargs["channels"] = tuple(channels)
+    path = run_train(cube, inventory, out, TrainConfig(**kwargs), progress=False)
+    get_run_logger().info("checkpoint: %s", path)
+    return str(path)

@@ -1,0 +1,159 @@
+"""``slidewatch watch`` and ``slidewatch serve``: the rainfall watch from the command line.
+
+Plain functions with typer annotations; the main CLI registers them with
+``app.command("watch")(friendly_errors(watch))`` and ``app.command("serve")(friendly_errors(serve))``.
+Wiring only: options are passed to :func:`flows.prefect_flows.rainfall_watch_flow`, results
+printed as a rich table. Prefect is imported when a command runs, not when the CLI loads.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from pipeline.collections import PLANETARY_COMPUTER_STAC
+from pipeline.errors import SlidewatchError
+
+__all__ = ["DEFAULT_CRON", "build_watch_deployment", "serve", "watch", "watch_table"]
+
+#: ``slidewatch serve``'s default schedule: every 30 minutes (IMERG's step).
+DEFAULT_CRON = "*/30 * * * *"
+DEPLOYMENT_NAME = "slidewatch-rainfall-watch"
+
+
+def _out() -> Console:
+    return Console()
+
+
+def _errc() -> Console:
+    return Console(stderr=True)
+
+
+def _num(v: Any, fmt: str = "{:.2f}") -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "–"
+    return fmt.format(v)
+
+
+def watch_table(rows: Sequence[dict], title: str = "rainfall watch") -> Table:
+    """Regions × (I, D, threshold, alert, new run, status, run directory) as a rich table."""
+    table = Table(title=title)
+    for col, justify in (("region", "left"), ("I mm/h", "right"), ("D h", "right"), ("threshold mm/h", "right"),
+                         ("alert", "center"), ("new run", "center"), ("status", "left"), ("run dir", "left")):
+        table.add_column(col, justify=justify, overflow="fold")  # type: ignore[arg-type]
+    for r in rows:
+        table.add_row(
+            str(r["region"]), _num(r.get("intensity_mm_h")), _num(r.get("duration_h"), "{:.1f}"),
+            _num(r.get("threshold_mm_h")), "yes" if r.get("alert") else "no", "yes" if r.get("new") else "no",
+            str(r.get("status", "")), str(r.get("run_dir") or ""),
+        )
+    return table
+
+
+def _path(p: Path | None) -> str | None:
+    return str(Path(p).expanduser().resolve()) if p is not None else None
+
+
+def watch(
+    watchlist: Annotated[Path, typer.Option("--watchlist", help="YAML watch list: 'regions:' of {name, region, threshold: {a, b}}.")],
+    out: Annotated[Path, typer.Option("--out", help="Output root: runs go to OUT/REGION/START_END/, alerts to OUT/alerts.jsonl.")] = Path("out"),
+    once: Annotated[bool, typer.Option("--once", help="Check once, print the table and exit (default: check every --every minutes).")] = False,
+    every: Annotated[float, typer.Option("--every", min=1.0, help="Minutes between checks without --once.")] = 30.0,
+    hours: Annotated[float, typer.Option("--hours", min=0.5, help="Hours of rainfall checked before --now.")] = 72.0,
+    now: Annotated[str | None, typer.Option("--now", help="Check as of this UTC time (ISO, e.g. 2024-08-31T12:00); default: now.")] = None,
+    precip: Annotated[Path | None, typer.Option("--precip", help="Local IMERG-layout precipitation Zarr (default: IMERG on Planetary Computer).")] = None,
+    stac_url: Annotated[str, typer.Option("--stac-url", help="STAC API of the triggered runs.")] = PLANETARY_COMPUTER_STAC,
+    window_days: Annotated[int, typer.Option("--window-days", min=1, help="Days of imagery before the event for a triggered run.")] = 60,
+    checkpoint: Annotated[Path | None, typer.Option("--checkpoint", help="U-Net checkpoint for the triggered runs (without it they stop after the LSI).")] = None,
+    dask_address: Annotated[str | None, typer.Option("--dask-address", envvar="SLIDEWATCH_DASK_ADDRESS", help="Dask scheduler address; default: a local cluster.")] = None,
+    chunk: Annotated[int, typer.Option("--chunk", help="Chunk edge in pixels of the triggered runs.")] = 512,
+    check_only: Annotated[bool, typer.Option("--check-only", help="Print the table but start no run and record no alert.")] = False,
+    device: Annotated[str, typer.Option("--device", help="Inference device: auto, cpu or cuda.")] = "auto",
+) -> None:
+    """Check watched regions' recent rainfall against their intensity–duration thresholds and
+    run the regions whose alert is new."""
+    from flows.prefect_flows import rainfall_watch_flow
+    from pipeline.watch import load_watchlist
+
+    load_watchlist(watchlist)  # fail fast, before Prefect starts
+    while True:
+        rows = rainfall_watch_flow(
+            watchlist=_path(watchlist), out=_path(out), hours=hours, now=now, precip=_path(precip),
+            stac_url=stac_url, window_days=window_days, checkpoint=_path(checkpoint), dask_address=dask_address,
+            chunk=chunk, trigger=not check_only, device=device,
+        )
+        _out().print(watch_table(rows, f"rainfall watch: last {hours:g} h before {now or 'now'}"))
+        failed = [r["region"] for r in rows if str(r.get("status", "")).startswith(("run failed", "check failed"))]
+        if once:
+            if failed:
+                _errc().print(f"[red]error:[/red] the check or run failed for {', '.join(failed)} "
+                              f"(see the status column and {out / 'alerts.jsonl'}).")
+                raise typer.Exit(code=1)
+            return
+        _errc().print(f"next check in {every:g} min (Ctrl-C to stop)")
+        time.sleep(every * 60)
+
+
+def build_watch_deployment(
+    watchlist: Path,
+    out: Path = Path("out"),
+    cron: str = DEFAULT_CRON,
+    *,
+    name: str = DEPLOYMENT_NAME,
+    hours: float = 72.0,
+    precip: Path | None = None,
+    stac_url: str = PLANETARY_COMPUTER_STAC,
+    window_days: int = 60,
+    checkpoint: Path | None = None,
+    dask_address: str | None = None,
+    chunk: int = 512,
+    device: str = "auto",
+) -> Any:
+    """The watch flow's Prefect deployment on ``cron`` (a ``RunnerDeployment``; paths
+    made absolute so the runner can execute it from anywhere)."""
+    from flows.prefect_flows import rainfall_watch_flow
+
+    params = {"watchlist": _path(watchlist), "out": _path(out), "hours": hours, "precip": _path(precip),
+              "stac_url": stac_url, "window_days": window_days, "checkpoint": _path(checkpoint),
+              "dask_address": dask_address, "chunk": chunk, "device": device}
+    try:
+        return rainfall_watch_flow.to_deployment(name=name, cron=cron, parameters=params,
+                                                 description="slidewatch rainfall watch (intensity-duration alerts)",
+                                                 tags=["slidewatch", "watch"])
+    except ValueError:
+        raise SlidewatchError(f"--cron {cron!r} is not a valid cron schedule.",
+                              "use five fields, e.g. '*/30 * * * *' for every 30 minutes.") from None
+
+
+def serve(
+    watchlist: Annotated[Path, typer.Option("--watchlist", help="YAML watch list: 'regions:' of {name, region, threshold: {a, b}}.")],
+    out: Annotated[Path, typer.Option("--out", help="Output root: runs go to OUT/REGION/START_END/, alerts to OUT/alerts.jsonl.")] = Path("out"),
+    cron: Annotated[str, typer.Option("--cron", help="When to check (cron, UTC).")] = DEFAULT_CRON,
+    name: Annotated[str, typer.Option("--name", help="Deployment name.")] = DEPLOYMENT_NAME,
+    hours: Annotated[float, typer.Option("--hours", min=0.5, help="Hours of rainfall checked at each run.")] = 72.0,
+    precip: Annotated[Path | None, typer.Option("--precip", help="Local IMERG-layout precipitation Zarr (default: IMERG on Planetary Computer).")] = None,
+    stac_url: Annotated[str, typer.Option("--stac-url", help="STAC API of the triggered runs.")] = PLANETARY_COMPUTER_STAC,
+    window_days: Annotated[int, typer.Option("--window-days", min=1, help="Days of imagery before the event for a triggered run.")] = 60,
+    checkpoint: Annotated[Path | None, typer.Option("--checkpoint", help="U-Net checkpoint for the triggered runs.")] = None,
+    dask_address: Annotated[str | None, typer.Option("--dask-address", envvar="SLIDEWATCH_DASK_ADDRESS", help="Dask scheduler address; default: a local cluster.")] = None,
+    chunk: Annotated[int, typer.Option("--chunk", help="Chunk edge in pixels of the triggered runs.")] = 512,
+    device: Annotated[str, typer.Option("--device", help="Inference device: auto, cpu or cuda.")] = "auto",
+) -> None:
+    """Serve the rainfall watch on a cron schedule with Prefect (blocks; Ctrl-C stops it)."""
+    from prefect import serve as prefect_serve
+
+    from pipeline.watch import load_watchlist
+
+    load_watchlist(watchlist)
+    deployment = build_watch_deployment(watchlist, out, cron, name=name, hours=hours, precip=precip,
+                                        stac_url=stac_url, window_days=window_days, checkpoint=checkpoint,
+                                        dask_address=dask_address, chunk=chunk, device=device)
+    _errc().print(f"serving deployment {name!r} on cron {cron!r} (UTC); Ctrl-C to stop")
+    prefect_serve(deployment)

@@ -1,0 +1,162 @@
+"""Distributed runs: the tiny region's cube + LSI computed on a real ``dask scheduler`` with
+two ``dask worker`` processes on loopback equal, bit for bit, a run on local threads, and the
+tasks demonstrably ran on those workers. Plus ``dask_client``'s own behaviour."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from flows.dask_context import ADDRESS_ENV, active_client, compute_context, dask_client
+from pipeline.errors import SlidewatchError
+from pipeline.regions import Region
+from tests.tinyregion import GRID, FakeSource, make_tiny_region
+
+REPO = Path(__file__).resolve().parents[2]
+WINDOW = ("2024-07-01", "2024-08-31")
+START_TIMEOUT_S = 180  # bounded wait for the scheduler and workers on a busy 2-core machine
+
+
+def _inner_bbox() -> tuple[float, float, float, float]:
+    from pyproj import Transformer
+
+    tr = Transformer.from_crs(GRID.epsg, 4326, always_xy=True)
+    minx, miny, maxx, maxy = GRID.bounds
+    w = max(tr.transform(minx + 50, miny + 50)[0], tr.transform(minx + 50, maxy - 50)[0])
+    e = min(tr.transform(maxx - 50, maxy - 50)[0], tr.transform(maxx - 50, miny + 50)[0])
+    s = max(tr.transform(minx + 50, miny + 50)[1], tr.transform(maxx - 50, miny + 50)[1])
+    n = min(tr.transform(maxx - 50, maxy - 50)[1], tr.transform(minx + 50, maxy - 50)[1])
+    return (w, s, e, n)
+
+
+def _run_stages(out: Path, fake: FakeSource):  # type: ignore[no-untyped-def]
+    from datetime import date
+
+    from flows.stages import Rain, cube_stage, lsi_stage
+    from pipeline.config import CubeConfig, TimeWindow
+
+    window = TimeWindow(date.fromisoformat(WINDOW[0]), date.fromisoformat(WINDOW[1]))
+    result = cube_stage(Region("tiny", _inner_bbox()), window, fake.url, out, CubeConfig(), chunk=64, source=fake)
+    lsi_stage(result, Rain(12.0, 1.5, 2.5, "explicit"))
+    (zone,) = result.zones
+    return zone.cube_path, zone.lsi_path
+
+
+def _assert_identical(a: Path, b: Path) -> None:
+    da_, db_ = xr.open_zarr(a, decode_coords="all"), xr.open_zarr(b, decode_coords="all")
+    assert sorted(da_.data_vars) == sorted(db_.data_vars) and len(da_.data_vars) > 5
+    for name in da_.data_vars:
+        va, vb = da_[name].values, db_[name].values
+        assert va.dtype == vb.dtype, name
+        assert np.array_equal(va, vb, equal_nan=va.dtype.kind == "f"), f"{name} differs"
+    for c in ("x", "y"):
+        assert np.array_equal(da_[c].values, db_[c].values)
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=15)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):  # type: ignore[no-untyped-def]
+    """``dask scheduler`` + two single-threaded ``dask worker`` processes on 127.0.0.1; always stopped."""
+    tmp = tmp_path_factory.mktemp("cluster")
+    sched_file = tmp / "scheduler.json"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env.pop(ADDRESS_ENV, None)
+    procs: list[subprocess.Popen] = []
+    logs = []
+    try:
+        log = open(tmp / "scheduler.log", "w")
+        logs.append(log)
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "dask", "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
+             "--scheduler-file", str(sched_file)], stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO))
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not sched_file.exists() or not sched_file.read_text().strip():
+            if procs[0].poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"dask scheduler did not start: {(tmp / 'scheduler.log').read_text()[-2000:]}")
+            time.sleep(0.2)
+        address = json.loads(sched_file.read_text())["address"]
+        for i in range(2):
+            log = open(tmp / f"worker{i}.log", "w")
+            logs.append(log)
+            procs.append(subprocess.Popen(
+                [sys.executable, "-m", "dask", "worker", address, "--host", "127.0.0.1", "--nthreads", "1",
+                 "--no-nanny", "--no-dashboard", "--memory-limit", "2GB", "--name", f"w{i}"],
+                stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO))
+        from distributed import Client
+
+        with Client(address, timeout=60) as c:
+            c.wait_for_workers(2, timeout=START_TIMEOUT_S)
+            workers = {w: info["name"] for w, info in c.scheduler_info()["workers"].items()}
+        yield address, workers
+    finally:
+        for p in reversed(procs):
+            _stop(p)
+        for f in logs:
+            f.close()
+
+
+@pytest.mark.slow
+def test_cube_and_lsi_on_a_scheduler_equal_local_threads(cluster, tmp_path, monkeypatch):  # type: ignore[no-untyped-def]
+    from distributed import get_task_stream
+
+    address, workers = cluster
+    monkeypatch.delenv(ADDRESS_ENV, raising=False)
+    fake = FakeSource(make_tiny_region(tmp_path / "cogs"))
+    with dask_client("threads") as none:
+        assert none is None and active_client() is None
+        local = _run_stages(tmp_path / "local", fake)
+    with dask_client(address) as client:
+        assert active_client() is client and client.scheduler.address == address
+        with get_task_stream(client) as ts:
+            remote = _run_stages(tmp_path / "remote", fake)
+        per_worker = Counter(d["worker"] for d in ts.data)
+    assert active_client() is None  # the client was closed on exit; the cluster keeps running
+    # Every task the scheduler ran went to one of the two worker processes, none to this one.
+    assert sum(per_worker.values()) >= 20, f"the graphs did not go to the scheduler: {per_worker}"
+    assert set(per_worker) <= set(workers), f"tasks ran outside the two workers: {per_worker}"
+    for a, b in zip(local, remote):
+        _assert_identical(a, b)
+
+
+def test_dask_client_starts_and_closes_a_local_cluster(monkeypatch):  # type: ignore[no-untyped-def]
+    monkeypatch.delenv(ADDRESS_ENV, raising=False)
+    assert active_client() is None
+    with dask_client() as client:
+        assert active_client() is client
+        info = client.scheduler_info()["workers"]
+        assert len(info) == 1 and next(iter(info.values()))["nthreads"] == (os.cpu_count() or 1)
+        with dask_client() as inner:  # nested (a subflow): the same client, left open
+            assert inner is client
+        assert client.submit(sum, [1, 2, 3]).result() == 6
+        with compute_context():
+            import dask.array as da
+
+            assert int(da.ones((10, 10), chunks=5).sum().compute()) == 100
+    assert active_client() is None and client.status == "closed"
+
+
+def test_dask_client_env_address_that_cannot_be_reached(monkeypatch):  # type: ignore[no-untyped-def]
+    monkeypatch.setenv(ADDRESS_ENV, "tcp://127.0.0.1:9")
+    with pytest.raises(SlidewatchError) as info:
+        with dask_client(timeout=2):
+            pass
+    assert "tcp://127.0.0.1:9" in str(info.value) and "Fix:" in str(info.value)
+    assert active_client() is None

@@ -1,0 +1,244 @@
+"""The rainfall watch library: threshold maths, watch lists, events, alert ids and the ledger."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+from datetime import date, datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline.errors import RainfallError, SlidewatchError
+from pipeline.rainfall import LocalZarrSource, make_synthetic_storm, write_precipitation_zarr
+from pipeline.regions import Region
+from pipeline.watch import (
+    Alert,
+    AlertLedger,
+    Event,
+    Threshold,
+    WatchListError,
+    alert_id,
+    check_region,
+    event_bounds,
+    exceeds,
+    imagery_window,
+    load_watchlist,
+    parse_watchlist,
+    threshold_mm_h,
+)
+
+UTC = timezone.utc
+
+
+# --------------------------------------------------------------------------- threshold
+
+
+def test_guzzetti_threshold_hand_values():
+    # 2.20 · 10^-0.44: log10 = log10(2.2) - 0.44 = 0.342423 - 0.44 = -0.097577 → 0.79877 mm/h
+    assert threshold_mm_h(10.0) == pytest.approx(0.79877, abs=5e-5)
+    assert threshold_mm_h(1.0) == pytest.approx(2.20)
+    # 24 h: 2.20 · exp(-0.44 · ln 24) = 2.20 · exp(-1.398344) = 2.20 · 0.247006 = 0.54341 (bc -l)
+    assert threshold_mm_h(24.0) == pytest.approx(0.54341, abs=5e-5)
+    # Caine (1980), I = 14.82 D^-0.39 at 24 h: 14.82 · exp(-0.39 · 3.178054) = 14.82 · 0.289546 = 4.2911
+    assert Threshold(14.82, 0.39).intensity(24.0) == pytest.approx(4.2911, abs=5e-4)
+
+
+def test_exceeds_at_and_around_the_curve():
+    assert exceeds(0.80, 10.0) and not exceeds(0.79, 10.0)
+    assert exceeds(threshold_mm_h(10.0), 10.0)  # on the curve counts
+    assert not exceeds(50.0, 0.0)  # no rain duration, no alert
+    assert not exceeds(float("nan"), 10.0) and not exceeds(5.0, float("nan"))
+    assert exceeds(4.3, 24.0, a=14.82, b=0.39) and not exceeds(4.2, 24.0, a=14.82, b=0.39)
+
+
+# --------------------------------------------------------------------------- watch lists
+
+
+def test_watchlist_parses_names_bboxes_geojson_and_default_threshold(tmp_path):
+    (tmp_path / "shapes").mkdir()
+    (tmp_path / "shapes" / "valley.geojson").write_text(json.dumps({
+        "type": "Polygon", "coordinates": [[[103.0, 29.0], [103.2, 29.0], [103.2, 29.3], [103.0, 29.0]]]}))
+    (tmp_path / "w.yaml").write_text(
+        "regions:\n"
+        "  - name: hills\n    region: 103.1,29.8,103.2,29.9\n    threshold: {a: 14.82, b: 0.39}\n"
+        "  - name: valley\n    region: shapes/valley.geojson\n"
+        "  - region: junlian\n"
+    )
+    wl = load_watchlist(tmp_path / "w.yaml")
+    assert wl.names() == ["hills", "valley", "junlian"]
+    hills, valley, junlian = wl.entries
+    assert hills.region.bbox == (103.1, 29.8, 103.2, 29.9) and hills.region.name == "hills"
+    assert hills.threshold == Threshold(14.82, 0.39)
+    assert valley.region.bbox == (103.0, 29.0, 103.2, 29.3)
+    assert valley.spec == str(tmp_path / "shapes" / "valley.geojson")  # resolved beside the watch list
+    assert valley.threshold == Threshold(2.20, 0.44) and junlian.region.bbox == (104.60, 27.98, 104.64, 28.02)
+
+
+@pytest.mark.parametrize("doc,needle", [
+    ({}, "no top-level 'regions:'"),
+    ({"regions": []}, "non-empty list"),
+    ({"regions": [{"name": "a"}]}, "has no 'region'"),
+    ({"regions": [{"name": "a", "region": "atlantis"}]}, "Unknown region"),
+    ({"regions": [{"name": "a", "region": "10,50,9,51"}]}, "inverted"),
+    ({"regions": [{"name": "a", "region": "demo"}, {"name": "a", "region": "junlian"}]}, "used twice"),
+    ({"regions": [{"name": "a b/c", "region": "demo"}]}, "not usable as a folder name"),
+    ({"regions": [{"name": "a", "region": "demo", "threshold": {"a": -1, "b": 0.44}}]}, "must be > 0"),
+    ({"regions": [{"name": "a", "region": "demo", "threshold": {"a": 2.2, "b": -0.44}}]}, "outside [0, 2)"),
+    ({"regions": [{"name": "a", "region": "demo", "threshold": {"a": "x"}}]}, "not a finite number"),
+    ({"regions": [{"name": "a", "region": "demo", "threshold": {"c": 1}}]}, "unknown threshold key"),
+    ({"regions": [{"name": "a", "region": "demo", "threshhold": {}}]}, "unknown key(s) ['threshhold']"),
+    ({"regions": ["demo"]}, "not a mapping"),
+])
+def test_watchlist_errors_name_the_culprit_and_the_fix(doc, needle):
+    with pytest.raises(WatchListError) as info:
+        parse_watchlist(doc, source="w.yaml")
+    assert needle in str(info.value) and "Fix:" in str(info.value)
+    assert isinstance(info.value, SlidewatchError)
+
+
+def test_watchlist_file_errors(tmp_path):
+    with pytest.raises(WatchListError, match="does not exist"):
+        load_watchlist(tmp_path / "missing.yaml")
+    (tmp_path / "bad.yaml").write_text("regions: [a, b\n")
+    with pytest.raises(WatchListError, match="not readable YAML"):
+        load_watchlist(tmp_path / "bad.yaml")
+
+
+# --------------------------------------------------------------------------- events
+
+
+def test_event_bounds_joins_short_gaps_and_takes_the_latest_event():
+    wet = np.array([1, 1, 0, 0, 0, 0, 1, 0, 1, 1, 0], dtype=bool)
+    assert event_bounds(wet, min_gap_steps=4) == (6, 10)  # gap of 1 joined, gap of 4 separates
+    assert event_bounds(wet, min_gap_steps=1) == (8, 10)
+    assert event_bounds(wet, min_gap_steps=5) == (0, 10)
+    assert event_bounds(np.zeros(5, bool), 2) is None
+
+
+BOX = (103.0, 29.5, 104.0, 30.5)
+
+
+@pytest.fixture(scope="module")
+def storm(tmp_path_factory):  # type: ignore[no-untyped-def]
+    ds = make_synthetic_storm(BOX, "2024-08-28", "2024-09-01", seed=3, peak_mm_h=20.0, resolution=0.1)
+    path = write_precipitation_zarr(ds, tmp_path_factory.mktemp("rain") / "p.zarr")
+    return ds, path
+
+
+def _reference(ds, bbox):  # type: ignore[no-untyped-def]
+    """Independent numpy event statistics (area max for timing; cos-lat means for I and D)."""
+    rate = ds["precipitationCal"].transpose("time", "lat", "lon")
+    lon, lat = ds["lon"].values, ds["lat"].values
+    ix = (lon + 0.05 > bbox[0]) & (lon - 0.05 < bbox[2])
+    iy = (lat + 0.05 > bbox[1]) & (lat - 0.05 < bbox[3])
+    r = rate.values[:, iy][:, :, ix].astype(np.float64)
+    wet = r.max(axis=(1, 2)) >= 0.1
+    idx = np.flatnonzero(wet)
+    i0, i1 = idx[0], idx[-1] + 1  # the synthetic storm is one pulse: no 6 h gaps inside
+    w = np.cos(np.deg2rad(lat[iy]))[:, None] * np.ones(ix.sum())[None, :]
+    ev = r[i0:i1]
+    intensity = (ev.mean(0) * w).sum() / w.sum()
+    duration_h = (((ev >= 0.1).sum(0) * 0.5) * w).sum() / w.sum()
+    t = ds["time"].values
+    return t[i0], t[i1 - 1] + np.timedelta64(30, "m"), intensity, duration_h
+
+
+def test_check_region_matches_an_independent_computation(storm):
+    ds, path = storm
+    cx, cy = ds.attrs["storm_centre_lonlat"]
+    wet = Region("wet", (cx - 0.05, cy - 0.05, cx + 0.05, cy + 0.05))
+    ev = check_region(LocalZarrSource(path), wet, datetime(2024, 9, 1, tzinfo=UTC), hours=96)
+    start, end, intensity, duration_h = _reference(ds, wet.bbox)
+    assert ev is not None and ev.region == "wet"
+    assert np.datetime64(ev.start.replace(tzinfo=None)) == start
+    assert np.datetime64(ev.end.replace(tzinfo=None)) == end
+    assert ev.intensity_mm_h == pytest.approx(intensity, rel=1e-5)
+    assert ev.duration_h == pytest.approx(duration_h, rel=1e-5)
+    assert ev.duration_days == pytest.approx(duration_h / 24)
+    assert exceeds(ev.intensity_mm_h, ev.duration_h)
+
+
+def test_check_region_start_is_stable_as_now_moves(storm):
+    ds, path = storm
+    cx, cy = ds.attrs["storm_centre_lonlat"]
+    wet = Region("wet", (cx - 0.05, cy - 0.05, cx + 0.05, cy + 0.05))
+    full = check_region(LocalZarrSource(path), wet, "2024-09-01T00:00", hours=96)
+    assert full is not None
+    # A window of 6 h that starts inside the event: the start is traced back to the same hour.
+    late = check_region(LocalZarrSource(path), wet, full.end.replace(tzinfo=None).isoformat(), hours=6)
+    assert late is not None and late.start == full.start and late.end == full.end
+    assert alert_id("wet", late.start, late.source) == alert_id("wet", full.start, full.source)
+
+
+def test_check_region_dry_and_outside(storm):
+    ds, path = storm
+    cx, cy = ds.attrs["storm_centre_lonlat"]
+    # The box's corner farthest from the storm centre is outside its footprint (radius 0.45 of the side).
+    fx = BOX[2] - 0.05 if cx < 103.5 else BOX[0] + 0.05
+    fy = BOX[3] - 0.05 if cy < 30.0 else BOX[1] + 0.05
+    far = Region("far", (fx - 0.04, fy - 0.04, fx + 0.04, fy + 0.04))
+    assert check_region(LocalZarrSource(path), far, "2024-09-01T00:00", hours=96) is None
+    with pytest.raises(RainfallError, match="outside the precipitation grid"):
+        check_region(LocalZarrSource(path), Region("x", (10.0, 10.0, 10.1, 10.1)), "2024-09-01", hours=24)
+    with pytest.raises(RainfallError, match="no precipitation data"):
+        check_region(LocalZarrSource(path), far, "2025-01-01", hours=24)
+
+
+def test_imagery_window_ends_on_the_event_day():
+    assert imagery_window(datetime(2024, 8, 20, 5, tzinfo=UTC), 60) == (date(2024, 6, 22), date(2024, 8, 20))
+    assert imagery_window(datetime(2024, 8, 20, 23, 30), 1) == (date(2024, 8, 20), date(2024, 8, 20))
+    with pytest.raises(RainfallError):
+        imagery_window(datetime(2024, 8, 20), 0)
+
+
+# --------------------------------------------------------------------------- alerts and the ledger
+
+
+def _alert(region: str = "hills", start: datetime = datetime(2024, 8, 29, 7, 30, tzinfo=UTC)) -> Alert:
+    ev = Event(region, start, datetime(2024, 8, 30, 9, tzinfo=UTC), 3.0, 20.0, "zarr:/p.zarr", (1.0, 2.0, 3.0, 4.0))
+    return Alert.from_event(ev, Threshold())
+
+
+def test_alert_id_is_stable_within_the_hour_and_distinguishes_sources():
+    a, b = _alert(), _alert(start=datetime(2024, 8, 29, 7, 0, tzinfo=UTC))
+    assert a.id == b.id and len(a.id) == 16
+    assert a.id != _alert(start=datetime(2024, 8, 29, 8, 0, tzinfo=UTC)).id
+    assert a.id != _alert(region="other").id
+    assert alert_id("hills", a.start, "zarr:/other.zarr") != a.id
+    assert a.threshold_mm_h == pytest.approx(0.58880, abs=5e-5)  # 2.20 · 20^-0.44 (bc -l)
+
+
+def test_ledger_deduplicates_across_instances(tmp_path):
+    path = tmp_path / "out" / "alerts.jsonl"
+    one, two = AlertLedger(path), AlertLedger(path)
+    alert = _alert()
+    assert one.claim(alert, tmp_path / "run")
+    assert not two.claim(alert, tmp_path / "run")
+    assert not one.claim(alert)
+    two.update(alert.id, "succeeded", tmp_path / "run")
+    rec = one.get(alert.id)
+    assert rec is not None and rec["status"] == "succeeded" and rec["run_dir"] == str(tmp_path / "run")
+    assert rec["region"] == "hills" and rec["intensity_mm_h"] == 3.0
+    other = _alert(region="valley")
+    assert two.claim(other)
+    assert set(one.records()) == {alert.id, other.id}
+    lines = [json.loads(x) for x in path.read_text().splitlines()]
+    assert [r["status"] for r in lines] == ["triggered", "succeeded", "triggered"]
+
+
+def _claim_in_child(path: str, barrier) -> bool:  # type: ignore[no-untyped-def]
+    barrier.wait(timeout=30)
+    return AlertLedger(path).claim(_alert(), "run")
+
+
+def test_ledger_claims_once_across_processes(tmp_path):
+    path = str(tmp_path / "alerts.jsonl")
+    ctx = mp.get_context("fork")
+    n = 4
+    barrier = ctx.Manager().Barrier(n)
+    with ctx.Pool(n) as pool:
+        results = pool.starmap(_claim_in_child, [(path, barrier)] * n, chunksize=1)
+    assert sorted(results) == [False, False, False, True]
+    assert len(Path(path).read_text().splitlines()) == 1
