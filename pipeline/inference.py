@@ -6,8 +6,8 @@ Design
 overlap sit on a grid anchored at the array's origin: tile ``k`` along an axis starts at
 ``k · stride`` (``stride = tile - overlap``), and ``stride`` and ``tile`` are multiples of
 the predictor's ``size_multiple``, so every tile's pooling cells coincide with the
-global ones. A pixel's probability is the weighted mean of the predictions of the
-(at most two per axis) tiles covering it. Because the grid and the weights depend only on
+global ones. A pixel's probability is the weighted mean of the predictions of the tiles
+covering it (two per axis in an overlap when ``overlap ≤ tile/2``). Because the grid and the weights depend only on
 the pixel's global position, an output chunk computes exactly the tiles touching it and
 gets exactly the values a single pass over the whole array would give: the result does
 not depend on the chunking, for any predictor (chunk seams cannot exist).
@@ -38,8 +38,9 @@ output chunk, with the predictor handed in once as its own graph key (never
 re-serialized per chunk). A dask-backed dataset's tasks depend on the source blocks
 under their read windows; a dataset opened without dask (``chunks=None``) is read window
 by window through one shared lazy reader, which keeps peak memory flat as regions grow.
-Memory per task is bounded by the read window plus one batch. :func:`iter_chunk_predictions` is the plain
-iterator for a writer that stores chunks as they finish (pass ``windows`` to resume).
+Memory per task is bounded by the read window plus one batch.
+:func:`iter_chunk_predictions` is the plain iterator for a writer that stores chunks as
+they finish (pass ``windows`` to resume).
 Both call ``predictor.check_channels`` first; by default they feed the predictor's
 channels by name when the dataset has them all (Zarr keeps no variable order; extra
 variables are ignored), else they check the dataset's names so the error says what is
@@ -782,24 +783,25 @@ def predict_dataset(
     fills = tuple(float(v) for v in _fill_values(predictor, len(names), fill))
     bs = max(1, int(batch_size))
 
-    first = ds[names[0]].data
+    # never touch ``.data`` of a non-dask variable: that loads (and caches) all of it
+    first = ds[names[0]].chunks
     if chunks is None:
-        if isinstance(first, da.Array):
-            ychunks, xchunks = tuple(first.chunks[0]), tuple(first.chunks[1])
+        if first is not None:
+            ychunks, xchunks = tuple(first[0]), tuple(first[1])
         else:
             ychunks, xchunks = _chunk_sizes(H, 512), _chunk_sizes(W, 512)
     else:
         cy, cx = (chunks, chunks) if isinstance(chunks, int) else chunks
         ychunks, xchunks = _chunk_sizes(H, int(cy)), _chunk_sizes(W, int(cx))
 
-    lazy = not any(isinstance(ds[c].data, da.Array) for c in names)
+    lazy = all(ds[c].chunks is None for c in names)
     if lazy:
         # no dask inputs (opened with chunks=None, or in memory): every task reads its own
         # window from one shared lazy reader; no task waits for, or keeps, another's input
         token = uuid.uuid4().hex
         arrays: list = []
     else:
-        arrays = [ds[c].data if isinstance(ds[c].data, da.Array)
+        arrays = [ds[c].data if ds[c].chunks is not None
                   else ds[c].chunk({ydim: ychunks, xdim: xchunks}).data for c in names]
         token = tokenize(*[a.name for a in arrays], plan, bs, fills, ychunks, xchunks,
                          type(predictor).__qualname__, id(predictor), id(stats))
