@@ -29,6 +29,7 @@ bench: $(STAMP)
 	$(BIN)/python tests/benchmarks/bench_cube.py
 	$(BIN)/python tests/benchmarks/bench_lsi.py
 	-$(BIN)/python tests/benchmarks/bench_models.py
+	$(BIN)/python tests/benchmarks/bench_inference.py
 
 clean-demo:
 	rm -rf data/demo out/demo
