@@ -22,6 +22,10 @@ from pipeline.store import TileStore, georeference, template, write_tiles
 from flows.regional_run import CHUNKS_PER_TILE
 
 
+#: Bumped when the LSI store's variables or attributes change, so older stores are rebuilt.
+LSI_LAYOUT = 2
+
+
 @dataclass(frozen=True)
 class Rain:
     """The rainfall event a run is scaled by: intensity P (mm/h), duration D (days), R_m."""
@@ -56,7 +60,7 @@ def write_lsi(
     emit = on_event or (lambda kind, info: None)
     cube = xr.open_zarr(cube_path, decode_coords="all")
     fingerprint = json.dumps({"cube": cube.attrs.get("slidewatch_fingerprint"), "params": params.__dict__,
-                              "rain": rain.__dict__}, sort_keys=True, default=str)
+                              "rain": rain.__dict__, "layout": LSI_LAYOUT}, sort_keys=True, default=str)
     import hashlib
 
     store = TileStore(cube_path.with_name(f"lsi_{grid.zone_name}.zarr"), hashlib.sha256(fingerprint.encode()).hexdigest()[:16])

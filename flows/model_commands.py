@@ -178,13 +178,18 @@ def ablate(
     block_size: Annotated[int, typer.Option("--block-size", min=16)] = 512,
     device: Annotated[Device, typer.Option("--device", case_sensitive=False)] = Device.auto,
     threads: Annotated[int | None, typer.Option("--threads", min=1, help="torch CPU threads.")] = None,
+    depth: Annotated[int, typer.Option("--depth", min=1, max=6)] = 4,
+    chip_size: Annotated[int, typer.Option("--chip-size", min=16)] = 128,
+    chips_per_epoch: Annotated[int | None, typer.Option("--chips-per-epoch", min=1)] = None,
+    lr: Annotated[float, typer.Option("--lr")] = 1e-3,
 ) -> None:
     """Ablation on the test blocks: EnhancedUNet vs UNet vs LSI threshold, with/without LSI."""
     from models.evaluate import ablation
     from models.training import TrainConfig
 
     try:
-        config = TrainConfig(seed=seed, block_size=block_size, device=device.value, num_threads=threads)
+        config = TrainConfig(seed=seed, block_size=block_size, device=device.value, num_threads=threads,
+                             depth=depth, chip_size=chip_size, chips_per_epoch=chips_per_epoch, lr=lr)
         rows = ablation(cube, inventory, config, epochs=epochs, base_width=base_width,
                         on_row=lambda r: _errc().print(f"done: {r['model']} {r['channels']}"))
     except SlidewatchError as exc:

@@ -60,7 +60,7 @@ def _model_info(predictor: Any) -> dict:
     info: dict[str, Any] = {"channels": list(predictor.channels), "halo": int(predictor.halo)}
     if meta is not None:
         info["architecture"] = getattr(meta, "architecture", None)
-        info["config"] = getattr(meta, "config", None)
+        info["config"] = getattr(meta, "hyperparameters", None)
         prov = getattr(meta, "provenance", None) or {}
         info["trained_on"] = prov.get("cube") if isinstance(prov, dict) else None
     return info
@@ -182,4 +182,4 @@ def write_risk(
 
 def open_zone(run_dir: Path, zone: str) -> xr.Dataset:
     """One zone of a run's mosaic, georeferenced."""
-    return xr.open_zarr(run_dir / RISK_STORE, group=zone, decode_coords="all")
+    return xr.open_zarr(run_dir / RISK_STORE, group=zone, decode_coords="all", consolidated=True)
