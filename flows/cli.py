@@ -90,7 +90,7 @@ class _RunProgress:
             for note in info.get("notes", []):
                 console.print(f"  [yellow]note:[/] {note}")
         elif kind == "reused":
-            console.print(f"[green]reusing[/] finished cube {info['path']}")
+            console.print(f"[green]reusing[/] finished store {info['path']}")
         elif kind == "tiles":
             self.progress.start()
             self.tasks[zone] = self.progress.add_task(f"cube {zone}", total=info["total"], completed=0)

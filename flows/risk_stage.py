@@ -182,4 +182,4 @@ def write_risk(
 
 def open_zone(run_dir: Path, zone: str) -> xr.Dataset:
     """One zone of a run's mosaic, georeferenced."""
-    return xr.open_zarr(run_dir / RISK_STORE, group=zone, decode_coords="all", consolidated=True)
+    return xr.open_zarr(run_dir / RISK_STORE, group=zone, decode_coords="all", consolidated=False)

@@ -209,8 +209,8 @@ def xr_attr(store: Path, name: str) -> Any:
 
 #: How ``slidewatch demo`` trains its model (small, CPU-friendly; synthetic scars only).
 DEMO_TRAIN: dict[str, Any] = {
-    "arch": "enhanced", "base_width": 8, "depth": 3, "epochs": 10, "chips_per_epoch": 192,
-    "patience": 4, "batch_size": 16, "seed": 0,
+    "arch": "enhanced", "base_width": 8, "depth": 3, "chip_size": 64, "block_size": 512, "epochs": 12,
+    "chips_per_epoch": 512, "lr": 5e-3, "patience": 5, "batch_size": 16, "seed": 0,
 }
 
 

@@ -800,7 +800,7 @@ def export_run(
     group_names = sorted(zarr.open_group(str(store), mode="r").group_keys())
     if not group_names:
         raise StoreError(f"The risk mosaic {store} has no zone groups.", "re-run the inference stage.")
-    zones = {z: xr.open_zarr(store, group=z, decode_coords="all") for z in group_names}
+    zones = {z: xr.open_zarr(store, group=z, decode_coords="all", consolidated=False) for z in group_names}
     if require_complete:  # check before writing any file
         incomplete = [z for z in group_names if zones[z].attrs.get("slidewatch_complete") is not True]
         if incomplete:

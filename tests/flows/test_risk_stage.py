@@ -137,3 +137,29 @@ def test_channel_mismatch_is_refused(lsi_run, tmp_path) -> None:  # type: ignore
     with pytest.raises(CheckpointError, match="soil_moisture_index"):
         stages.risk_stage(result, rain, ckpt, tile=32)
     assert (sorted(p.name for p in mosaic.iterdir()) if mosaic.exists() else None) == before
+
+
+def test_demo_model_is_trained_once_and_cached(lsi_run, tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import rasterio
+
+    result, _, _ = lsi_run
+    lsi_path = result.zones[0].lsi_path
+    lsi = xr.open_zarr(lsi_path)
+    truth = tmp_path / "truth.tif"
+    mask = (lsi["slope"].values > np.nanpercentile(lsi["slope"].values, 97)).astype("uint8")
+    with rasterio.open(truth, "w", driver="GTiff", width=128, height=128, count=1, dtype="uint8",
+                       crs="EPSG:32648", transform=lsi.rio.transform() if hasattr(lsi, "rio") else None) as dst:
+        dst.write(mask, 1)
+    tiny = {"arch": "unet", "base_width": 4, "depth": 2, "chip_size": 32, "block_size": 32, "epochs": 1,
+            "chips_per_epoch": 16, "batch_size": 8, "seed": 0}
+    monkeypatch.setattr(stages, "DEMO_TRAIN", tiny)
+    events: list[str] = []
+    first = stages.ensure_demo_model(lsi_path, truth, tmp_path / "model", on_event=lambda k, i: events.append(k))
+    assert first.is_file() and "training" in events and not (tmp_path / "model.partial").exists()
+    events.clear()
+    again = stages.ensure_demo_model(lsi_path, truth, tmp_path / "model", on_event=lambda k, i: events.append(k))
+    assert again == first and events == ["model-reused"]
+    monkeypatch.setattr(stages, "DEMO_TRAIN", {**tiny, "seed": 1})  # other settings → retrained
+    events.clear()
+    stages.ensure_demo_model(lsi_path, truth, tmp_path / "model", on_event=lambda k, i: events.append(k))
+    assert "training" in events
