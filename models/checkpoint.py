@@ -27,6 +27,7 @@ the metadata describes. Every failure raises :class:`~pipeline.errors.Checkpoint
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import hashlib
 import json
 import os
@@ -250,6 +251,29 @@ def _read_header(path: Path) -> dict:
     return header
 
 
+#: Fix shown with checkpoint errors that carry no more specific one.
+_CHECKPOINT_HINT = (
+    "use the unmodified model.safetensors written by `slidewatch train` "
+    "(models.checkpoint.save_checkpoint); retrain or re-export it if it was edited."
+)
+
+
+def _with_hint(fn):  # type: ignore[no-untyped-def]
+    """Give every CheckpointError raised by ``fn`` a "Fix:" (the default one when it has none)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):  # type: ignore[no-untyped-def]
+        try:
+            return fn(*args, **kwargs)
+        except CheckpointError as exc:
+            if exc.hint is not None:
+                raise
+            raise CheckpointError(exc.message, _CHECKPOINT_HINT) from exc.__cause__
+
+    return wrapper
+
+
+@_with_hint
 def read_metadata(path: str | Path) -> CheckpointMetadata:
     """Read and validate a checkpoint's metadata without loading weights."""
     path = Path(path)
@@ -267,6 +291,7 @@ def read_metadata(path: str | Path) -> CheckpointMetadata:
     return CheckpointMetadata.from_json(doc, str(path))
 
 
+@_with_hint
 def load_checkpoint(
     path: str | Path,
     device: str | torch.device = "cpu",

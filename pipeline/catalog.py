@@ -3,19 +3,28 @@
 Planetary Computer (the default endpoint) is opened with
 ``modifier=planetary_computer.sign_inplace``; any other STAC API is used plain. Because
 SAS tokens expire, :func:`sign_for_read` re-signs fresh copies of the items right before
-pixels are read (once per write tile), from hrefs stripped of any earlier token.
+pixels are read (once per write tile), from hrefs stripped of any earlier token; after a
+``403`` (an expired token) :func:`refresh_signatures` drops cached tokens so the next
+signing fetches new ones. Signing goes through a :class:`Signer` (Planetary Computer's by
+default; :func:`register_signer` adds one for another STAC API, e.g. a fake in tests).
+
+Credentials never leave the process: :func:`unsigned_href` strips SAS tokens and other
+credential query parameters from hrefs (saved items, provenance), and :func:`redact`
+strips them, and the Planetary Computer subscription key, from any text (error messages).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Protocol
-from urllib.parse import urlparse, urlunparse
+from urllib.parse import parse_qsl, urlencode, urlparse, urlunparse
 
 import pystac
 from pystac_client import Client
@@ -246,12 +255,89 @@ def search_inputs(
     return RunInputs(s2=s2, s1=s1, s1_history=s1_hist, dem=dem, s1_collection=s1_collection, notes=notes)
 
 
+#: Query parameters that carry credentials (Azure SAS, AWS/GCS presigned URLs, API keys).
+_SECRET_PARAMS = frozenset({
+    "sig", "signature", "se", "st", "sp", "sv", "sr", "ss", "srt", "spr", "si", "sdd",
+    "skoid", "sktid", "skt", "ske", "sks", "skv", "saoid", "suoid", "scid",
+    "token", "access_token", "auth", "key", "api_key", "apikey", "api-key",
+    "subscription-key", "subscription_key", "ocp-apim-subscription-key", "awsaccesskeyid", "expires",
+})
+_SECRET_PREFIXES = ("x-amz-", "x-goog-")
+_URL_RE = re.compile(r"(?:/vsicurl/)?https?://[^\s'\"<>()\[\]{},]+")
+#: Environment variables whose values are secrets to scrub from any text we show or save.
+SECRET_ENV_VARS = ("PC_SDK_SUBSCRIPTION_KEY",)
+
+
+def _is_secret_param(name: str) -> bool:
+    low = name.lower()
+    return low in _SECRET_PARAMS or low.startswith(_SECRET_PREFIXES)
+
+
 def unsigned_href(href: str) -> str:
-    """``href`` without a SAS token (query string) when it points to Azure Blob Storage."""
+    """``href`` without credentials: no query string at all for Azure Blob Storage (SAS
+    tokens), and no credential parameters (signatures, tokens, keys) for any other URL."""
     parsed = urlparse(href)
-    if parsed.netloc.endswith(_BLOB_DOMAIN) and parsed.query:
+    if not parsed.query or parsed.scheme not in ("http", "https"):
+        return href
+    if parsed.netloc.endswith(_BLOB_DOMAIN):
         return urlunparse(parsed._replace(query=""))
-    return href
+    pairs = parse_qsl(parsed.query, keep_blank_values=True)
+    kept = [(k, v) for k, v in pairs if not _is_secret_param(k)]
+    if len(kept) == len(pairs):
+        return href
+    return urlunparse(parsed._replace(query=urlencode(kept)))
+
+
+def redact(text: str) -> str:
+    """``text`` with credentials removed from every URL in it and secret env values masked."""
+    out = _URL_RE.sub(lambda m: _redact_url(m.group(0)), text)
+    for var in SECRET_ENV_VARS:
+        secret = os.environ.get(var, "")
+        if len(secret) >= 4:
+            out = out.replace(secret, "***")
+    return out
+
+
+def _redact_url(url: str) -> str:
+    prefix = "/vsicurl/" if url.startswith("/vsicurl/") else ""
+    return prefix + unsigned_href(url[len(prefix):])
+
+
+class RedactingFilter(logging.Filter):
+    """A logging filter that strips credentials (see :func:`redact`) from records."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            msg = record.getMessage()
+        except Exception:  # noqa: BLE001 - a broken record is the logger's business
+            return True
+        clean = redact(msg)
+        if clean != msg:
+            record.msg, record.args = clean, None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = redact(logging.Formatter().formatException(record.exc_info))
+        return True
+
+
+_REDACTOR = RedactingFilter()
+#: Logger name prefixes that may print signed URLs: GDAL messages (through rasterio), readers,
+#: HTTP clients, and slidewatch itself.
+LOG_PREFIXES = ("rasterio", "stackstac", "urllib3", "requests", "pystac_client", "planetary_computer",
+                "pipeline", "flows", "models")
+
+
+def install_log_redaction(prefixes: Sequence[str] = LOG_PREFIXES) -> None:
+    """Attach :class:`RedactingFilter` to every existing logger under ``prefixes`` (idempotent).
+
+    Logger filters only see records of their own logger, so each logger gets one; call again
+    after importing more modules.
+    """
+    names = set(prefixes) | {n for n in logging.root.manager.loggerDict
+                             if any(n == p or n.startswith(p + ".") for p in prefixes)}
+    for name in names:
+        lg = logging.getLogger(name)
+        if _REDACTOR not in lg.filters:
+            lg.addFilter(_REDACTOR)
 
 
 def unsign_item(item: pystac.Item) -> pystac.Item:
@@ -262,13 +348,64 @@ def unsign_item(item: pystac.Item) -> pystac.Item:
     return out
 
 
-def sign_for_read(items: Sequence[pystac.Item], stac_url: str) -> list[pystac.Item]:
-    """Fresh signed copies of ``items`` for reading now (no-op copy outside Planetary Computer)."""
-    if not is_planetary_computer(stac_url):
-        return list(items)
-    import planetary_computer
+class Signer(Protocol):
+    """Signs item asset hrefs for reading; ``refresh`` forgets cached tokens (after a 403)."""
 
-    return [planetary_computer.sign(unsign_item(it)) for it in items]
+    def sign(self, item: pystac.Item) -> pystac.Item:
+        """A signed copy of ``item`` (hrefs given unsigned)."""
+        ...
+
+    def refresh(self) -> None:
+        """Drop cached tokens so the next :meth:`sign` fetches fresh ones."""
+        ...
+
+
+class PlanetaryComputerSigner:
+    """Planetary Computer's SAS signing (``planetary_computer.sign``) and its token cache."""
+
+    def sign(self, item: pystac.Item) -> pystac.Item:
+        import planetary_computer
+
+        return planetary_computer.sign(item)
+
+    def refresh(self) -> None:
+        import planetary_computer.sas
+
+        planetary_computer.sas.TOKEN_CACHE.clear()
+
+
+_SIGNERS: dict[str, Signer] = {}
+
+
+def register_signer(stac_url: str, signer: Signer | None) -> None:
+    """Use ``signer`` for items of the STAC API at ``stac_url`` (``None`` removes it)."""
+    if signer is None:
+        _SIGNERS.pop(stac_url.rstrip("/"), None)
+    else:
+        _SIGNERS[stac_url.rstrip("/")] = signer
+
+
+def signer_for(stac_url: str) -> Signer | None:
+    """The signer of a STAC API: a registered one, Planetary Computer's, or None (plain)."""
+    registered = _SIGNERS.get(stac_url.rstrip("/"))
+    if registered is not None:
+        return registered
+    return PlanetaryComputerSigner() if is_planetary_computer(stac_url) else None
+
+
+def sign_for_read(items: Sequence[pystac.Item], stac_url: str) -> list[pystac.Item]:
+    """Fresh signed copies of ``items`` for reading now (plain copies when unsigned)."""
+    signer = signer_for(stac_url)
+    if signer is None:
+        return list(items)
+    return [signer.sign(unsign_item(it)) for it in items]
+
+
+def refresh_signatures(stac_url: str) -> None:
+    """Forget cached tokens of ``stac_url``'s signer (call after a 403 from storage)."""
+    signer = signer_for(stac_url)
+    if signer is not None:
+        signer.refresh()
 
 
 def save_items(items: Sequence[pystac.Item], path: Path) -> None:

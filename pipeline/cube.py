@@ -33,7 +33,7 @@ from pipeline.collections import (
 )
 from pipeline.config import ZoneGrid
 from pipeline.errors import InputDataError, MissingAssetError
-from pipeline.gdal_settings import GDAL_ENV
+from pipeline.gdal_settings import GDAL_ENV, crs_checked_reader
 
 S2_BAND_NAMES = {
     "B01": "coastal aerosol", "B02": "blue", "B03": "green", "B04": "red",
@@ -99,8 +99,9 @@ def _stack(
     resampling: Resampling,
     time_chunk: int,
 ) -> xr.DataArray:
+    dicts = [stackstac_dict(it) for it in items]
     arr = stackstac.stack(
-        [stackstac_dict(it) for it in items],
+        dicts,
         assets=list(assets),
         epsg=grid.epsg,
         resolution=grid.resolution,
@@ -117,6 +118,7 @@ def _stack(
         band_coords=False,
         gdal_env=GDAL_ENV,
         errors_as_nodata=(),  # a failed read must fail the tile, never become silent nodata
+        reader=crs_checked_reader(dicts, assets),  # a file in another CRS than its item says fails
     )
     if arr.shape[-2:] != grid.shape:
         raise InputDataError(

@@ -6,6 +6,7 @@ into UTM grids.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from dataclasses import dataclass
@@ -28,8 +29,14 @@ class Region:
 
     @property
     def slug(self) -> str:
-        """A file-system-safe name for output folders."""
-        return re.sub(r"[^A-Za-z0-9._-]+", "_", self.name).strip("_") or "region"
+        """A file-system-safe name for output folders: letters, digits, ``._-`` only, never
+        ``.``/``..`` or a hidden name, at most 80 characters (long names end in a hash)."""
+        slug = re.sub(r"[^A-Za-z0-9._-]+", "_", self.name)
+        slug = re.sub(r"\.{2,}", "_", slug).strip("._-")
+        if len(slug) > 80:
+            digest = hashlib.sha256(self.name.encode()).hexdigest()[:10]
+            slug = slug[:69].rstrip("._-") + "_" + digest
+        return slug or "region"
 
     def geometry(self) -> dict:
         if self.geometry_json is not None:

@@ -4,15 +4,23 @@ A store is built at ``<name>.zarr.partial``: the template (metadata, coordinates
 first, then chunk-aligned region writes, one tile at a time, each recorded in a progress
 ledger. Only when every tile is written are the metadata consolidated, the store marked
 ``slidewatch_complete`` and the folder renamed to ``<name>.zarr`` — so a store at the
-final path is always complete, and an interrupted run resumes from the ledger. A lock
-file keeps two runs from writing the same store.
+final path is always complete, and an interrupted run resumes from the ledger.
+
+Two runs never write the same store: :meth:`TileStore.acquire` takes an exclusive
+``flock`` on ``<name>.zarr.lock`` (which records the holder's pid). The kernel drops the
+lock when its holder dies, so the lock of a killed run is taken over safely, never by two
+processes at once. :func:`write_tiles` retries a failing tile (a fresh ``tile_dataset``
+each time, which re-signs URLs) within a per-tile budget before giving up; a tile either
+lands whole in the ledger or is written again on resume.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
+import time
 import warnings
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -24,10 +32,21 @@ import xarray as xr
 import zarr
 
 from pipeline.config import Tile, ZoneGrid
-from pipeline.errors import StoreError
+from pipeline.errors import SlidewatchError, StoreError
+
+try:  # POSIX advisory locks; elsewhere an O_EXCL lock file with a pid check is used
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
 
 COMPLETE_ATTR = "slidewatch_complete"
 FINGERPRINT_ATTR = "slidewatch_fingerprint"
+
+#: Attempts per tile after the first (each rebuilds the tile's dataset) and the first pause.
+TILE_RETRIES = 3
+TILE_RETRY_DELAY_S = 2.0
+#: errno values of write failures that retrying cannot fix (reported as StoreError).
+_FATAL_WRITE_ERRNO = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT}
 
 
 def grid_coords(grid: ZoneGrid) -> dict[str, np.ndarray]:
@@ -94,6 +113,10 @@ class TileStore:
     path: Path
     fingerprint: str
 
+    def __post_init__(self) -> None:
+        self.path = Path(self.path)
+        self._lock_fd: int | None = None
+
     @property
     def partial(self) -> Path:
         return self.path.with_name(self.path.name + ".partial")
@@ -125,18 +148,79 @@ class TileStore:
             return None
 
     def done(self) -> set[str]:
-        ledger = self.ledger
-        if not ledger.exists() or not self.partial.exists():
+        """Keys of the tiles already written into the partial store (per the ledger)."""
+        if not self.partial.exists():
             return set()
-        doc = json.loads(ledger.read_text())
-        if doc.get("fingerprint") != self.fingerprint:
+        doc = self._read_ledger()
+        if doc is None or doc.get("fingerprint") != self.fingerprint:
             return set()
         return set(doc.get("tiles", []))
 
+    def _read_ledger(self) -> dict | None:
+        """The ledger document, or None when absent or unreadable (then nothing is resumed)."""
+        try:
+            doc = json.loads(self.ledger.read_text())
+        except (OSError, ValueError):
+            return None
+        return doc if isinstance(doc, dict) else None
+
     # -- locking --------------------------------------------------------------------
-    def acquire(self) -> None:
-        """Take the writer lock, or raise StoreError naming the other writer."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+    def acquire(self, wait_s: float = 0.0) -> None:
+        """Take the writer lock, waiting up to ``wait_s`` seconds for another run to finish.
+
+        Raises :class:`StoreError` naming the other writer's pid when it is still held, or
+        when the output folder cannot be created.
+        """
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(
+                f"Cannot create the output folder {self.path.parent}: {exc.strerror or exc}.",
+                "choose a writable --out (a folder you can create files in).",
+            ) from None
+        deadline = time.monotonic() + max(0.0, wait_s)
+        while True:
+            holder = self._try_lock()
+            if holder is None:
+                return
+            if time.monotonic() >= deadline:
+                who = f"pid {holder}" if holder > 0 else "an unknown process"
+                raise StoreError(
+                    f"{self.path} is being written by another slidewatch run ({who}; lock file {self.lock}).",
+                    "wait for that run to finish (or stop it), or write to another --out; "
+                    "a lock left by a run that died is taken over automatically.",
+                )
+            time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
+
+    def _try_lock(self) -> int | None:
+        """Take the lock now: None on success, else the holder's pid (0 when unknown)."""
+        if fcntl is None:  # pragma: no cover - Windows
+            return self._try_lock_excl()
+        try:
+            fd = os.open(self.lock, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise StoreError(f"Cannot create the lock file {self.lock}: {exc.strerror or exc}.",
+                             "choose a writable --out.") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = _read_pid(fd)
+            os.close(fd)
+            return holder
+        # the lock file may have been unlinked by its previous holder after we opened it
+        try:
+            same = os.fstat(fd).st_ino == os.stat(self.lock).st_ino
+        except FileNotFoundError:
+            same = False
+        if not same:
+            os.close(fd)
+            return self._try_lock()
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        self._lock_fd = fd
+        return None
+
+    def _try_lock_excl(self) -> int | None:  # pragma: no cover - Windows fallback
         for _ in range(2):
             try:
                 fd = os.open(self.lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
@@ -146,19 +230,25 @@ class TileStore:
                 except (OSError, ValueError):
                     pid = 0
                 if pid and _alive(pid):
-                    raise StoreError(
-                        f"{self.path} is being written by another slidewatch run (pid {pid}).",
-                        "wait for it to finish, or use another --out.",
-                    ) from None
+                    return pid
                 self.lock.unlink(missing_ok=True)  # stale lock of a dead run
                 continue
             with os.fdopen(fd, "w") as fh:
                 fh.write(str(os.getpid()))
-            return
-        raise StoreError(f"Could not take the lock {self.lock}.", "remove it if no run is active.")
+            return None
+        return 0
 
     def release(self) -> None:
-        self.lock.unlink(missing_ok=True)
+        """Give the lock back (the lock file is removed while still held)."""
+        fd, self._lock_fd = self._lock_fd, None
+        if fd is None:
+            if fcntl is None:  # pragma: no cover
+                self.lock.unlink(missing_ok=True)
+            return
+        try:
+            self.lock.unlink(missing_ok=True)
+        finally:
+            os.close(fd)
 
     # -- writing --------------------------------------------------------------------
     def prepare(self, tmpl: xr.Dataset, attrs: Mapping[str, object], overwrite: bool = False) -> None:
@@ -169,8 +259,8 @@ class TileStore:
                 "pass --overwrite to replace it, or choose another --out.",
             )
         if self.partial.exists():
-            ledger = self.ledger
-            if ledger.exists() and json.loads(ledger.read_text()).get("fingerprint") == self.fingerprint:
+            doc = self._read_ledger()
+            if doc is not None and doc.get("fingerprint") == self.fingerprint:
                 return  # resume
             shutil.rmtree(self.partial)
         ds = tmpl.copy()
@@ -185,8 +275,8 @@ class TileStore:
         try:
             ds.to_zarr(str(self.partial), mode="w", compute=False, zarr_format=3,
                        consolidated=False, encoding=encoding)
-        except PermissionError as exc:
-            raise StoreError(f"Cannot write {self.partial}: {exc.strerror}.", "choose a writable --out.") from None
+        except OSError as exc:
+            raise StoreError(f"Cannot write {self.partial}: {exc.strerror or exc}.", "choose a writable --out.") from None
         self._write_ledger(set())
 
     def write_tile(self, tile: Tile, ds: xr.Dataset) -> None:
@@ -198,10 +288,29 @@ class TileStore:
         for var in ds.data_vars.values():
             var.attrs = {}
             var.encoding = {}
-        ds.to_zarr(str(self.partial), region=region, mode="r+", zarr_format=3, consolidated=False)
+        try:
+            ds.to_zarr(str(self.partial), region=region, mode="r+", zarr_format=3, consolidated=False)
+        except OSError as exc:
+            if exc.errno in _FATAL_WRITE_ERRNO:
+                raise StoreError(f"Cannot write tile {tile.key} into {self.partial}: {exc.strerror}.",
+                                 "free disk space or choose a writable --out, then rerun to resume.") from None
+            raise
         done = self.done()
         done.add(tile.key)
         self._write_ledger(done)
+
+    def has_data(self, name: str) -> bool:
+        """Whether variable ``name`` of the partial store holds any value but its fill (NaN
+        for floats, 0 for integers); reads chunk by chunk and stops at the first hit."""
+        arr = zarr.open_group(str(self.partial), mode="r")[name]
+        floating = np.issubdtype(arr.dtype, np.floating)
+        cy, cx = arr.chunks
+        for r in range(0, arr.shape[0], cy):
+            for c in range(0, arr.shape[1], cx):
+                block = np.asarray(arr[r:r + cy, c:c + cx])
+                if (np.isfinite(block) if floating else block != 0).any():
+                    return True
+        return False
 
     def finalize(self, extra_attrs: Mapping[str, object] | None = None) -> Path:
         """Mark complete, consolidate, and move the partial store to its final path."""
@@ -209,12 +318,12 @@ class TileStore:
         if extra_attrs:
             group.attrs.update({k: _jsonable(v) for k, v in extra_attrs.items()})
         group.attrs[COMPLETE_ATTR] = True
+        trash = self.path.with_name(self.path.name + ".old")
+        shutil.rmtree(trash, ignore_errors=True)  # left by a run killed while replacing a store
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "consolidated metadata is not in the v3 spec yet"
             zarr.consolidate_metadata(str(self.partial))
         if self.path.exists():
-            trash = self.path.with_name(self.path.name + ".old")
-            shutil.rmtree(trash, ignore_errors=True)
             self.path.rename(trash)
             self.partial.rename(self.path)
             shutil.rmtree(trash, ignore_errors=True)
@@ -236,15 +345,44 @@ def write_tiles(
     tiles: list[Tile],
     tile_dataset: Callable[[Tile], xr.Dataset],
     on_tile: Callable[[Tile, bool], None] | None = None,
+    *,
+    retries: int | None = None,
+    retry_delay_s: float | None = None,
+    retry_if: Callable[[BaseException], bool] | None = None,
+    on_retry: Callable[[Tile, int, BaseException], None] | None = None,
 ) -> None:
-    """Write every pending tile; ``on_tile(tile, skipped)`` reports progress."""
+    """Write every pending tile; ``on_tile(tile, skipped)`` reports progress.
+
+    A tile that fails is tried again up to ``retries`` times (default
+    :data:`TILE_RETRIES`), ``retry_delay_s`` apart, doubling (default
+    :data:`TILE_RETRY_DELAY_S`), each time with a fresh ``tile_dataset(tile)``: the
+    dataset is rebuilt, so URLs are signed again. ``on_retry(tile, attempt, error)`` runs
+    before each new attempt (e.g. to drop expired tokens). Slidewatch errors and errors for
+    which ``retry_if`` is false are not retried. When the budget is spent the last error
+    is raised unchanged; the tiles written so far stay in the ledger for a resume.
+    """
+    budget = TILE_RETRIES if retries is None else max(0, int(retries))
+    delay = TILE_RETRY_DELAY_S if retry_delay_s is None else max(0.0, float(retry_delay_s))
     done = store.done()
     for tile in tiles:
         if tile.key in done:
             if on_tile:
                 on_tile(tile, True)
             continue
-        store.write_tile(tile, tile_dataset(tile))
+        attempt = 0
+        while True:
+            try:
+                store.write_tile(tile, tile_dataset(tile))
+                break
+            except SlidewatchError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - classified by retry_if
+                if attempt >= budget or (retry_if is not None and not retry_if(exc)):
+                    raise
+                attempt += 1
+                if on_retry:
+                    on_retry(tile, attempt, exc)
+                time.sleep(min(delay * 2 ** (attempt - 1), 60.0))
         if on_tile:
             on_tile(tile, False)
 
@@ -257,6 +395,13 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def _read_pid(fd: int) -> int:
+    try:
+        return int(os.pread(fd, 32, 0).decode().strip() or 0)
+    except (OSError, ValueError):
+        return 0
 
 
 def _jsonable(value: object) -> object:

@@ -1,0 +1,145 @@
+"""Network faults while reading the cube's COGs over HTTP (a local fault-injecting server).
+
+Every run either completes with a store identical to a fault-free run from local files, or
+fails with a clear SlidewatchError naming the URL (no token) and leaves the partial store
+and its ledger for a resume, never a store that looks complete.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+import pipeline.cube
+import pipeline.store
+from faultserver import FaultPlan
+from pipeline.errors import CatalogError, SlidewatchError
+from pipeline.gdal_settings import build_gdal_env, clear_http_cache, gdal_options
+from runkit import HttpRun, assert_same_store, ledger_tiles, store_attrs
+
+#: Attributes that name the STAC API (a different local port per test) or derive from it.
+URL_ATTRS = {"stac_url", "slidewatch_fingerprint"}
+
+
+@pytest.fixture(autouse=True)
+def fast_network(monkeypatch):  # type: ignore[no-untyped-def]
+    """GDAL timeouts/retries short enough for a test (through the env override hook)."""
+    monkeypatch.setenv("SLIDEWATCH_GDAL_HTTP_TIMEOUT", "1")
+    monkeypatch.setenv("SLIDEWATCH_GDAL_HTTP_RETRY_DELAY", "0.1")
+    monkeypatch.setenv("SLIDEWATCH_GDAL_HTTP_MAX_RETRY", "3")
+    monkeypatch.setattr(pipeline.cube, "GDAL_ENV", build_gdal_env())
+    monkeypatch.setattr(pipeline.store, "TILE_RETRY_DELAY_S", 0.05)
+    clear_http_cache()
+    yield
+    clear_http_cache()
+
+
+def test_gdal_settings_env_override_hook(caplog):  # type: ignore[no-untyped-def]
+    opts = gdal_options({"SLIDEWATCH_GDAL_HTTP_TIMEOUT": "7", "SLIDEWATCH_GDAL_HTTP_RETRY_DELAY": "0.25"})
+    assert opts["GDAL_HTTP_TIMEOUT"] == 7 and opts["GDAL_HTTP_RETRY_DELAY"] == 0.25
+    assert gdal_options({})["GDAL_HTTP_TIMEOUT"] == 60 and gdal_options({})["GDAL_HTTP_MAX_RETRY"] == 5
+    with caplog.at_level(logging.WARNING):
+        bad = gdal_options({"SLIDEWATCH_GDAL_HTTP_TIMEOUT": "soon", "SLIDEWATCH_GDAL_HTTP_MAX_RETRY": "-1"})
+    assert bad["GDAL_HTTP_TIMEOUT"] == 60 and bad["GDAL_HTTP_MAX_RETRY"] == 5
+    assert "SLIDEWATCH_GDAL_HTTP_TIMEOUT" in caplog.text and "SLIDEWATCH_GDAL_HTTP_MAX_RETRY" in caplog.text
+    assert build_gdal_env({"SLIDEWATCH_GDAL_HTTP_TIMEOUT": "3"}).always.options["GDAL_HTTP_TIMEOUT"] == 3
+
+
+def test_fault_free_http_run_equals_local_run(tiny, tmp_path):  # type: ignore[no-untyped-def]
+    cogs, items, ref = tiny.cogs, tiny.items, tiny.ref
+    with HttpRun(cogs, items, FaultPlan(require_token=True)) as r:
+        res = r.run(tmp_path)
+        assert r.server.count(status=403) == 0
+        assert all("token=1" in q.query for q in r.server.log if q.status in (200, 206))
+    assert_same_store(res.zones[0].cube_path, ref, ignore_attrs=URL_ATTRS)
+    saved = (res.run_dir / "items" / "utm48n" / "sentinel-2-l2a.json").read_text()
+    assert "127.0.0.1" in saved and "token=" not in saved  # hrefs kept, tokens stripped
+
+
+def test_5xx_errors_are_retried_by_gdal(tiny, tmp_path):  # type: ignore[no-untyped-def]
+    cogs, items, ref = tiny.cogs, tiny.items, tiny.ref
+    events: list = []
+    with HttpRun(cogs, items, FaultPlan(seed=5, error_rate=0.3, error_repeats=2, error_status=503)) as r:
+        res = r.run(tmp_path, events=events)
+        assert r.server.count(fault="error") >= 5  # faults really were injected ...
+    assert_same_store(res.zones[0].cube_path, ref, ignore_attrs=URL_ATTRS)  # ... and healed
+    assert store_attrs(res.zones[0].cube_path)["slidewatch_complete"] is True
+
+
+def test_timeouts_are_retried(tiny, tmp_path):  # type: ignore[no-untyped-def]
+    cogs, items, ref = tiny.cogs, tiny.items, tiny.ref
+    with HttpRun(cogs, items, FaultPlan(seed=2, timeout_rate=0.05, stall_s=2.5)) as r:
+        res = r.run(tmp_path)
+        assert r.server.count(fault="timeout") >= 1
+    assert_same_store(res.zones[0].cube_path, ref, ignore_attrs=URL_ATTRS)
+
+
+def test_truncated_bodies_are_retried_per_tile(tiny, tmp_path):  # type: ignore[no-untyped-def]
+    cogs, items, ref = tiny.cogs, tiny.items, tiny.ref
+    events: list = []
+    with HttpRun(cogs, items, FaultPlan(seed=4, truncate_rate=0.1)) as r:
+        res = r.run(tmp_path, events=events)
+        assert r.server.count(fault="truncate") >= 1
+    retries = [i for k, i in events if k == "retry"]
+    assert retries, "a truncated body must have cost at least one tile retry"
+    assert all("token=" not in i["reason"] for i in retries)
+    assert_same_store(res.zones[0].cube_path, ref, ignore_attrs=URL_ATTRS)
+
+
+def test_expired_token_is_resigned_and_the_tile_retried(tiny, tmp_path):  # type: ignore[no-untyped-def]
+    cogs, items, ref = tiny.cogs, tiny.items, tiny.ref
+    events: list = []
+    with HttpRun(cogs, items, FaultPlan(require_token=True)) as r:
+        def expire_after_first_tile(kind, info):  # type: ignore[no-untyped-def]
+            if kind == "tile" and sum(1 for k, _ in events if k == "tile") == 1:
+                r.server.rotate_token()  # the signer's cached token is now stale
+
+        res = r.run(tmp_path, events=events, on_event=expire_after_first_tile)
+        assert r.server.count(fault="expired") >= 1  # 403s were answered ...
+        assert r.signer.refreshes >= 1 and r.signer.fetches >= 2  # ... and a fresh token fetched
+    assert any(k == "retry" and "403" in i["reason"] for k, i in events)
+    assert_same_store(res.zones[0].cube_path, ref, ignore_attrs=URL_ATTRS)
+
+
+def test_retry_budget_spent_fails_clearly_keeps_partial_and_resumes(tiny, tmp_path):  # type: ignore[no-untyped-def]
+    cogs, items, ref = tiny.cogs, tiny.items, tiny.ref
+    events: list = []
+    with HttpRun(cogs, items, FaultPlan(require_token=True, always_status=503)) as r:
+        def break_after_two_tiles(kind, info):  # type: ignore[no-untyped-def]
+            if kind == "tile" and sum(1 for k, _ in events if k == "tile") == 2:
+                r.server.plan.always_fail = ("s2/1/B04.tif",)
+
+        with pytest.raises(CatalogError) as err:
+            r.run(tmp_path, events=events, on_event=break_after_two_tiles)
+        msg = str(err.value)
+        assert "s2/1/B04.tif" in msg and "token=" not in msg and "Fix:" in msg
+        assert "503" in msg and "rerun the same command" in msg
+        assert sum(1 for k, _ in events if k == "retry") == pipeline.store.TILE_RETRIES
+        store = tmp_path / "tiny" / "20240701_20240831" / "cube_utm48n.zarr"
+        assert not store.exists()  # never a store that looks complete
+        partial = store.with_name(store.name + ".partial")
+        assert partial.exists() and store_attrs(partial)["slidewatch_complete"] is False
+        kept = ledger_tiles(store)  # the tiles finished before the failure (GDAL's cache may
+        assert 2 <= len(kept) < 4  # serve a third one without asking the server)
+        assert set(kept) == {i["tile"] for k, i in events if k == "tile"}
+        # the network heals: the same command resumes and writes only the missing tiles
+        r.server.plan.always_fail = ()
+        events.clear()
+        res = r.run(tmp_path, events=events)
+    skipped = {i["tile"] for k, i in events if k == "tile" and i["skipped"]}
+    written = {i["tile"] for k, i in events if k == "tile" and not i["skipped"]}
+    assert skipped == set(kept) and len(skipped | written) == 4 and not skipped & written
+    assert_same_store(res.zones[0].cube_path, ref, ignore_attrs=URL_ATTRS)
+
+
+def test_permanent_404_is_not_retried(tiny, tmp_path):  # type: ignore[no-untyped-def]
+    cogs, items = tiny.cogs, tiny.items
+    events: list = []
+    with HttpRun(cogs, items, FaultPlan(always_fail=("s1/2/vh.tif",), always_status=404)) as r:
+        with pytest.raises(SlidewatchError) as err:
+            r.run(tmp_path, events=events)
+    msg = str(err.value)
+    assert isinstance(err.value, CatalogError) and "404" in msg and "s1/2/vh.tif" in msg and "Fix:" in msg
+    assert not any(k == "retry" for k, _ in events)
+    assert not list(tmp_path.rglob("cube_utm48n.zarr"))
