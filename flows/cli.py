@@ -184,6 +184,10 @@ def run(
     if not 0 < max_cloud <= 100:
         raise TimeWindowError(f"--max-cloud {max_cloud} is outside (0, 100].", "give a percentage such as 60.")
     config = CubeConfig(max_cloud_cover=max_cloud)
+    if (rain_intensity is None) != (rain_duration is None):  # checked before any pixel is read
+        raise RainfallError("--rain-intensity and --rain-duration go together.", "give both, or neither.")
+    if precip is not None and not precip.exists():
+        raise RainfallError(f"--precip {precip} does not exist.", "give the path of an IMERG-layout Zarr store.")
     progress = _RunProgress()
     if dry_run:
         result = cube_stage(reg, window, stac_url, out, config, dry_run=True, on_event=progress, chunk=chunk)
