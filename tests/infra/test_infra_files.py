@@ -287,7 +287,7 @@ def test_only_the_watch_is_scheduled_every_30_minutes_with_valid_crons() -> None
     assert minutes == {0, 30} and hours == set(range(24)) and dom == set(range(1, 32))
     assert not deployments["regional-run"].get("schedules") and not deployments["train"].get("schedules")
     params = deployments["rainfall-watch"]["parameters"]
-    assert (REPO / params["watch_list"]).is_file() and params["hours"] > 0
+    assert (REPO / params["watchlist"]).is_file() and params["hours"] > 0
 
 
 def test_cron_against_croniter_when_installed() -> None:
@@ -339,12 +339,12 @@ def test_entrypoint_checker_finds_missing_functions_and_parameters(tmp_path: Pat
     flows = tmp_path / "prefect_flows.py"
     flows.write_text(
         "from prefect import flow\n\n"
-        "@flow\ndef rainfall_watch_flow(watch_list: str, hours: int = 72) -> None: ...\n\n"
+        "@flow\ndef rainfall_watch_flow(watchlist: str, hours: int = 72) -> None: ...\n\n"
         "@flow\nasync def regional_run_flow(region: str, *, out: str = 'out') -> None: ...\n\n"
         "@flow\ndef train_flow(**options) -> None: ...\n"
     )
     assert entrypoint_problems(flows, _deployments()) == []
-    flows.write_text("def rainfall_watch_flow(watch_list): ...\ndef regional_run_flow(out): ...\n")
+    flows.write_text("def rainfall_watch_flow(watchlist): ...\ndef regional_run_flow(out): ...\n")
     problems = entrypoint_problems(flows, _deployments())
     assert any("hours" in p for p in problems) and any("train_flow is not defined" in p for p in problems)
 
