@@ -16,6 +16,10 @@ DEFAULT_RESOLUTION = 10.0
 #: Default chunk edge, pixels. Zarr chunks, dask chunks and write tiles align on it.
 DEFAULT_CHUNK = 512
 
+#: Colours of the risk classes low, medium, high, used by the quick-look, the class COG and
+#: the HTML report alike.
+RISK_CLASS_COLOURS: tuple[str, str, str] = ("#1a9850", "#fd8d3c", "#d73027")
+
 
 @dataclass(frozen=True)
 class TimeWindow:

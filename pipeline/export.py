@@ -61,7 +61,7 @@ from rio_cogeo.cogeo import cog_translate, cog_validate
 from rio_cogeo.profiles import cog_profiles
 
 from pipeline import __version__
-from pipeline.config import TimeWindow
+from pipeline.config import RISK_CLASS_COLOURS, TimeWindow
 from pipeline.errors import InputDataError, SlidewatchError, StoreError, TimeWindowError
 
 __all__ = [
@@ -87,9 +87,7 @@ CLASS_NODATA = 255
 CLASS_NAMES = ("low", "medium", "high")
 #: RGBA colour table of the class COG (255 = no data, transparent).
 CLASS_COLOURS: dict[int, tuple[int, int, int, int]] = {
-    0: (26, 152, 80, 255),  # low: green   #1a9850
-    1: (253, 141, 60, 255),  # medium: orange #fd8d3c
-    2: (215, 48, 39, 255),  # high: red     #d73027
+    **{k: (int(h[1:3], 16), int(h[3:5], 16), int(h[5:7], 16), 255) for k, h in enumerate(RISK_CLASS_COLOURS)},
     CLASS_NODATA: (0, 0, 0, 0),
 }
 #: Rasters up to this many pixels are assembled in memory by cog_translate; larger ones

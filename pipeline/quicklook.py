@@ -14,13 +14,15 @@ from pathlib import Path
 
 import numpy as np
 import xarray as xr
+
+from pipeline.config import RISK_CLASS_COLOURS
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import BoundaryNorm, ListedColormap
 from matplotlib.figure import Figure
 
 __all__ = ["write_quicklook"]
 
-CLASS_COLOURS = ("#1a9850", "#fd8d3c", "#d73027")  # low, medium, high (as in the class COG)
+CLASS_COLOURS = RISK_CLASS_COLOURS  # low, medium, high
 
 
 def _decimate(a: xr.DataArray, max_pixels: int) -> xr.DataArray:

@@ -55,6 +55,7 @@ import numpy as np
 import xarray as xr
 
 from pipeline import __version__
+from pipeline.config import RISK_CLASS_COLOURS
 from pipeline.errors import InputDataError, StoreError
 from pipeline.quality import QualityFlag
 
@@ -72,7 +73,7 @@ __all__ = [
 ]
 
 #: Map colours of the classes low, medium, high (the quick-look PNG's colours).
-CLASS_COLOURS: tuple[str, str, str] = ("#1a9850", "#fd8d3c", "#d73027")
+CLASS_COLOURS: tuple[str, str, str] = RISK_CLASS_COLOURS
 CLASS_NAMES: tuple[str, str, str] = ("low", "medium", "high")
 #: Map colour of "no data" (class 255, or any value other than 0/1/2).
 NODATA_COLOUR = "#9e9e9e"
