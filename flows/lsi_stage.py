@@ -8,9 +8,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import dask  # noqa: F401
-
-from flows.dask_context import compute_context
 import numpy as np
 import xarray as xr
 
@@ -19,6 +16,7 @@ from pipeline.config import ZoneGrid
 from pipeline.lsi import LsiParams, compute_factors, landslide_susceptibility, normalisation_ranges, risk_classes
 from pipeline.quicklook import write_quicklook
 from pipeline.store import TileStore, georeference, template, write_tiles
+from flows.dask_context import compute_context
 from flows.regional_run import CHUNKS_PER_TILE
 
 

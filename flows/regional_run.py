@@ -8,9 +8,6 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-import dask  # noqa: F401
-
-from flows.dask_context import active_client, compute_context
 import xarray as xr
 
 from pipeline import __version__
@@ -36,6 +33,8 @@ from pipeline.plan import ZonePlan, estimate_bytes, graph_tasks
 from pipeline.regions import Region
 from pipeline import store as _store
 from pipeline.store import TileStore, blank, template, write_tiles
+
+from flows.dask_context import active_client, compute_context
 
 log = logging.getLogger(__name__)
 
