@@ -30,6 +30,7 @@ bench: $(STAMP)
 	$(BIN)/python tests/benchmarks/bench_lsi.py
 	-$(BIN)/python tests/benchmarks/bench_models.py
 	$(BIN)/python tests/benchmarks/bench_inference.py
+	$(BIN)/python tests/benchmarks/bench_grd.py
 
 clean-demo:
 	rm -rf data/demo out/demo

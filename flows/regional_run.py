@@ -23,7 +23,7 @@ from pipeline.catalog import (
     sign_for_read,
     unsign_item,
 )
-from pipeline.collections import COP_DEM, SENTINEL2
+from pipeline.collections import COP_DEM, SENTINEL1_GRD, SENTINEL2
 from pipeline.config import DEFAULT_CHUNK, CubeConfig, RunSpec, Tile, TimeWindow, ZoneGrid
 from pipeline.cube import VARIABLE_ATTRS, build_cube, cube_variables
 from pipeline.errors import CatalogError, InputDataError, NoValidDataError, SlidewatchError, StoreError
@@ -76,7 +76,8 @@ def plan_zone(inputs: RunInputs, grid: ZoneGrid, config: CubeConfig) -> ZonePlan
     """Items, bytes and dask tasks of one zone, without reading pixels."""
     cube = build_cube(inputs, grid, config.s2_bands)
     nbytes = estimate_bytes(inputs.s2, [*config.s2_bands, "SCL"], grid, [2] * (len(config.s2_bands) + 1))
-    nbytes += estimate_bytes(inputs.s1_history, ["vv", "vh"], grid, [4, 4])
+    s1_px = 2 if inputs.s1_collection == SENTINEL1_GRD else 4  # GRD DN are uint16, RTC gamma0 float32
+    nbytes += estimate_bytes(inputs.s1_history, ["vv", "vh"], grid, [s1_px, s1_px])
     nbytes += estimate_bytes(inputs.dem, ["data"], grid, [4])
     return ZonePlan(grid=grid, items=inputs.counts(), bytes_read=nbytes, tasks=graph_tasks(cube), notes=list(inputs.notes))
 
@@ -293,11 +294,12 @@ def _intersecting(items: list, grid: ZoneGrid) -> list:
 
 
 def _provenance(region: Region, window: TimeWindow, stac_url: str, grid: ZoneGrid, inputs: RunInputs, config: CubeConfig) -> dict:
+    s1 = "Sentinel-1 GRD (uncalibrated, geocoded)" if inputs.s1_collection == SENTINEL1_GRD else "Sentinel-1 RTC"
     return {
         "title": f"slidewatch cube: {region.name} {window.start}..{window.end} ({grid.zone_name})",
         "Conventions": "CF-1.8",
         "institution": "slidewatch",
-        "source": "Sentinel-2 L2A, Sentinel-1 RTC, Copernicus DEM GLO-30 via STAC",
+        "source": f"Sentinel-2 L2A, {s1}, Copernicus DEM GLO-30 via STAC",
         "history": f"{datetime.now(timezone.utc).isoformat()} slidewatch {__version__} run",
         "slidewatch_version": __version__,
         "region": region.name,

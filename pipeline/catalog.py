@@ -182,12 +182,23 @@ class RunInputs:
         }
 
 
-def _has_projection(item: pystac.Item) -> bool:
+def has_map_projection(item: pystac.Item) -> bool:
     """True when the item (or its vv asset) states a CRS and transform stackstac can use."""
     fields = [item.properties, *(a.extra_fields for a in item.assets.values())]
     has_crs = any(("proj:epsg" in f and f["proj:epsg"]) or f.get("proj:code") for f in fields)
     has_tr = any("proj:transform" in f for f in fields)
     return bool(has_crs and has_tr)
+
+
+def _dual_pol(items: list[pystac.Item], collection: str, notes: list[str]) -> list[pystac.Item]:
+    """The items with both ``vv`` and ``vh`` assets; a note names how many others were skipped."""
+    kept = [it for it in items if "vv" in it.assets and "vh" in it.assets]
+    if len(kept) < len(items):
+        notes.append(
+            f"{len(items) - len(kept)} {collection} item(s) without VV and VH assets (e.g. HH/HV scenes) "
+            "were skipped: soil moisture uses VV."
+        )
+    return kept
 
 
 def _item_time(item: pystac.Item) -> datetime:
@@ -223,21 +234,19 @@ def search_inputs(
     hist_window = TimeWindow(window.start - timedelta(days=config.s1_reference_days), window.end)
     notes: list[str] = []
     s1_collection = SENTINEL1_RTC
-    s1_hist = source.search(SENTINEL1_RTC, bbox, hist_window.stac_datetime(), max_items=config.max_items)
+    s1_hist = _dual_pol(source.search(SENTINEL1_RTC, bbox, hist_window.stac_datetime(), max_items=config.max_items),
+                        SENTINEL1_RTC, notes)
     if not s1_hist and config.s1_grd_fallback:
-        grd = source.search(SENTINEL1_GRD, bbox, hist_window.stac_datetime(), max_items=config.max_items)
-        s1_hist = [it for it in grd if _has_projection(it)]
-        if grd and not s1_hist:
+        grd = _dual_pol(source.search(SENTINEL1_GRD, bbox, hist_window.stac_datetime(), max_items=config.max_items),
+                        SENTINEL1_GRD, notes)
+        if grd:
+            s1_hist, s1_collection = grd, SENTINEL1_GRD
+            radar = sum(not has_map_projection(it) for it in grd)
             notes.append(
-                f"No sentinel-1-rtc items; {len(grd)} sentinel-1-grd items were found but carry no map "
-                "projection (radar geometry with GCPs), which this version cannot read: soil moisture "
-                "falls back to the NDMI proxy and is flagged in the quality layer."
-            )
-        if s1_hist:
-            s1_collection = SENTINEL1_GRD
-            notes.append(
-                "No sentinel-1-rtc items: fell back to sentinel-1-grd (uncalibrated DN, "
-                "usable only for the change-detection soil-moisture index)."
+                "No sentinel-1-rtc items: fell back to sentinel-1-grd (uncalibrated DN, usable only for "
+                "the change-detection soil-moisture index)"
+                + (f"; {radar} scene(s) in radar geometry are geocoded through their GCPs with a DEM "
+                   "terrain shift, without radiometric terrain correction." if radar else ".")
             )
     s1 = [it for it in s1_hist if _in_window(it, window)]
     if not s1:

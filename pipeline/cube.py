@@ -3,7 +3,8 @@
 - Sentinel-2 L2A: SCL mask (clouds, shadows, cirrus, no data), DN → reflectance with the
   processing-baseline offset, median composite over the window, count of valid scenes.
 - Sentinel-1 RTC: VV and VH gamma0 → dB, median over the window; with the GRD fallback the
-  values are relative dB of uncalibrated DN (documented in the README).
+  values are relative dB of uncalibrated DN (documented in the README), and GRD scenes in radar
+  geometry are geocoded through their GCPs and the DEM (:mod:`pipeline.sar_geocode`).
 - Copernicus DEM (EPSG:4326 tiles): bilinear onto the grid, tiles mosaicked.
 
 Nothing is computed here; ``pipeline.store`` writes the result tile by tile.
@@ -21,7 +22,7 @@ import xarray as xr
 from rasterio.enums import Resampling
 
 from pipeline import __version__
-from pipeline.catalog import RunInputs
+from pipeline.catalog import RunInputs, has_map_projection
 from pipeline.collections import (
     DEM_ASSET,
     S2_BOA_OFFSET,
@@ -34,6 +35,7 @@ from pipeline.collections import (
 from pipeline.config import ZoneGrid
 from pipeline.errors import InputDataError, MissingAssetError
 from pipeline.gdal_settings import GDAL_ENV, crs_checked_reader
+from pipeline.sar_geocode import grd_stack
 
 S2_BAND_NAMES = {
     "B01": "coastal aerosol", "B02": "blue", "B03": "green", "B04": "red",
@@ -190,29 +192,59 @@ def _to_db(linear: xr.DataArray) -> xr.DataArray:
     return (10.0 * np.log10(linear.where(linear > 0))).astype("float32")
 
 
-def s1_backscatter(items: Sequence[pystac.Item], grid: ZoneGrid, collection: str) -> xr.Dataset:
-    """Median VV and VH in dB. GRD DN are squared to power first (relative, uncalibrated)."""
-    _check_assets(items, ["vv", "vh"], collection)
-    arr = _stack(items, ["vv", "vh"], grid, dtype="float32", fill_value=np.nan,
-                 resampling=Resampling.bilinear, time_chunk=len(items))
+def s1_power(
+    items: Sequence[pystac.Item], pol: str, grid: ZoneGrid, collection: str, dem: xr.DataArray | None = None,
+) -> xr.DataArray:
+    """Linear backscatter of polarisation ``pol`` per scene, ``(time, y, x)`` float32, time in
+    one chunk, NaN where a scene has no data.
+
+    RTC assets are gamma0 power already. GRD assets are amplitude DN, squared to power
+    (relative, uncalibrated). GRD items with a map projection (``proj:*``) are read by stackstac;
+    those in radar geometry (Planetary Computer's) are geocoded through their GCPs by
+    :mod:`pipeline.sar_geocode`, with ``dem`` (on the grid) correcting the terrain displacement.
+    """
+    _check_assets(items, [pol], collection)
+    projected = [it for it in items if has_map_projection(it)] if collection == SENTINEL1_GRD else list(items)
+    radar = [it for it in items if collection == SENTINEL1_GRD and not has_map_projection(it)]
+    parts: list[da.Array] = []
+    if projected:
+        arr = _stack(projected, [pol], grid, dtype="float32", fill_value=np.nan,
+                     resampling=Resampling.bilinear, time_chunk=len(projected)).isel(band=0, drop=True)
+        data = arr.data
+        parts.append(da.where(data > -32767, data, np.nan))
+    if radar:
+        parts.append(grd_stack(radar, pol, grid, dem))
+    data = parts[0] if len(parts) == 1 else da.concatenate(parts, axis=0).rechunk({0: -1})
     if collection == SENTINEL1_GRD:
-        arr = arr * arr
-    arr = arr.where(arr > -32767)
-    db = _to_db(arr)
+        data = data * data
+    coords = grid_xy(grid)
+    return xr.DataArray(data, dims=("time", "y", "x"), coords={"y": coords["y"], "x": coords["x"]})
+
+
+def grid_xy(grid: ZoneGrid) -> dict[str, np.ndarray]:
+    """Pixel-centre coordinates of ``grid`` (as stackstac's ``xy_coords="center"``)."""
+    res = grid.resolution
+    return {
+        "x": grid.x0 + res * (np.arange(grid.width, dtype="float64") + 0.5),
+        "y": grid.y1 - res * (np.arange(grid.height, dtype="float64") + 0.5),
+    }
+
+
+def s1_backscatter(
+    items: Sequence[pystac.Item], grid: ZoneGrid, collection: str, dem: xr.DataArray | None = None,
+) -> xr.Dataset:
+    """Median VV and VH in dB over the scenes (see :func:`s1_power`)."""
+    _check_assets(items, ["vv", "vh"], collection)
     return xr.Dataset({
-        "vv": _nanmedian_time(db.isel(band=0, drop=True)),
-        "vh": _nanmedian_time(db.isel(band=1, drop=True)),
+        pol: _nanmedian_time(_to_db(s1_power(items, pol, grid, collection, dem))) for pol in ("vv", "vh")
     })
 
 
-def s1_history_db(items: Sequence[pystac.Item], grid: ZoneGrid, collection: str) -> xr.DataArray:
+def s1_history_db(
+    items: Sequence[pystac.Item], grid: ZoneGrid, collection: str, dem: xr.DataArray | None = None,
+) -> xr.DataArray:
     """VV in dB for every scene of the reference history, ``(time, y, x)``, time in one chunk."""
-    _check_assets(items, ["vv"], collection)
-    arr = _stack(items, ["vv"], grid, dtype="float32", fill_value=np.nan,
-                 resampling=Resampling.bilinear, time_chunk=len(items)).isel(band=0, drop=True)
-    if collection == SENTINEL1_GRD:
-        arr = arr * arr
-    return _to_db(arr.where(arr > -32767))
+    return _to_db(s1_power(items, "vv", grid, collection, dem))
 
 
 def dem_on_grid(items: Sequence[pystac.Item], grid: ZoneGrid) -> xr.DataArray:
@@ -242,22 +274,23 @@ def _sar_references(history: xr.DataArray, low: float = 10.0, high: float = 90.0
 def build_cube(inputs: RunInputs, grid: ZoneGrid, bands: Sequence[str]) -> xr.Dataset:
     """The lazy cube of one zone grid: S2 composite, S1 dB medians and references, DEM."""
     ds = s2_composite(inputs.s2, grid, bands)
+    dem = dem_on_grid(inputs.dem, grid)
     y = ds["y"].values
     x = ds["x"].values
     nan = da.full(grid.shape, np.nan, dtype="float32", chunks=grid.chunk)
     if inputs.s1:
-        s1 = s1_backscatter(inputs.s1, grid, inputs.s1_collection)
-        ds["vv"], ds["vh"] = s1["vv"], s1["vh"]
+        s1 = s1_backscatter(inputs.s1, grid, inputs.s1_collection, dem)
+        ds["vv"], ds["vh"] = (s1[v].assign_coords(y=y, x=x) for v in ("vv", "vh"))
     else:
         ds["vv"] = (("y", "x"), nan)
         ds["vh"] = (("y", "x"), nan)
     if len(inputs.s1_history) >= 2:
-        dry, wet = _sar_references(s1_history_db(inputs.s1_history, grid, inputs.s1_collection))
+        dry, wet = _sar_references(s1_history_db(inputs.s1_history, grid, inputs.s1_collection, dem))
         ds["vv_dry"], ds["vv_wet"] = dry.assign_coords(y=y, x=x), wet.assign_coords(y=y, x=x)
     else:
         ds["vv_dry"] = (("y", "x"), nan)
         ds["vv_wet"] = (("y", "x"), nan)
-    ds["dem"] = dem_on_grid(inputs.dem, grid)
+    ds["dem"] = dem
     keep = {"x", "y"}
     ds = ds.drop_vars([c for c in ds.coords if c not in keep])
     for name, var in ds.data_vars.items():

@@ -255,7 +255,10 @@ class _Empty:
         if collection in self.empty:
             return []
         props = {} if collection == "sentinel-1-grd" and "grd-unprojected" in self.empty else {"proj:epsg": 32648, "proj:transform": [10, 0, 0, 0, -10, 0]}
-        return [pystac.Item(id=f"{collection}-1", geometry=None, bbox=None, datetime=__import__("datetime").datetime(2024, 7, 5), properties=props)]
+        item = pystac.Item(id=f"{collection}-1", geometry=None, bbox=None, datetime=__import__("datetime").datetime(2024, 7, 5), properties=props)
+        for key in ("vv", "vh"):
+            item.add_asset(key, pystac.Asset(href=f"http://x/{key}.tif"))
+        return [item]
 
 
 def test_empty_search_names_the_collection():
@@ -270,9 +273,11 @@ def test_grd_fallback_when_no_rtc():
     win = TimeWindow(date(2024, 7, 1), date(2024, 7, 31))
     got = search_inputs(_Empty({"sentinel-1-rtc"}), (0, 0, 1, 1), win, CubeConfig())
     assert got.s1_collection == "sentinel-1-grd" and got.notes and "sentinel-1-grd" in got.notes[0]
-    # real Planetary Computer GRD items are in radar geometry (no proj:*): NDMI proxy, with a note
+    assert not any("GCPs" in n for n in got.notes)
+    # real Planetary Computer GRD items are in radar geometry (no proj:*): geocoded through GCPs
     got = search_inputs(_Empty({"sentinel-1-rtc", "grd-unprojected"}), (0, 0, 1, 1), win)
-    assert got.s1 == [] and any("no map projection" in n for n in got.notes)
+    assert got.s1_collection == "sentinel-1-grd" and len(got.s1) == 1
+    assert any("1 scene(s) in radar geometry are geocoded through their GCPs" in n for n in got.notes)
     got = search_inputs(_Empty({"sentinel-1-rtc"}), (0, 0, 1, 1), win, CubeConfig(s1_grd_fallback=False))
     assert got.s1 == [] and "NDMI proxy" in got.notes[0]
 
@@ -280,9 +285,9 @@ def test_grd_fallback_when_no_rtc():
 def test_recorded_grd_items_are_recognised_as_unprojected(shared_fixtures):  # type: ignore[no-untyped-def]
     doc = json.loads((shared_fixtures / "planetary-computer" / "stac-geoparquet-items" / "cassette-items" / "sentinel-1-grd_00_FeatureCollection.json").read_text())
     grd = [pystac.Item.from_dict(f) for f in doc["features"]]
-    assert grd and not any(catalog._has_projection(it) for it in grd)
+    assert grd and not any(catalog.has_map_projection(it) for it in grd)
     rtc = json.loads((shared_fixtures / "planetary-computer" / "stac-geoparquet-items" / "cassette-items" / "sentinel-1-rtc_00_FeatureCollection.json").read_text())
-    assert all(catalog._has_projection(pystac.Item.from_dict(f)) for f in rtc["features"])
+    assert all(catalog.has_map_projection(pystac.Item.from_dict(f)) for f in rtc["features"])
 
 
 def test_unreachable_stac_api():
