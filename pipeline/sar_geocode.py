@@ -106,7 +106,7 @@ class SceneGeometry:
 
     def __init__(self, gcps: Sequence, gcp_crs: object, shape: tuple[int, int], scene: GrdScene) -> None:
         from rasterio.transform import GCPTransformer
-        from scipy.interpolate import LinearNDInterpolator, NearestNDInterpolator
+        from scipy.interpolate import RBFInterpolator
 
         if len(gcps) < 3:
             raise InputDataError(
@@ -118,18 +118,18 @@ class SceneGeometry:
         self.shape = shape
         self.gcp_crs = gcp_crs
         self.tps = GCPTransformer(list(gcps), tps=True)
+        # the GCPs' heights as a thin-plate spline over image space, like the positions
         pts = np.array([[g.row, g.col] for g in gcps], dtype="float64")
-        z = np.array([g.z or 0.0 for g in gcps], dtype="float64")
-        self._z_lin = LinearNDInterpolator(pts, z)
-        self._z_near = NearestNDInterpolator(pts, z)
+        self._z = RBFInterpolator(pts, np.array([float(g.z or 0.0) for g in gcps]), kernel="thin_plate_spline")
 
     def reference_height(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-        """GCP heights (m) interpolated at image positions, nearest outside the GCP hull."""
-        z = self._z_lin(rows, cols)
-        bad = ~np.isfinite(z)
-        if bad.any():
-            z[bad] = self._z_near(rows[bad], cols[bad])
-        return z
+        """GCP heights (m) interpolated at image positions (thin-plate spline, exact at GCPs)."""
+        pts = np.column_stack([np.ravel(rows), np.ravel(cols)]).astype("float64")
+        z = np.zeros(len(pts), dtype="float64")
+        ok = np.isfinite(pts).all(axis=1)
+        if ok.any():
+            z[ok] = self._z(pts[ok])
+        return z.reshape(np.shape(rows))
 
     def _metres_per_pixel(self, row: float, col: float) -> tuple[np.ndarray, np.ndarray]:
         """Ground (east, north) metres per +1 sample and per +1 line around (row, col)."""

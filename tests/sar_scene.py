@@ -23,7 +23,13 @@ from rasterio.crs import CRS
 
 RE = 6_371_000.0
 HS = 693_000.0
-Z_REF = 200.0  # height of the GCPs' reference surface
+Z_REF = 200.0  # mean height of the GCPs' reference surface
+
+
+def z_ref(row: np.ndarray, col: np.ndarray, rows: int) -> np.ndarray:
+    """The reference surface the GCPs lie on (m): tilted, as ESA's geolocation grid follows a
+    coarse terrain (``row``, ``col`` in pixel-corner coordinates of the ESA-ordered image)."""
+    return Z_REF + 300.0 * (col / WIDTH - 0.5) + 80.0 * (row / rows - 0.5)
 DX = DY = 10.0  # ground-range and azimuth sample spacing (m)
 EPSG = 32648
 CENTRE = (320_640.0, 3_308_800.0)  # UTM 48N: the centre of tests/tinyregion.py's grid
@@ -77,7 +83,7 @@ def simulate(path: Path, orbit: str = "ascending", cols_grow_with_range: bool = 
     ll, cc = np.mgrid[0:rows, c0:c1].astype("float64") + 0.5
     y = ll * DY
     s_ref = S_NEAR + cc * DX
-    r_ref = _slant(s_ref / RE, Z_REF)
+    r_ref = _slant(s_ref / RE, z_ref(ll, cc, rows))
     phi = s_ref / RE
     for _ in range(30):  # the terrain point with the reference point's slant range
         h = terrain(*ground(RE * phi, y))
@@ -92,7 +98,8 @@ def simulate(path: Path, orbit: str = "ascending", cols_grow_with_range: bool = 
         for c in np.linspace(0, WIDTH, 21):
             lon, lat = to_ll.transform(*ground(np.array(S_NEAR + c * DX), np.array(r * DY)))
             col = c if cols_grow_with_range else WIDTH - c
-            gcps.append(GroundControlPoint(row=float(r), col=float(col), x=float(lon), y=float(lat), z=Z_REF))
+            gcps.append(GroundControlPoint(row=float(r), col=float(col), x=float(lon), y=float(lat),
+                                           z=float(z_ref(np.array(r), np.array(c), rows))))
     if not cols_grow_with_range:
         img = img[:, ::-1]
     path.parent.mkdir(parents=True, exist_ok=True)
