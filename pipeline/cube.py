@@ -57,10 +57,10 @@ VARIABLE_ATTRS: dict[str, dict[str, str]] = {
         "units": "1",
         "long_name": "number of cloud-free Sentinel-2 observations in the composite",
     },
-    "vv": {"units": "dB", "long_name": "Sentinel-1 VV backscatter (gamma0), median"},
+    "vv": {"units": "dB", "long_name": "Sentinel-1 VV backscatter (gamma0), median, aligned across orbit tracks"},
     "vh": {"units": "dB", "long_name": "Sentinel-1 VH backscatter (gamma0), median"},
-    "vv_dry": {"units": "dB", "long_name": "Sentinel-1 VV dry reference (low percentile of history)"},
-    "vv_wet": {"units": "dB", "long_name": "Sentinel-1 VV wet reference (high percentile of history)"},
+    "vv_dry": {"units": "dB", "long_name": "Sentinel-1 VV dry reference (low percentile of the track-aligned history)"},
+    "vv_wet": {"units": "dB", "long_name": "Sentinel-1 VV wet reference (high percentile of the track-aligned history)"},
     "dem": {"units": "m", "long_name": "Copernicus DEM GLO-30 elevation, bilinear onto the grid"},
 }
 
@@ -100,6 +100,7 @@ def _stack(
     fill_value: float,
     resampling: Resampling,
     time_chunk: int,
+    sortby_date: bool = True,
 ) -> xr.DataArray:
     dicts = [stackstac_dict(it) for it in items]
     arr = stackstac.stack(
@@ -118,6 +119,7 @@ def _stack(
         xy_coords="center",
         properties=True,
         band_coords=False,
+        sortby_date="asc" if sortby_date else False,
         gdal_env=GDAL_ENV,
         errors_as_nodata=(),  # a failed read must fail the tile, never become silent nodata
         reader=crs_checked_reader(dicts, assets),  # a file in another CRS than its item says fails
@@ -196,7 +198,8 @@ def s1_power(
     items: Sequence[pystac.Item], pol: str, grid: ZoneGrid, collection: str, dem: xr.DataArray | None = None,
 ) -> xr.DataArray:
     """Linear backscatter of polarisation ``pol`` per scene, ``(time, y, x)`` float32, time in
-    one chunk, NaN where a scene has no data.
+    one chunk, NaN where a scene has no data; the ``id`` coordinate names each scene's item
+    (items with nothing over the grid are left out).
 
     RTC assets are gamma0 power already. GRD assets are amplitude DN, squared to power
     (relative, uncalibrated). GRD items with a map projection (``proj:*``) are read by stackstac;
@@ -204,21 +207,26 @@ def s1_power(
     :mod:`pipeline.sar_geocode`, with ``dem`` (on the grid) correcting the terrain displacement.
     """
     _check_assets(items, [pol], collection)
-    projected = [it for it in items if has_map_projection(it)] if collection == SENTINEL1_GRD else list(items)
-    radar = [it for it in items if collection == SENTINEL1_GRD and not has_map_projection(it)]
+    grd = collection == SENTINEL1_GRD
+    projected = [it for it in items if not grd or has_map_projection(it)]
+    radar = [it for it in items if grd and not has_map_projection(it)]
     parts: list[da.Array] = []
+    ids: list[str] = []
     if projected:
-        arr = _stack(projected, [pol], grid, dtype="float32", fill_value=np.nan,
-                     resampling=Resampling.bilinear, time_chunk=len(projected)).isel(band=0, drop=True)
-        data = arr.data
-        parts.append(da.where(data > -32767, data, np.nan))
+        arr = _stack(projected, [pol], grid, dtype="float32", fill_value=np.nan, resampling=Resampling.bilinear,
+                     time_chunk=len(projected), sortby_date=False).isel(band=0, drop=True)
+        # stackstac drops items with no asset over the grid: the id coordinate says which are left
+        ids += [str(v) for v in np.atleast_1d(arr["id"].values)] if "id" in arr.coords else [it.id for it in projected]
+        parts.append(da.where(arr.data > -32767, arr.data, np.nan))
     if radar:
+        ids += [it.id for it in radar]
         parts.append(grd_stack(radar, pol, grid, dem))
     data = parts[0] if len(parts) == 1 else da.concatenate(parts, axis=0).rechunk({0: -1})
-    if collection == SENTINEL1_GRD:
+    if grd:
         data = data * data
     coords = grid_xy(grid)
-    return xr.DataArray(data, dims=("time", "y", "x"), coords={"y": coords["y"], "x": coords["x"]})
+    return xr.DataArray(data, dims=("time", "y", "x"),
+                        coords={"id": ("time", ids), "y": coords["y"], "x": coords["x"]})
 
 
 def grid_xy(grid: ZoneGrid) -> dict[str, np.ndarray]:
@@ -257,6 +265,51 @@ def dem_on_grid(items: Sequence[pystac.Item], grid: ZoneGrid) -> xr.DataArray:
     return dem.astype("float32").drop_vars([c for c in dem.coords if c not in ("x", "y")])
 
 
+def orbit_track(item: pystac.Item) -> str:
+    """A Sentinel-1 scene's acquisition geometry: orbit direction and relative orbit."""
+    p = item.properties
+    return f"{p.get('sat:orbit_state', '?')}/{p.get('sat:relative_orbit', '?')}"
+
+
+def align_tracks_kernel(block: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    """Scenes (axis 0, dB) minus their track's offset, per pixel.
+
+    A track's offset is the per-pixel mean of its scenes minus the mean of all tracks' means,
+    so that a slope seen by ascending and descending passes (several dB apart from the
+    geometry alone) keeps only the changes over time. NaN-aware; a track with no value at a
+    pixel gets no offset there; one track leaves the block unchanged.
+    """
+    labels = np.unique(groups)
+    if len(labels) < 2:
+        return block
+    means = []
+    for g in labels:
+        sel = block[groups == g]
+        n = np.isfinite(sel).sum(axis=0)
+        total = np.nansum(sel, axis=0)
+        means.append(np.where(n > 0, total / np.maximum(n, 1), np.nan))
+    stacked = np.stack(means)
+    n_tracks = np.isfinite(stacked).sum(axis=0)
+    overall = np.where(n_tracks > 0, np.nansum(stacked, axis=0) / np.maximum(n_tracks, 1), np.nan)
+    offsets = np.nan_to_num(stacked - overall, nan=0.0)
+    out = block.copy()
+    for i, g in enumerate(labels):
+        out[groups == g] -= offsets[i].astype(block.dtype)
+    return out
+
+
+def align_tracks(history: xr.DataArray, tracks: Sequence[str]) -> xr.DataArray:
+    """:func:`align_tracks_kernel` over a ``(time, y, x)`` history (time in one chunk)."""
+    if len(set(tracks)) < 2:
+        return history
+    data = history.data
+    if data.numblocks[0] != 1:
+        data = data.rechunk({0: -1})
+    groups = np.array([sorted(set(tracks)).index(t) for t in tracks])
+    aligned = da.map_blocks(align_tracks_kernel, data, groups, dtype=data.dtype)
+    return history.copy(data=aligned)
+
+
 def _sar_references(history: xr.DataArray, low: float = 10.0, high: float = 90.0) -> tuple[xr.DataArray, xr.DataArray]:
     """Per-pixel low/high percentiles of the VV history (dB), NaN-aware."""
 
@@ -278,18 +331,33 @@ def build_cube(inputs: RunInputs, grid: ZoneGrid, bands: Sequence[str]) -> xr.Da
     y = ds["y"].values
     x = ds["x"].values
     nan = da.full(grid.shape, np.nan, dtype="float32", chunks=grid.chunk)
-    if inputs.s1:
+    hist_ids = {it.id for it in inputs.s1_history}
+    in_history = bool(inputs.s1) and all(it.id in hist_ids for it in inputs.s1)
+    history = None
+    if len(inputs.s1_history) >= 2:
+        # VV over the whole history once, aligned across orbit tracks: the references and the
+        # window's median come from the same scenes and the same geometry correction
+        history = s1_history_db(inputs.s1_history, grid, inputs.s1_collection, dem)
+        track = {it.id: orbit_track(it) for it in inputs.s1_history}
+        history = align_tracks(history, [track[str(i)] for i in history["id"].values])
+        dry, wet = _sar_references(history)
+        ds["vv_dry"], ds["vv_wet"] = dry.assign_coords(y=y, x=x), wet.assign_coords(y=y, x=x)
+    else:
+        ds["vv_dry"] = (("y", "x"), nan)
+        ds["vv_wet"] = (("y", "x"), nan)
+    if inputs.s1 and history is not None and in_history:
+        in_window = {it.id for it in inputs.s1}
+        window = [k for k, i in enumerate(history["id"].values) if str(i) in in_window]
+        vv = _nanmedian_time(history.isel(time=window)).data if window else nan
+        ds["vv"] = (("y", "x"), vv)
+        vh = _nanmedian_time(_to_db(s1_power(inputs.s1, "vh", grid, inputs.s1_collection, dem)))
+        ds["vh"] = vh.assign_coords(y=y, x=x)
+    elif inputs.s1:
         s1 = s1_backscatter(inputs.s1, grid, inputs.s1_collection, dem)
         ds["vv"], ds["vh"] = (s1[v].assign_coords(y=y, x=x) for v in ("vv", "vh"))
     else:
         ds["vv"] = (("y", "x"), nan)
         ds["vh"] = (("y", "x"), nan)
-    if len(inputs.s1_history) >= 2:
-        dry, wet = _sar_references(s1_history_db(inputs.s1_history, grid, inputs.s1_collection, dem))
-        ds["vv_dry"], ds["vv_wet"] = dry.assign_coords(y=y, x=x), wet.assign_coords(y=y, x=x)
-    else:
-        ds["vv_dry"] = (("y", "x"), nan)
-        ds["vv_wet"] = (("y", "x"), nan)
     ds["dem"] = dem
     keep = {"x", "y"}
     ds = ds.drop_vars([c for c in ds.coords if c not in keep])

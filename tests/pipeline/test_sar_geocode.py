@@ -171,3 +171,26 @@ def test_grid_in_another_crs_uses_the_same_geometry(tmp_path) -> None:  # type: 
     e, n = Transformer.from_crs(32647, sim.EPSG, always_xy=True).transform(xx, yy)
     got = geocode_chunk(_scene(tif, "ascending"), x, y, 32647, sim.terrain(e, n))
     assert np.median(np.abs(got - sim.pattern(e, n))) < 5
+
+
+def test_projected_and_radar_grd_scenes_are_named_by_item(tmp_path, shared_fixtures) -> None:  # type: ignore[no-untyped-def]
+    """A GRD item with proj:* goes through stackstac, one in radar geometry through the GCPs;
+    the ``id`` coordinate says which scene is which, whatever the items' order."""
+    from pipeline.cube import s1_power
+
+    radar = _grd_items(shared_fixtures, tmp_path / "grd", gains=(1.0,))[0]
+    projected = make_tiny_region(tmp_path / "tiny")["sentinel-1-rtc"][0].clone()
+    projected.collection_id = "sentinel-1-grd"
+    assert has_map_projection(projected) and not has_map_projection(radar)
+    with rasterio.open(projected.assets["vv"].href) as ds:
+        direct = ds.read(1).astype("float64") ** 2  # GRD DN are squared to power
+    x = GRID.x0 + 10 * (np.arange(GRID.width) + 0.5)
+    y = GRID.y1 - 10 * (np.arange(GRID.height) + 0.5)
+    pattern = sim.pattern(*np.meshgrid(x, y))
+    for order in ([radar, projected], [projected, radar]):
+        got = s1_power(order, "vv", GRID, "sentinel-1-grd", None)
+        assert sorted(got["id"].values) == sorted([radar.id, projected.id])
+        np.testing.assert_allclose(got.sel(time=got["id"] == projected.id).values[0], direct, rtol=1e-5)
+        # the radar scene, without a DEM, lands on the GCP surface: same pattern, shifted
+        geocoded = got.sel(time=got["id"] == radar.id).values[0]
+        assert np.isfinite(geocoded).all() and abs(np.median(np.sqrt(geocoded)) - np.median(pattern)) < 200
