@@ -93,12 +93,17 @@ class _RunProgress:
             console.print(f"[green]reusing[/] finished store {info['path']}")
         elif kind == "tiles":
             self.progress.start()
-            self.tasks[zone] = self.progress.add_task(f"cube {zone}", total=info["total"], completed=0)
+            stage = info.get("stage", "cube")
+            label = f"{stage} {zone.removesuffix(' ' + stage)}"  # "LSI utm48n", not "cube utm48n LSI"
+            self.tasks[zone] = self.progress.add_task(label, total=info["total"], completed=0)
         elif kind == "tile":
             self.progress.advance(self.tasks[zone])
         elif kind == "written":
             self.progress.stop()
-            console.print(f"[green]cube written[/] {info['path']}")
+            for task in self.tasks.values():  # finished bars stay printed, not redrawn by the next stage
+                self.progress.remove_task(task)
+            self.tasks.clear()
+            console.print(f"[green]{info.get('stage', 'cube')} written[/] {info['path']}")
 
     def stop(self) -> None:
         self.progress.stop()

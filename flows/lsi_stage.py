@@ -91,7 +91,7 @@ def write_lsi(
             "rain_source": rain.source,
         }, overwrite=True)  # a derived store: replaced when its inputs (cube, params, rain) change
         tiles = grid.tiles(CHUNKS_PER_TILE)
-        emit("tiles", {"zone": f"{grid.zone_name} LSI", "total": len(tiles), "done": len(store.done())})
+        emit("tiles", {"zone": f"{grid.zone_name} LSI", "stage": "LSI", "total": len(tiles), "done": len(store.done())})
 
         def tile_ds(t):  # type: ignore[no-untyped-def]
             return ds.isel(y=slice(t.row0, t.row1), x=slice(t.col0, t.col1))
@@ -102,7 +102,7 @@ def write_lsi(
         path = store.finalize()
     finally:
         store.release()
-    emit("written", {"zone": f"{grid.zone_name} LSI", "path": str(path)})
+    emit("written", {"zone": f"{grid.zone_name} LSI", "stage": "LSI", "path": str(path)})
     return path
 
 

@@ -128,7 +128,7 @@ def write_zone_risk(
         }, overwrite=True)  # derived: a group made from other inputs is replaced
         tiles = grid.tiles(CHUNKS_PER_TILE)
         done = store.done()
-        emit("tiles", {"zone": f"{grid.zone_name} risk", "total": len(tiles), "done": len(done)})
+        emit("tiles", {"zone": f"{grid.zone_name} risk", "stage": "risk", "total": len(tiles), "done": len(done)})
         by_window = {(t.row0, t.row1, t.col0, t.col1): t for t in tiles}
         for t in tiles:
             if t.key in done:
@@ -146,7 +146,7 @@ def write_zone_risk(
         path = store.finalize()
     finally:
         store.release()
-    emit("written", {"zone": f"{grid.zone_name} risk", "path": str(path)})
+    emit("written", {"zone": f"{grid.zone_name} risk", "stage": "risk", "path": str(path)})
     return path, False
 
 

@@ -31,7 +31,9 @@ model checkpoint's SHA-256, the model description and the rain parameters as
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import re
 import tempfile
@@ -101,6 +103,26 @@ _ZONE_RE = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 
 # --------------------------------------------------------------------------- COGs
 
+
+
+class _DropPaletteWarning(logging.Filter):
+    """GDAL warns that overviews of a palette band are computed "without a palette": rio-cogeo
+    builds them before it writes the colour table. Mode resampling of class values is what we
+    want, and the COG ends with the table (checked by cog_validate and the tests)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "palette index raster bands without a palette" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _quiet_palette_warning() -> Iterator[None]:
+    logger = logging.getLogger("rasterio._env")
+    flt = _DropPaletteWarning()
+    logger.addFilter(flt)
+    try:
+        yield
+    finally:
+        logger.removeFilter(flt)
 
 def cog_names(zone: str) -> dict[str, str]:
     """File names of a zone's COGs: ``{"probability": ..., "class": ...}``."""
@@ -288,13 +310,14 @@ def _write_one(
         profile = dict(cog_profiles.get("deflate"))
         profile.update(blockxsize=blocksize, blockysize=blocksize, BIGTIFF="IF_SAFER",
                        predictor=2 if is_class else 3)
-        cog_translate(
-            src_tmp, cog_tmp, profile, nodata=nodata,
-            overview_resampling="mode" if is_class else "average",
-            in_memory=width * height <= IN_MEMORY_MAX_PIXELS,
-            colormap=CLASS_COLOURS if is_class else None,
-            forward_band_tags=True, quiet=True,
-        )
+        with _quiet_palette_warning():
+            cog_translate(
+                src_tmp, cog_tmp, profile, nodata=nodata,
+                overview_resampling="mode" if is_class else "average",
+                in_memory=width * height <= IN_MEMORY_MAX_PIXELS,
+                colormap=CLASS_COLOURS if is_class else None,
+                forward_band_tags=True, quiet=True,
+            )
         valid, errors, _warnings = cog_validate(cog_tmp, quiet=True)
         if not valid:
             raise StoreError(
