@@ -31,6 +31,7 @@ bench: $(STAMP)
 	-$(BIN)/python tests/benchmarks/bench_models.py
 	$(BIN)/python tests/benchmarks/bench_inference.py
 	$(BIN)/python tests/benchmarks/bench_grd.py
+	$(BIN)/python tests/benchmarks/bench_tiles.py
 
 clean-demo:
 	rm -rf data/demo out/demo

@@ -38,6 +38,43 @@ def compute_context() -> Iterator[None]:
         yield
 
 
+#: Environment variable fixing how many write tiles are computed at once.
+CONCURRENCY_ENV = "SLIDEWATCH_TILE_CONCURRENCY"
+#: Threads per concurrent write tile (a tile is 2 × 2 chunks) and the most tiles at once.
+THREADS_PER_TILE = 4
+MAX_TILE_CONCURRENCY = 32
+
+
+def tile_concurrency() -> int:
+    """How many write tiles a stage computes at once.
+
+    ``SLIDEWATCH_TILE_CONCURRENCY`` when set (a positive integer). Otherwise one tile per
+    :data:`THREADS_PER_TILE` threads of the active distributed client's workers (at most
+    :data:`MAX_TILE_CONCURRENCY`), so a cluster gets several tiles' graphs together; on
+    this process's threads, or a client with fewer than 8 threads, one tile at a time (a
+    tile's chunks already keep a few threads busy, and memory stays one tile's).
+    """
+    raw = os.environ.get(CONCURRENCY_ENV, "").strip()
+    if raw:
+        try:
+            value = int(raw)
+        except ValueError:
+            value = 0
+        if value >= 1:
+            return min(value, 256)
+        import logging
+
+        logging.getLogger(__name__).warning("ignoring %s=%r: not a positive integer", CONCURRENCY_ENV, raw)
+    client = active_client()
+    if client is None:
+        return 1
+    try:
+        threads = sum(client.nthreads().values())  # type: ignore[attr-defined]
+    except Exception:  # noqa: BLE001 - a client that cannot answer gets the safe default
+        return 1
+    return max(1, min(MAX_TILE_CONCURRENCY, threads // THREADS_PER_TILE)) if threads >= 2 * THREADS_PER_TILE else 1
+
+
 #: Environment variable naming a scheduler address (``tcp://host:8786``) when none is given.
 ADDRESS_ENV = "SLIDEWATCH_DASK_ADDRESS"
 #: ``dask_client("threads")``: no distributed client, the threaded scheduler of this process.

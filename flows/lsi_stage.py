@@ -16,7 +16,7 @@ from pipeline.config import ZoneGrid
 from pipeline.lsi import LsiParams, compute_factors, landslide_susceptibility, normalisation_ranges, risk_classes
 from pipeline.quicklook import write_quicklook
 from pipeline.store import TileStore, georeference, template, write_tiles
-from flows.dask_context import compute_context
+from flows.dask_context import compute_context, tile_concurrency
 from flows.regional_run import CHUNKS_PER_TILE
 
 
@@ -97,7 +97,7 @@ def write_lsi(
             return ds.isel(y=slice(t.row0, t.row1), x=slice(t.col0, t.col1))
 
         with compute_context():
-            write_tiles(store, grid, tiles, tile_ds,
+            write_tiles(store, grid, tiles, tile_ds, concurrency=tile_concurrency(),
                         on_tile=lambda t, s: emit("tile", {"zone": f"{grid.zone_name} LSI", "tile": t.key, "skipped": s}))
         path = store.finalize()
     finally:

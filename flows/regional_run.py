@@ -34,7 +34,7 @@ from pipeline.regions import Region
 from pipeline import store as _store
 from pipeline.store import TileStore, blank, template, write_tiles
 
-from flows.dask_context import active_client, compute_context
+from flows.dask_context import active_client, compute_context, tile_concurrency
 
 log = logging.getLogger(__name__)
 
@@ -186,6 +186,7 @@ def _write_zone(
         with compute_context():
             try:
                 write_tiles(store, grid, tiles, tile_dataset, retry_if=retry_if, on_retry=on_retry,
+                            concurrency=tile_concurrency(),
                             on_tile=lambda t, skipped: emit("tile", {"zone": grid.zone_name, "tile": t.key, "skipped": skipped}))
             except SlidewatchError:
                 raise
@@ -193,8 +194,9 @@ def _write_zone(
                 failure = read_failure(exc)
                 if failure is None:
                     raise
-                tile = current["tile"]
-                raise _read_error(failure, grid, getattr(tile, "key", "?"), int(current["attempts"]),  # type: ignore[call-overload]
+                tile = getattr(exc, "slidewatch_tile", current["tile"])
+                attempts = getattr(exc, "slidewatch_attempts", current["attempts"])
+                raise _read_error(failure, grid, getattr(tile, "key", "?"), int(attempts),  # type: ignore[call-overload]
                                   len(store.done()), len(tiles)) from None
         _check_has_data(store, grid, window, config, inputs)
         path = store.finalize({"completed": datetime.now(timezone.utc).isoformat()})

@@ -199,7 +199,8 @@ def s1_power(
 ) -> xr.DataArray:
     """Linear backscatter of polarisation ``pol`` per scene, ``(time, y, x)`` float32, time in
     one chunk, NaN where a scene has no data; the ``id`` coordinate names each scene's item
-    (items with nothing over the grid are left out).
+    (projected items with nothing over the grid are left out; when nothing is left, one
+    all-NaN scene with id ``""`` stands in).
 
     RTC assets are gamma0 power already. GRD assets are amplitude DN, squared to power
     (relative, uncalibrated). GRD items with a map projection (``proj:*``) are read by stackstac;
@@ -214,13 +215,17 @@ def s1_power(
     ids: list[str] = []
     if projected:
         arr = _stack(projected, [pol], grid, dtype="float32", fill_value=np.nan, resampling=Resampling.bilinear,
-                     time_chunk=len(projected), sortby_date=False).isel(band=0, drop=True)
+                     time_chunk=len(projected), sortby_date=False)
         # stackstac drops items with no asset over the grid: the id coordinate says which are left
-        ids += [str(v) for v in np.atleast_1d(arr["id"].values)] if "id" in arr.coords else [it.id for it in projected]
-        parts.append(da.where(arr.data > -32767, arr.data, np.nan))
+        if arr.sizes["time"] > 0 and arr.sizes["band"] > 0:
+            arr = arr.isel(band=0, drop=True)
+            ids += [str(v) for v in np.atleast_1d(arr["id"].values)] if "id" in arr.coords else [it.id for it in projected]
+            parts.append(da.where(arr.data > -32767, arr.data, np.nan))
     if radar:
         ids += [it.id for it in radar]
         parts.append(grd_stack(radar, pol, grid, dem))
+    if not parts:  # nothing over the grid: one empty scene
+        ids, parts = [""], [da.full((1, *grid.shape), np.nan, dtype="float32", chunks=(1, grid.chunk, grid.chunk))]
     data = parts[0] if len(parts) == 1 else da.concatenate(parts, axis=0).rechunk({0: -1})
     if grd:
         data = data * data
@@ -271,30 +276,43 @@ def orbit_track(item: pystac.Item) -> str:
     return f"{p.get('sat:orbit_state', '?')}/{p.get('sat:relative_orbit', '?')}"
 
 
+#: Scenes a track needs at a pixel before its mean is trusted as its geometry offset.
+MIN_TRACK_SCENES = 3
+
+
 def align_tracks_kernel(block: np.ndarray, groups: np.ndarray) -> np.ndarray:
     """Scenes (axis 0, dB) minus their track's offset, per pixel.
 
     A track's offset is the per-pixel mean of its scenes minus the mean of all tracks' means,
     so that a slope seen by ascending and descending passes (several dB apart from the
-    geometry alone) keeps only the changes over time. NaN-aware; a track with no value at a
-    pixel gets no offset there; one track leaves the block unchanged.
+    geometry alone) keeps only the changes over time. A mean is trusted from
+    :data:`MIN_TRACK_SCENES` valid scenes: where some track has that many, the scenes of
+    tracks with fewer are left out (NaN) rather than flattened onto the mean (one scene
+    would be its own mean, and its change would vanish); where none has, the scenes stay
+    as they are. NaN-aware; one track leaves the block unchanged.
     """
     labels = np.unique(groups)
     if len(labels) < 2:
         return block
-    means = []
+    means, counts = [], []
     for g in labels:
         sel = block[groups == g]
         n = np.isfinite(sel).sum(axis=0)
         total = np.nansum(sel, axis=0)
         means.append(np.where(n > 0, total / np.maximum(n, 1), np.nan))
+        counts.append(n)
     stacked = np.stack(means)
-    n_tracks = np.isfinite(stacked).sum(axis=0)
-    overall = np.where(n_tracks > 0, np.nansum(stacked, axis=0) / np.maximum(n_tracks, 1), np.nan)
-    offsets = np.nan_to_num(stacked - overall, nan=0.0)
+    trusted = np.stack(counts) >= MIN_TRACK_SCENES
+    any_trusted = trusted.any(axis=0)
+    n_tracks = trusted.sum(axis=0)
+    overall = np.where(n_tracks > 0, np.where(trusted, stacked, 0.0).sum(axis=0) / np.maximum(n_tracks, 1), np.nan)
     out = block.copy()
     for i, g in enumerate(labels):
-        out[groups == g] -= offsets[i].astype(block.dtype)
+        offset = np.where(trusted[i], stacked[i] - overall, 0.0).astype(block.dtype)
+        drop = any_trusted & ~trusted[i]
+        rows = out[groups == g] - offset
+        rows[:, drop] = np.nan
+        out[groups == g] = rows
     return out
 
 
@@ -339,7 +357,7 @@ def build_cube(inputs: RunInputs, grid: ZoneGrid, bands: Sequence[str]) -> xr.Da
         # window's median come from the same scenes and the same geometry correction
         history = s1_history_db(inputs.s1_history, grid, inputs.s1_collection, dem)
         track = {it.id: orbit_track(it) for it in inputs.s1_history}
-        history = align_tracks(history, [track[str(i)] for i in history["id"].values])
+        history = align_tracks(history, [track.get(str(i), "") for i in history["id"].values])
         dry, wet = _sar_references(history)
         ds["vv_dry"], ds["vv_wet"] = dry.assign_coords(y=y, x=x), wet.assign_coords(y=y, x=x)
     else:

@@ -44,7 +44,7 @@ from pipeline.errors import InputDataError
 INCIDENCE_RANGE: dict[str, tuple[float, float]] = {
     "IW": (29.1, 46.0),
     "EW": (18.9, 47.0),
-    "SM": (18.3, 46.8),
+    "SM": (18.3, 46.8),  # all beams together: one SM beam spans a few degrees (see swath_near_angle)
 }
 #: Spherical-Earth geometry used for the incidence angle across the swath (Sentinel-1's mean
 #: orbit height above a mean Earth radius).
@@ -117,6 +117,13 @@ class SceneGeometry:
         self.scene = scene
         self.shape = shape
         self.gcp_crs = gcp_crs
+        lons = [float(g.x) for g in gcps]
+        #: a scene across the antimeridian is fitted in 0..360° longitudes
+        self.wrap = max(lons) - min(lons) > 180.0
+        if self.wrap:
+            from rasterio.control import GroundControlPoint
+
+            gcps = [GroundControlPoint(row=g.row, col=g.col, x=float(g.x) % 360.0, y=g.y, z=g.z) for g in gcps]
         self.tps = GCPTransformer(list(gcps), tps=True)
         # the GCPs' heights as a thin-plate spline over image space, like the positions
         pts = np.array([[g.row, g.col] for g in gcps], dtype="float64")
@@ -153,6 +160,8 @@ class SceneGeometry:
     def image_coords(self, lon: np.ndarray, lat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Continuous image (row, col) of ground points on the GCPs' reference heights
         (pixel-corner convention, as GCPs: the first pixel's centre is (0.5, 0.5))."""
+        if self.wrap:
+            lon = np.mod(lon, 360.0)
         rows, cols = self.tps.rowcol(lon, lat, op=lambda a: a)
         rows = np.asarray(rows, dtype="float64").reshape(np.shape(lon))
         cols = np.asarray(cols, dtype="float64").reshape(np.shape(lon))
@@ -175,7 +184,8 @@ class SceneGeometry:
         frac = np.clip(np.where(ok, cols, c_mid) / self.shape[1], 0.0, 1.0)
         if sign < 0:  # samples counted from far range
             frac = 1.0 - frac
-        theta = incidence_across_swath(frac, *self.scene.incidence)
+        near, far = self.scene.incidence
+        theta = incidence_across_swath(frac, swath_near_angle(far, self.shape[1] * spacing, near), far)
         return -sign / np.tan(theta) / spacing
 
 
@@ -184,10 +194,29 @@ def incidence_across_swath(frac: np.ndarray, near_deg: float, far_deg: float) ->
     on a sphere of :data:`EARTH_RADIUS_M` seen from :data:`ORBIT_HEIGHT_M`, the swath spanning
     ``near_deg`` to ``far_deg`` (a GRD swath is uniform in ground range, not in angle)."""
     theta = np.radians(np.linspace(near_deg, far_deg, 1025))
-    look = np.arcsin(EARTH_RADIUS_M / (EARTH_RADIUS_M + ORBIT_HEIGHT_M) * np.sin(theta))
-    ground = EARTH_RADIUS_M * (theta - look)  # ground range from nadir
+    ground = _ground_range(theta)
     target = ground[0] + np.asarray(frac, dtype="float64") * (ground[-1] - ground[0])
     return np.interp(target, ground, theta)
+
+
+def _ground_range(theta: np.ndarray) -> np.ndarray:
+    """Ground range from nadir (m) of points seen at incidence ``theta`` (radians)."""
+    look = np.arcsin(EARTH_RADIUS_M / (EARTH_RADIUS_M + ORBIT_HEIGHT_M) * np.sin(theta))
+    return EARTH_RADIUS_M * (theta - look)
+
+
+def swath_near_angle(far_deg: float, width_m: float, default_deg: float) -> float:
+    """The near-range incidence angle (degrees) of a swath ``width_m`` ground metres wide whose
+    far edge is seen at ``far_deg``: the mode's nominal near angle describes the widest
+    swath, and a scene narrower than that starts further out. ``default_deg`` when the width
+    is implausible (above the nominal span or under 50 km)."""
+    theta = np.radians(np.linspace(10.0, far_deg, 2049))
+    ground = _ground_range(theta)
+    target = ground[-1] - float(width_m)
+    nominal = float(_ground_range(np.radians(np.array([default_deg])))[0])
+    if not (50_000.0 <= width_m and target >= nominal - 1.0):
+        return default_deg
+    return float(np.degrees(np.interp(target, ground, theta)))
 
 
 def _lattice(n: int) -> np.ndarray:
@@ -219,8 +248,15 @@ def _weights(lattice: np.ndarray, n: int) -> np.ndarray:
 
 def _upsample(coarse: np.ndarray, ly: np.ndarray, lx: np.ndarray, ny: int, nx: int) -> np.ndarray:
     """Bilinear interpolation of a field known on the lattice ``ly × lx`` to every pixel
-    (separable: two small matrix products)."""
-    return _weights(ly, ny) @ coarse @ _weights(lx, nx).T
+    (separable: two small matrix products). Pixels that a non-finite lattice point
+    contributes to are NaN; the others are unaffected."""
+    wy, wx = _weights(ly, ny), _weights(lx, nx)
+    finite = np.isfinite(coarse)
+    if finite.all():
+        return wy @ coarse @ wx.T
+    value = wy @ np.where(finite, coarse, 0.0) @ wx.T
+    bad = wy @ (~finite).astype("float64") @ wx.T
+    return np.where(bad > 1e-9, np.nan, value)
 
 
 def geocode_chunk(

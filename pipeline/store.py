@@ -20,8 +20,10 @@ import errno
 import json
 import os
 import shutil
+import threading
 import time
 import warnings
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -116,6 +118,7 @@ class TileStore:
     def __post_init__(self) -> None:
         self.path = Path(self.path)
         self._lock_fd: int | None = None
+        self._ledger_lock = threading.Lock()  # tiles written by concurrent threads
 
     @property
     def partial(self) -> Path:
@@ -295,9 +298,10 @@ class TileStore:
                 raise StoreError(f"Cannot write tile {tile.key} into {self.partial}: {exc.strerror}.",
                                  "free disk space or choose a writable --out, then rerun to resume.") from None
             raise
-        done = self.done()
-        done.add(tile.key)
-        self._write_ledger(done)
+        with self._ledger_lock:
+            done = self.done()
+            done.add(tile.key)
+            self._write_ledger(done)
 
     def has_data(self, name: str) -> bool:
         """Whether variable ``name`` of the partial store holds any value but its fill (NaN
@@ -350,6 +354,7 @@ def write_tiles(
     retry_delay_s: float | None = None,
     retry_if: Callable[[BaseException], bool] | None = None,
     on_retry: Callable[[Tile, int, BaseException], None] | None = None,
+    concurrency: int = 1,
 ) -> None:
     """Write every pending tile; ``on_tile(tile, skipped)`` reports progress.
 
@@ -359,32 +364,86 @@ def write_tiles(
     dataset is rebuilt, so URLs are signed again. ``on_retry(tile, attempt, error)`` runs
     before each new attempt (e.g. to drop expired tokens). Slidewatch errors and errors for
     which ``retry_if`` is false are not retried. When the budget is spent the last error
-    is raised unchanged; the tiles written so far stay in the ledger for a resume.
+    is raised unchanged, with the tile and the attempts made as its ``slidewatch_tile`` and
+    ``slidewatch_attempts`` attributes; the tiles written so far stay in the ledger for a
+    resume.
+
+    ``concurrency`` tiles are computed at once (each from its own thread, so a distributed
+    cluster gets several tiles' graphs together). After a failure no new tile starts; the
+    tiles already running finish and are recorded, then the error is raised. Memory grows
+    with ``concurrency`` (one tile's working set each).
     """
     budget = TILE_RETRIES if retries is None else max(0, int(retries))
     delay = TILE_RETRY_DELAY_S if retry_delay_s is None else max(0.0, float(retry_delay_s))
     done = store.done()
+    pending = []
     for tile in tiles:
         if tile.key in done:
             if on_tile:
                 on_tile(tile, True)
-            continue
+        else:
+            pending.append(tile)
+
+    def write_one(tile: Tile) -> Tile:
         attempt = 0
         while True:
             try:
                 store.write_tile(tile, tile_dataset(tile))
-                break
+                return tile
             except SlidewatchError:
                 raise
             except Exception as exc:  # noqa: BLE001 - classified by retry_if
                 if attempt >= budget or (retry_if is not None and not retry_if(exc)):
+                    _label(exc, tile, attempt + 1)
                     raise
                 attempt += 1
                 if on_retry:
                     on_retry(tile, attempt, exc)
                 time.sleep(min(delay * 2 ** (attempt - 1), 60.0))
-        if on_tile:
-            on_tile(tile, False)
+
+    if concurrency <= 1 or len(pending) <= 1:
+        for tile in pending:
+            write_one(tile)
+            if on_tile:
+                on_tile(tile, False)
+        return
+    pool = ThreadPoolExecutor(max_workers=int(concurrency), thread_name_prefix="slidewatch-tile")
+    try:
+        queue = iter(pending)
+        running = {pool.submit(write_one, t) for t in _take(queue, int(concurrency))}
+        while running:
+            finished, running = wait(running, return_when=FIRST_COMPLETED)
+            failed = [f for f in finished if f.exception() is not None]
+            for fut in finished:
+                if fut.exception() is None and on_tile:
+                    on_tile(fut.result(), False)
+            if failed:
+                wait(running)  # let running tiles land in the ledger, start no new one
+                for fut in running:
+                    if fut.exception() is None and on_tile:
+                        on_tile(fut.result(), False)
+                raise failed[0].exception()  # type: ignore[misc]
+            running |= {pool.submit(write_one, t) for t in _take(queue, len(finished))}
+    finally:
+        pool.shutdown(wait=True)
+
+
+def _take(it: Iterable[Tile], n: int) -> list[Tile]:
+    out = []
+    for tile in it:
+        out.append(tile)
+        if len(out) >= n:
+            break
+    return out
+
+
+def _label(exc: BaseException, tile: Tile, attempts: int) -> None:
+    """Name the tile an error comes from on the error itself (concurrent tiles)."""
+    try:
+        exc.slidewatch_tile = tile  # type: ignore[attr-defined]
+        exc.slidewatch_attempts = attempts  # type: ignore[attr-defined]
+    except AttributeError:  # pragma: no cover - exceptions with __slots__
+        pass
 
 
 def _alive(pid: int) -> bool:

@@ -104,15 +104,16 @@ def test_nanquantile_matches_numpy():
 def test_align_tracks_kernel_by_hand() -> None:
     from pipeline.cube import align_tracks_kernel
 
-    # one pixel, two tracks 6 dB apart (geometry), the same -2 dB change within each
-    block = np.array([-10.0, -12.0, -4.0, -6.0], dtype="float32").reshape(4, 1, 1)
-    got = align_tracks_kernel(block, np.array([0, 0, 1, 1]))
-    np.testing.assert_allclose(got.ravel(), [-7.0, -9.0, -7.0, -9.0])  # means -11 / -5, overall -8
-    # a track with no value at a pixel gets no offset there, and the other keeps its values
-    block = np.array([[-10.0, -10.0], [np.nan, -4.0]], dtype="float32").reshape(2, 1, 2)
-    got = align_tracks_kernel(block, np.array([0, 1]))
-    np.testing.assert_allclose(got[:, 0, 0], [-10.0, np.nan])
-    np.testing.assert_allclose(got[:, 0, 1], [-7.0, -7.0])
+    # one pixel, two tracks 6 dB apart (geometry), the same changes within each
+    block = np.array([-10.0, -12.0, -11.0, -4.0, -6.0, -5.0], dtype="float32").reshape(6, 1, 1)
+    got = align_tracks_kernel(block, np.array([0, 0, 0, 1, 1, 1]))
+    np.testing.assert_allclose(got.ravel(), [-7.0, -9.0, -8.0, -7.0, -9.0, -8.0])  # means -11 / -5, overall -8
+    # a track with too few scenes at a pixel is left out there (its own mean would flatten
+    # its change); at a pixel where no track has enough, nothing changes
+    block = np.array([[-10.0, -10.0], [-12.0, -12.0], [-11.0, np.nan], [-2.0, -2.0]], dtype="float32").reshape(4, 1, 2)
+    got = align_tracks_kernel(block, np.array([0, 0, 0, 1]))
+    np.testing.assert_allclose(got[:, 0, 0], [-10.0, -12.0, -11.0, np.nan])
+    np.testing.assert_allclose(got[:, 0, 1], [-10.0, -12.0, np.nan, -2.0])
     # one track: unchanged
     same = np.array([-10.0, -12.0], dtype="float32").reshape(2, 1, 1)
     assert align_tracks_kernel(same, np.array([3, 3])) is same
@@ -122,7 +123,7 @@ def test_sar_references_are_aligned_across_orbit_tracks(tmp_path):  # type: igno
     """Two tracks see the same scenes 6.02 dB apart (4× the power, as geometry does on a
     slope): the references and the window median must show only the change over time."""
     items = make_tiny_region(tmp_path)
-    track_a = items["sentinel-1-rtc"][:2]
+    track_a = items["sentinel-1-rtc"]
     track_b = []
     for k, it in enumerate(track_a):
         b = it.clone()
@@ -141,7 +142,7 @@ def test_sar_references_are_aligned_across_orbit_tracks(tmp_path):  # type: igno
         track_b.append(b)
     for it in track_a:
         it.properties.update({"sat:orbit_state": "ascending", "sat:relative_orbit": 99})
-    s1 = [track_a[0], track_b[0], track_a[1], track_b[1]]
+    s1 = [track_a[0], track_b[0], track_a[1], track_b[1], track_a[2], track_b[2]]
     inputs = RunInputs(s2=items["sentinel-2-l2a"], s1=s1, s1_history=s1, dem=items["cop-dem-glo-30"])
     ds = build_cube(inputs, GRID, BANDS).compute()
     a_db = 10 * np.log10(np.stack([_read(it.assets["vv"].href) for it in track_a]))

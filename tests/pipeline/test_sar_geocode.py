@@ -36,7 +36,8 @@ def _scene(path, orbit: str) -> GrdScene:  # type: ignore[no-untyped-def]
     return GrdScene(href=str(path), item_id="sim", ascending=orbit == "ascending", incidence=(29.1, 46.0), bounds=None)
 
 
-@pytest.mark.parametrize(("orbit", "grow"), [("ascending", True), ("descending", True), ("ascending", False)])
+@pytest.mark.parametrize(("orbit", "grow"), [("ascending", True), ("descending", True), ("ascending", False),
+                                             ("descending", False)])
 def test_geocoded_grd_lands_on_the_ground_pattern(tmp_path, orbit: str, grow: bool) -> None:  # type: ignore[no-untyped-def]
     tif = tmp_path / "grd.tif"
     sim.simulate(tif, orbit, grow)
@@ -194,3 +195,52 @@ def test_projected_and_radar_grd_scenes_are_named_by_item(tmp_path, shared_fixtu
         # the radar scene, without a DEM, lands on the GCP surface: same pattern, shifted
         geocoded = got.sel(time=got["id"] == radar.id).values[0]
         assert np.isfinite(geocoded).all() and abs(np.median(np.sqrt(geocoded)) - np.median(pattern)) < 200
+
+
+def test_scene_across_the_antimeridian(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A scene whose GCPs straddle 180°: fitted in 0..360° longitudes, it lands as anywhere else."""
+    from pyproj import Transformer
+
+    centre = Transformer.from_crs(4326, 32660, always_xy=True).transform(179.97, 30.0)
+    monkeypatch.setattr(sim, "EPSG", 32660)
+    monkeypatch.setattr(sim, "CENTRE", centre)
+    tif = tmp_path / "grd.tif"
+    sim.simulate(tif, "descending")
+    with rasterio.open(tif) as ds:
+        lons = [g.x for g in ds.gcps[0]]
+    assert min(lons) < -179 and max(lons) > 179  # really across
+    x = centre[0] - 640 + 10 * (np.arange(128) + 0.5)
+    y = centre[1] + 640 - 10 * (np.arange(128) + 0.5)
+    xx, yy = np.meshgrid(x, y)
+    got = geocode_chunk(_scene(tif, "descending"), x, y, 32660, sim.terrain(xx, yy))
+    assert np.isfinite(got).all() and np.median(np.abs(got - sim.pattern(xx, yy))) < 5
+
+
+def test_upsample_keeps_nan_local() -> None:
+    from pipeline.sar_geocode import _lattice, _upsample
+
+    ly, lx = _lattice(64), _lattice(64)
+    coarse = np.add.outer(ly, 2 * lx)
+    np.testing.assert_allclose(_upsample(coarse, ly, lx, 64, 64), np.add.outer(np.arange(64.0), 2 * np.arange(64.0)))
+    coarse[0, 0] = np.nan  # one bad lattice point blanks only the cells it touches
+    out = _upsample(coarse, ly, lx, 64, 64)
+    assert np.isnan(out[:16, :16]).all() and np.isfinite(out[16:, :]).all() and np.isfinite(out[:, 16:]).all()
+
+
+def test_swath_width_sets_the_near_angle() -> None:
+    from pipeline.sar_geocode import swath_near_angle
+
+    assert swath_near_angle(46.0, sim.WIDTH * sim.DX, 29.1) == pytest.approx(29.1, abs=0.01)
+    # Planetary Computer's recorded IW scene is 26,029 samples of 10 m: a narrower swath
+    assert 29.9 < swath_near_angle(46.0, 260_290.0, 29.1) < 30.4
+    assert swath_near_angle(46.0, 1_000.0, 29.1) == 29.1  # implausible: the nominal angle
+
+
+def test_power_of_items_with_nothing_over_the_grid(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from pipeline.cube import s1_power
+
+    far = make_tiny_region(tmp_path)["sentinel-1-rtc"][0].clone()
+    for asset in far.assets.values():
+        asset.extra_fields["proj:transform"] = [10.0, 0.0, 900000.0, 0.0, -10.0, 3309440.0]
+    got = s1_power([far], "vv", GRID, "sentinel-1-rtc")
+    assert got.sizes["time"] == 1 and list(got["id"].values) == [""] and np.isnan(got.values).all()

@@ -87,3 +87,104 @@ def test_lock_refuses_a_second_writer(tmp_path):  # type: ignore[no-untyped-def]
     b = TileStore(tmp_path / "c.zarr", "fp")
     b.acquire()
     b.release()
+
+
+def _expected_a() -> np.ndarray:
+    yy, xx = np.meshgrid(np.arange(128), np.arange(128), indexing="ij")
+    return yy * 1000 + xx
+
+
+def test_concurrent_tiles_overlap_and_give_the_same_store(tmp_path):  # type: ignore[no-untyped-def]
+    import threading
+    import time
+
+    store = TileStore(tmp_path / "c.zarr", "fp1")
+    store.prepare(template(GRID, VARS, ATTRS), {})
+    active, peak, lock = [0], [0], threading.Lock()
+
+    def slow(tile):  # type: ignore[no-untyped-def]
+        with lock:
+            active[0] += 1
+            peak[0] = max(peak[0], active[0])
+        time.sleep(0.05)
+        with lock:
+            active[0] -= 1
+        return _tile_ds(tile)
+
+    reported = []
+    write_tiles(store, GRID, GRID.tiles(1), slow, on_tile=lambda t, s: reported.append(t.key), concurrency=4)
+    assert peak[0] >= 2  # tiles really ran side by side
+    assert sorted(reported) == sorted(t.key for t in GRID.tiles(1)) and len(store.done()) == 16
+    store.finalize()
+    np.testing.assert_array_equal(xr.open_zarr(store.path)["a"].values, _expected_a())
+
+
+def test_concurrent_failure_stops_new_tiles_keeps_finished_ones_and_resumes(tmp_path):  # type: ignore[no-untyped-def]
+    store = TileStore(tmp_path / "c.zarr", "fp1")
+    store.prepare(template(GRID, VARS, ATTRS), {})
+    tiles = GRID.tiles(1)
+    bad = tiles[5]
+    started = []
+
+    def flaky(tile):  # type: ignore[no-untyped-def]
+        started.append(tile.key)
+        if tile.key == bad.key:
+            raise OSError("disk on fire")
+        return _tile_ds(tile)
+
+    with pytest.raises(OSError, match="disk on fire") as info:
+        write_tiles(store, GRID, tiles, flaky, concurrency=3, retry_if=lambda e: False)
+    assert info.value.slidewatch_tile == bad and info.value.slidewatch_attempts == 1
+    assert len(started) <= 6 + 2  # nothing new starts once the failure is seen
+    done = store.done()
+    assert bad.key not in done and done == set(started) - {bad.key}  # every finished tile is in the ledger
+    # the same call again writes only what is missing, and the store is whole
+    rerun = []
+    write_tiles(store, GRID, tiles, lambda t: (rerun.append(t.key), _tile_ds(t))[1], concurrency=3)
+    assert set(rerun) == {t.key for t in tiles} - done
+    store.finalize()
+    np.testing.assert_array_equal(xr.open_zarr(store.path)["a"].values, _expected_a())
+
+
+def test_concurrent_tiles_are_retried(tmp_path):  # type: ignore[no-untyped-def]
+    store = TileStore(tmp_path / "c.zarr", "fp1")
+    store.prepare(template(GRID, VARS, ATTRS), {})
+    tiles = GRID.tiles(2)
+    failed, retried = set(), []
+
+    def once(tile):  # type: ignore[no-untyped-def]
+        if tile.key not in failed:
+            failed.add(tile.key)
+            raise TimeoutError("slow link")
+        return _tile_ds(tile)
+
+    write_tiles(store, GRID, tiles, once, concurrency=2, retry_delay_s=0,
+                on_retry=lambda t, a, e: retried.append((t.key, a)))
+    assert sorted(retried) == sorted((t.key, 1) for t in tiles)
+    store.finalize()
+    np.testing.assert_array_equal(xr.open_zarr(store.path)["a"].values, _expected_a())
+
+
+def test_tile_concurrency_setting(monkeypatch):  # type: ignore[no-untyped-def]
+    from flows.dask_context import CONCURRENCY_ENV, tile_concurrency
+
+    monkeypatch.setenv(CONCURRENCY_ENV, "3")
+    assert tile_concurrency() == 3
+    monkeypatch.setenv(CONCURRENCY_ENV, "zero")
+    assert tile_concurrency() == 1  # ignored with a warning; no client here: one at a time
+    monkeypatch.delenv(CONCURRENCY_ENV)
+    assert tile_concurrency() == 1
+
+    class FakeClient:
+        def __init__(self, threads: dict) -> None:
+            self.threads = threads
+
+        def nthreads(self) -> dict:
+            return self.threads
+
+    import flows.dask_context as ctx
+
+    monkeypatch.setattr(ctx, "active_client", lambda: FakeClient({"w1": 2}))
+    assert tile_concurrency() == 1  # a small local cluster: one tile keeps it busy
+    monkeypatch.setattr(ctx, "active_client", lambda: FakeClient({f"w{i}": 4 for i in range(16)}))
+    assert tile_concurrency() == 16  # 64 threads: a tile per 4 threads

@@ -14,7 +14,9 @@ same plan injects the same faults whatever order the client's threads ask in:
 * tokens: when ``require_token`` is set, a request must carry ``?token=<current>``; any other
   token (an "expired" signature) gets ``403``. :meth:`FaultServer.rotate_token` expires
   the current one; :meth:`FaultServer.issue_token` is what a test signer calls to sign;
-* ``always_fail``: paths (substrings) that always answer ``always_status``.
+* ``always_fail``: paths (substrings) that always answer ``always_status``;
+* ``latency_s``: every request waits that long before it is answered (object storage's
+  round trip, for benchmarks).
 
 The server is bounded: it stops itself after ``max_requests`` requests or ``max_seconds``
 seconds, whichever comes first, and every request is recorded in :attr:`FaultServer.log`.
@@ -48,6 +50,7 @@ class FaultPlan:
     require_token: bool = False
     always_fail: tuple[str, ...] = ()
     always_status: int = 503
+    latency_s: float = 0.0
 
 
 @dataclass
@@ -204,6 +207,8 @@ class _Handler(BaseHTTPRequestHandler):
         token = (parse_qs(parts.query).get("token") or [None])[0]
         rng = self.headers.get("Range", "")
         fault = srv._decide(self.command, rel, rng, token)
+        if srv.plan.latency_s > 0:
+            time.sleep(srv.plan.latency_s)
         status = 0
         try:
             if fault == "over_budget":

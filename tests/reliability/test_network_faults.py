@@ -143,3 +143,31 @@ def test_permanent_404_is_not_retried(tiny, tmp_path):  # type: ignore[no-untype
     assert isinstance(err.value, CatalogError) and "404" in msg and "s1/2/vh.tif" in msg and "Fix:" in msg
     assert not any(k == "retry" for k, _ in events)
     assert not list(tmp_path.rglob("cube_utm48n.zarr"))
+
+
+def test_concurrent_tiles_heal_fail_clearly_and_resume(tiny, tmp_path, monkeypatch):  # type: ignore[no-untyped-def]
+    """Two write tiles at a time (SLIDEWATCH_TILE_CONCURRENCY=2): 503s heal into the reference
+    store; an asset that fails for good stops the run with the asset and a tile named, keeps
+    every finished tile, and the same command resumes to the reference store."""
+    from flows.dask_context import CONCURRENCY_ENV
+
+    monkeypatch.setenv(CONCURRENCY_ENV, "2")
+    cogs, items, ref = tiny.cogs, tiny.items, tiny.ref
+    with HttpRun(cogs, items, FaultPlan(seed=7, error_rate=0.3, error_repeats=2, error_status=503)) as r:
+        res = r.run(tmp_path / "healed")
+        assert r.server.count(fault="error") >= 5
+    assert_same_store(res.zones[0].cube_path, ref, ignore_attrs=URL_ATTRS)
+
+    events: list = []
+    with HttpRun(cogs, items, FaultPlan(require_token=True, always_status=503, always_fail=("s2/2/B04.tif",))) as r:
+        with pytest.raises(CatalogError) as err:
+            r.run(tmp_path / "broken", events=events)
+        msg = str(err.value)
+        assert "s2/2/B04.tif" in msg and "token=" not in msg and "tile " in msg and "Fix:" in msg
+        store = tmp_path / "broken" / "tiny" / "20240701_20240831" / "cube_utm48n.zarr"
+        assert not store.exists()
+        kept = ledger_tiles(store)
+        assert set(kept) == {i["tile"] for k, i in events if k == "tile"} and len(kept) < 4
+        r.server.plan.always_fail = ()
+        res = r.run(tmp_path / "broken")
+    assert_same_store(res.zones[0].cube_path, ref, ignore_attrs=URL_ATTRS)
