@@ -80,7 +80,8 @@ class DemoLayout:
         return self.root / "precipitation" / "imerg-demo.zarr"
 
 
-def _write_cog(path: Path, data: np.ndarray, transform: Affine, epsg: int, nodata: float, predictor: int) -> None:
+def _write_cog(path: Path, data: np.ndarray, transform: Affine, epsg: int, nodata: float, predictor: str) -> None:
+    """A COG; ``predictor`` by the COG driver's names (NO, STANDARD, FLOATING_POINT): it rejects "1"."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with rasterio.open(
         path, "w", width=data.shape[1], height=data.shape[0], count=1, dtype=data.dtype,
@@ -186,13 +187,13 @@ def generate(root: Path, seed: int = DEMO_SEED, progress: Callable[[str], None] 
             dn[nd] = 0
             tr = Affine(RES * f, 0, x0, 0, -RES * f, y1)
             path = folder / f"{band}_{10 * f}m.tif"
-            _write_cog(path, dn, tr, DEMO_EPSG, 0, predictor=2)
+            _write_cog(path, dn, tr, DEMO_EPSG, 0, predictor="STANDARD")
             assets[band] = _asset(path, f"Band {band[1:]} - {10 * f}m", dn.shape, tr, bounds,
                                   {"gsd": float(10 * f), "eo:bands": [{"name": band}]})
         scl20 = _block_mode_max(scl, 2)
         tr20 = Affine(20.0, 0, x0, 0, -20.0, y1)
         path = folder / "SCL_20m.tif"
-        _write_cog(path, scl20, tr20, DEMO_EPSG, 0, predictor=1)
+        _write_cog(path, scl20, tr20, DEMO_EPSG, 0, predictor="NO")
         assets["SCL"] = _asset(path, "Scene classfication map (SCL)", scl20.shape, tr20, bounds, {"gsd": 20.0})
         cloud_pct = float(np.mean(density[~nodata] > 0) * 100.0)
         items[SENTINEL2].append({
@@ -224,7 +225,7 @@ def generate(root: Path, seed: int = DEMO_SEED, progress: Callable[[str], None] 
         assets = {}
         for pol, arr in (("vv", vv), ("vh", vh)):
             path = folder / f"{pol}.tif"
-            _write_cog(path, np.round(arr, 5).astype("float32"), transform, DEMO_EPSG, -32768.0, predictor=3)
+            _write_cog(path, np.round(arr, 5).astype("float32"), transform, DEMO_EPSG, -32768.0, predictor="FLOATING_POINT")
             assets[pol] = _asset(path, f"{pol.upper()}: {'vertical' if pol == 'vv' else 'vertical transmit, horizontal'} receive",
                                  (n, n), transform, bounds,
                                  {"raster:bands": [{"nodata": -32768, "data_type": "float32", "spatial_resolution": 10.0}]})
@@ -275,7 +276,7 @@ def generate(root: Path, seed: int = DEMO_SEED, progress: Callable[[str], None] 
             tile_id = f"Copernicus_DSM_COG_10_N{lat0:05.2f}_00_E{lon0:06.2f}_00_DEM".replace(".", "_")
             tr = Affine(px, 0, lon0, 0, -px, lat0 + step)
             path = tmp / "cogs" / COP_DEM / f"{tile_id}.tif"
-            _write_cog(path, z, tr, 4326, -32767.0, predictor=3)
+            _write_cog(path, z, tr, 4326, -32767.0, predictor="FLOATING_POINT")
             tb = [float(lon0), float(lat0), float(lon0 + step), float(lat0 + step)]
             items[COP_DEM].append({
                 "type": "Feature", "stac_version": "1.0.0", "id": tile_id, "collection": COP_DEM,
