@@ -11,6 +11,8 @@ import json
 from dataclasses import asdict, dataclass, field
 from datetime import date
 
+import numpy as np
+
 #: Default pixel size of every grid, metres.
 DEFAULT_RESOLUTION = 10.0
 #: Default chunk edge, pixels. Zarr chunks, dask chunks and write tiles align on it.
@@ -72,6 +74,15 @@ class ZoneGrid:
     def transform(self) -> tuple[float, float, float, float, float, float]:
         """Affine coefficients (a, b, c, d, e, f) as rasterio/GDAL order them."""
         return (self.resolution, 0.0, self.x0, 0.0, -self.resolution, self.y1)
+
+    def pixel_centres(self, rows: tuple[int, int] | None = None, cols: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(y, x) pixel-centre coordinates in metres (float64), for the whole grid or the pixel
+        ranges ``rows`` and ``cols`` (start, stop)."""
+        r0, r1 = rows or (0, self.height)
+        c0, c1 = cols or (0, self.width)
+        y = self.y1 - (np.arange(r0, r1, dtype="float64") + 0.5) * self.resolution
+        x = self.x0 + (np.arange(c0, c1, dtype="float64") + 0.5) * self.resolution
+        return y, x
 
     @property
     def chunk_shape(self) -> tuple[int, int]:

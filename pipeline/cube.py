@@ -229,18 +229,8 @@ def s1_power(
     data = parts[0] if len(parts) == 1 else da.concatenate(parts, axis=0).rechunk({0: -1})
     if grd:
         data = data * data
-    coords = grid_xy(grid)
-    return xr.DataArray(data, dims=("time", "y", "x"),
-                        coords={"id": ("time", ids), "y": coords["y"], "x": coords["x"]})
-
-
-def grid_xy(grid: ZoneGrid) -> dict[str, np.ndarray]:
-    """Pixel-centre coordinates of ``grid`` (as stackstac's ``xy_coords="center"``)."""
-    res = grid.resolution
-    return {
-        "x": grid.x0 + res * (np.arange(grid.width, dtype="float64") + 0.5),
-        "y": grid.y1 - res * (np.arange(grid.height, dtype="float64") + 0.5),
-    }
+    y, x = grid.pixel_centres()
+    return xr.DataArray(data, dims=("time", "y", "x"), coords={"id": ("time", ids), "y": y, "x": x})
 
 
 def s1_backscatter(

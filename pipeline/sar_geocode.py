@@ -334,10 +334,8 @@ def geocode_chunk(
 
 
 def _geocode_block(height: np.ndarray, block_info: dict | None = None, *, scene: GrdScene, grid: ZoneGrid) -> np.ndarray:
-    (y0, y1), (x0, x1) = block_info[None]["array-location"]  # type: ignore[index]
-    res = grid.resolution
-    x = grid.x0 + res * (np.arange(x0, x1, dtype="float64") + 0.5)
-    y = grid.y1 - res * (np.arange(y0, y1, dtype="float64") + 0.5)
+    rows, cols = block_info[None]["array-location"]  # type: ignore[index]
+    y, x = grid.pixel_centres(rows, cols)
     h = height if np.isfinite(height).any() else None
     return geocode_chunk(scene, x, y, grid.epsg, h)
 

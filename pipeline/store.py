@@ -53,8 +53,7 @@ _FATAL_WRITE_ERRNO = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errn
 
 def grid_coords(grid: ZoneGrid) -> dict[str, np.ndarray]:
     """Pixel-centre coordinates of a grid (float64 metres)."""
-    x = grid.x0 + (np.arange(grid.width) + 0.5) * grid.resolution
-    y = grid.y1 - (np.arange(grid.height) + 0.5) * grid.resolution
+    y, x = grid.pixel_centres()
     return {"y": y, "x": x}
 
 

@@ -94,6 +94,26 @@ def make_tiny_region(root: Path, seed: int = 7, scl_override: int | None = None,
     return {"sentinel-2-l2a": s2, "sentinel-1-rtc": s1, "cop-dem-glo-30": [dem_item]}
 
 
+def inner_bbox() -> tuple[float, float, float, float]:
+    """A lon/lat bbox 50 m inside the tiny grid: it plans back onto exactly that grid."""
+    from pyproj import Transformer
+
+    tr = Transformer.from_crs(GRID.epsg, 4326, always_xy=True)
+    minx, miny, maxx, maxy = GRID.bounds
+    w, s = tr.transform(minx + 50, miny + 50)
+    e, n = tr.transform(maxx - 50, maxy - 50)
+    w2, n2 = tr.transform(minx + 50, maxy - 50)
+    e2, s2 = tr.transform(maxx - 50, miny + 50)
+    return (max(w, w2), max(s, s2), min(e, e2), min(n, n2))
+
+
+def tiny_region(name: str = "tiny"):  # type: ignore[no-untyped-def]
+    """The tiny grid as a Region (see :func:`inner_bbox`)."""
+    from pipeline.regions import Region
+
+    return Region(name=name, bbox=inner_bbox())
+
+
 class FakeSource:
     """An ItemSource over in-memory items (filters by collection only)."""
 

@@ -50,9 +50,6 @@ def main() -> None:
     tiny.GRID = ZoneGrid(epsg=tiny.EPSG, x0=tiny.X0, y1=tiny.Y1, width=n, height=n, resolution=tiny.RES, chunk=64,
                          lonlat_bounds=tuple(transform_bounds(CRS.from_epsg(tiny.EPSG), "EPSG:4326", tiny.X0,
                                                               tiny.Y1 - n * tiny.RES, tiny.X0 + n * tiny.RES, tiny.Y1)))
-    import runkit
-
-    runkit.GRID = tiny.GRID
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         items = tiny.make_tiny_region(root / "cogs")

@@ -23,19 +23,13 @@ from pipeline.inference import predict_window
 from pipeline.mosaic import classify
 from pipeline.quality import QualityFlag
 from pipeline.regions import Region
-from tests.tinyregion import GRID, FakeSource, make_tiny_region
+from tests.tinyregion import FakeSource, make_tiny_region, tiny_region
 
 WINDOW = TimeWindow(date(2024, 7, 1), date(2024, 8, 31))
 
 
 def _region() -> Region:
-    from pyproj import Transformer
-
-    tr = Transformer.from_crs(GRID.epsg, 4326, always_xy=True)
-    minx, miny, maxx, maxy = GRID.bounds
-    w, s = tr.transform(minx + 50, miny + 50)
-    e, n = tr.transform(maxx - 50, maxy - 50)
-    return Region("tiny", (w, s, e, n))
+    return tiny_region("tiny")
 
 
 @pytest.fixture(scope="module")

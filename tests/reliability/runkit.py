@@ -12,13 +12,12 @@ import numpy as np
 import pystac
 import xarray as xr
 import zarr
-from pyproj import Transformer
 
 from faultserver import FaultServer
 from pipeline.catalog import load_items, register_signer, save_items
 from pipeline.config import TimeWindow
 from pipeline.regions import Region
-from tests.tinyregion import GRID, FakeSource
+from tests.tinyregion import FakeSource, inner_bbox, tiny_region
 
 #: The tiny region at chunk 32: a 4 × 4 chunk grid written as 4 tiles of 2 × 2 chunks.
 CHUNK = 32
@@ -28,23 +27,12 @@ STAC_URL = "http://fake.invalid/stac"
 TIME_ATTRS = {"history", "completed"}
 
 
-def inner_bbox() -> tuple[float, float, float, float]:
-    """A lon/lat bbox 50 m inside the tiny grid: it plans back onto exactly that grid."""
-    tr = Transformer.from_crs(GRID.epsg, 4326, always_xy=True)
-    minx, miny, maxx, maxy = GRID.bounds
-    w, s = tr.transform(minx + 50, miny + 50)
-    e, n = tr.transform(maxx - 50, maxy - 50)
-    w2, n2 = tr.transform(minx + 50, maxy - 50)
-    e2, s2 = tr.transform(maxx - 50, miny + 50)
-    return (max(w, w2), max(s, s2), min(e, e2), min(n, n2))
-
-
 def bbox_arg() -> str:
     return ",".join(f"{v:.6f}" for v in inner_bbox())
 
 
 def region(name: str = "tiny") -> Region:
-    return Region(name=name, bbox=inner_bbox())
+    return tiny_region(name)
 
 
 def run_tiny(items: dict[str, list[pystac.Item]], out: Path, *, name: str = "tiny", stac_url: str = STAC_URL,
