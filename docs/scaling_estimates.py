@@ -3,10 +3,10 @@
 Run: ``python docs/scaling_estimates.py`` (about 10 s on 2 cores; no network, no pixels).
 
 It plans a ~316 × 316 km (~100,000 km²) region across the UTM 47N/48N boundary with the
-real planner (``pipeline.grid.plan_grids``), makes synthetic STAC items from revisit rates
-(assumptions below), and asks the real estimators for bytes (``pipeline.plan.estimate_bytes``,
+real planner (``pipeline.plan.grid.plan_grids``), makes synthetic STAC items from revisit rates
+(assumptions below), and asks the real estimators for bytes (``pipeline.plan.estimate.estimate_bytes``,
 the same assets and sample sizes as the dry-run plan) and dask tasks
-(``pipeline.plan.graph_tasks`` of ``pipeline.cube.build_cube``: the lazy cube graph, nothing
+(``pipeline.plan.estimate.graph_tasks`` of ``pipeline.acquire.cube.build_cube``: the lazy cube graph, nothing
 is read). Time figures scale throughputs measured elsewhere (constants below, with sources).
 
 The output is a Markdown table; docs/scaling.md embeds it verbatim and
@@ -26,20 +26,20 @@ from pyproj import Transformer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.catalog import RunInputs  # noqa: E402
-from pipeline.collections import COP_DEM, S2_BAND_RESOLUTION, S2_CUBE_BANDS, SENTINEL1_RTC, SENTINEL2  # noqa: E402
-from pipeline.config import CubeConfig, Tile, TimeWindow, ZoneGrid  # noqa: E402
-from pipeline.cube import build_cube  # noqa: E402
-from pipeline.grid import plan_grids  # noqa: E402
-from pipeline.plan import estimate_bytes, graph_tasks  # noqa: E402
-from pipeline.regions import Region  # noqa: E402
+from pipeline.acquire.catalog import RunInputs  # noqa: E402
+from pipeline.core.collections import COP_DEM, S2_BAND_RESOLUTION, S2_CUBE_BANDS, SENTINEL1_RTC, SENTINEL2  # noqa: E402
+from pipeline.core.config import CubeConfig, Tile, TimeWindow, ZoneGrid  # noqa: E402
+from pipeline.acquire.cube import build_cube  # noqa: E402
+from pipeline.plan.grid import plan_grids  # noqa: E402
+from pipeline.plan.estimate import estimate_bytes, graph_tasks  # noqa: E402
+from pipeline.plan.regions import Region  # noqa: E402
 
 # ----------------------------------------------------------------------------- the region
 #: Centre on the 102°E meridian (zones 47N | 48N), Longmen Shan, Sichuan.
 CENTRE = (102.0, 30.0)
 EDGE_KM = 316.2
 WINDOW = TimeWindow(date(2024, 7, 1), date(2024, 8, 31))
-#: Write tiles are CHUNKS_PER_TILE² chunks (flows/regional_run.py, CHUNKS_PER_TILE).
+#: Write tiles are CHUNKS_PER_TILE² chunks (pipeline/core/config.py, CHUNKS_PER_TILE).
 CHUNKS_PER_TILE = 2
 
 # ----------------------------------------------------------------------------- assumptions
@@ -146,7 +146,7 @@ def synthetic_inputs(grid: ZoneGrid) -> RunInputs:
 
 
 def _overlap(item: pystac.Item, bbox: tuple) -> float:
-    """Fraction of ``bbox`` (lon/lat) the item's bbox covers (as pipeline.plan counts it)."""
+    """Fraction of ``bbox`` (lon/lat) the item's bbox covers (as pipeline.plan.estimate counts it)."""
     w, s, e, n = bbox
     iw, is_, ie, in_ = item.bbox or bbox
     dx = max(0.0, min(e, ie) - max(w, iw))
@@ -201,7 +201,7 @@ def estimates() -> list[tuple[str, float, str, str, str]]:
             cover = sum(_overlap(it, g.lonlat_bounds) for it in items)
             scenes_px[key] += cover * gpx
             requests += cover * nch * nassets
-        # the same assets and sample sizes as flows/regional_run.py plan_zone
+        # the same assets and sample sizes as pipeline/acquire/cube.py zone_plan
         nbytes["s2"] += estimate_bytes(inp.s2, S2_ASSETS, g, [2] * len(S2_ASSETS))
         nbytes["s1"] += estimate_bytes(inp.s1_history, ["vv", "vh"], g, [4, 4])
         nbytes["dem"] += estimate_bytes(inp.dem, ["data"], g, [4])

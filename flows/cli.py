@@ -6,7 +6,6 @@ import functools
 import logging
 import sys
 from collections.abc import Callable
-from datetime import date, datetime
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -15,10 +14,11 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from pipeline import __version__
-from pipeline.collections import PLANETARY_COMPUTER_STAC
-from pipeline.config import CubeConfig, TimeWindow
-from pipeline.errors import RainfallError, SlidewatchError, TimeWindowError
-from pipeline.regions import parse_region
+from pipeline.core.collections import PLANETARY_COMPUTER_STAC
+from pipeline.core.config import DEFAULT_CHUNK, CubeConfig, TimeWindow, check_max_cloud
+from pipeline.core.errors import SlidewatchError
+from pipeline.core.layout import RunLayout
+from pipeline.plan.regions import parse_region
 
 app = typer.Typer(
     name="slidewatch",
@@ -46,20 +46,6 @@ def friendly_errors(fn: Callable[..., None]) -> Callable[..., None]:
             raise typer.Exit(130) from None
 
     return wrapper
-
-
-def _parse_day(text: str, what: str) -> date:
-    try:
-        return datetime.strptime(text, "%Y-%m-%d").date()
-    except ValueError:
-        raise TimeWindowError(f"{what} {text!r} is not a date.", "use YYYY-MM-DD, e.g. 2024-07-01.") from None
-
-
-def parse_window(start: str, end: str) -> TimeWindow:
-    s, e = _parse_day(start, "--start"), _parse_day(end, "--end")
-    if e < s:
-        raise TimeWindowError(f"--end {e} is before --start {s}.", "swap them.")
-    return TimeWindow(s, e)
 
 
 def _human_bytes(n: float) -> str:
@@ -149,13 +135,13 @@ def _risk_stage(result, rain, checkpoint, progress, device: str = "auto", overwr
 
 
 def _print_outputs(result, with_risk: bool) -> None:  # type: ignore[no-untyped-def]
-    run_dir = result.run_dir
+    layout = RunLayout(result.run_dir)
     if with_risk:
-        out_console.print(f"[bold green]risk mosaic[/]: {run_dir / 'risk.zarr'} (one group per UTM zone)")
-        out_console.print(f"exports (COGs, PNG, STAC item): {run_dir / 'exports'}")
+        out_console.print(f"[bold green]risk mosaic[/]: {layout.risk} (one group per UTM zone)")
+        out_console.print(f"exports (COGs, PNG, STAC item): {layout.exports}")
         zone = result.zones[0].grid.zone_name
-        out_console.print(f"open with: xr.open_zarr({str(run_dir / 'risk.zarr')!r}, group={zone!r}, decode_coords='all')")
-        out_console.print(f"map: slidewatch report {run_dir}")
+        out_console.print(f"open with: xr.open_zarr({str(layout.risk)!r}, group={zone!r}, decode_coords='all')")
+        out_console.print(f"map: slidewatch report {layout.run_dir}")
     else:
         z = result.zones[0]
         out_console.print(f"open with: xr.open_zarr({str(z.lsi_path or z.cube_path)!r}, decode_coords='all')")
@@ -172,7 +158,7 @@ def run(
     max_cloud: Annotated[float, typer.Option(help="Largest scene cloud cover (%) searched for Sentinel-2.")] = 60.0,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan (items, grid, chunks, bytes, tasks) and exit.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a finished store made with other inputs.")] = False,
-    chunk: Annotated[int, typer.Option(help="Chunk edge in pixels (Zarr chunks, dask chunks, tile lattice).")] = 512,
+    chunk: Annotated[int, typer.Option(help="Chunk edge in pixels (Zarr chunks, dask chunks, tile lattice).")] = DEFAULT_CHUNK,
     rain_intensity: Annotated[Optional[float], typer.Option(help="Event rainfall intensity P in mm/h (with --rain-duration).")] = None,
     rain_duration: Annotated[Optional[float], typer.Option(help="Event rainfall duration D in days (with --rain-intensity).")] = None,
     precip: Annotated[Optional[Path], typer.Option(help="Local IMERG-layout precipitation Zarr to read P and D from (last 3 days of the window).")] = None,
@@ -182,17 +168,14 @@ def run(
     dask_address: Annotated[Optional[str], typer.Option(envvar="SLIDEWATCH_DASK_ADDRESS", help="Dask scheduler address (tcp://host:8786); default: a local cluster.")] = None,
 ) -> None:
     """Run a region: cube (Zarr) → factors and LSI → U-Net risk mosaic and exports."""
-    from flows.stages import cube_stage, resolve_rain, run_record, write_run_json
+    from flows.stages import cube_stage, run_record
+    from pipeline.core.layout import write_run_json
+    from pipeline.rain.events import check_rain_options, resolve_rain
 
     reg = parse_region(region)
-    window = parse_window(start, end)
-    if not 0 < max_cloud <= 100:
-        raise TimeWindowError(f"--max-cloud {max_cloud} is outside (0, 100].", "give a percentage such as 60.")
-    config = CubeConfig(max_cloud_cover=max_cloud)
-    if (rain_intensity is None) != (rain_duration is None):  # checked before any pixel is read
-        raise RainfallError("--rain-intensity and --rain-duration go together.", "give both, or neither.")
-    if precip is not None and not precip.exists():
-        raise RainfallError(f"--precip {precip} does not exist.", "give the path of an IMERG-layout Zarr store.")
+    window = TimeWindow.parse(start, end)
+    config = CubeConfig(max_cloud_cover=check_max_cloud(max_cloud))
+    check_rain_options(rain_intensity, rain_duration, precip)  # before any pixel is read
     progress = _RunProgress()
     if dry_run:
         result = cube_stage(reg, window, stac_url, out, config, dry_run=True, on_event=progress, chunk=chunk)
@@ -230,10 +213,14 @@ def demo(
     retrain: Annotated[bool, typer.Option("--retrain", help="Retrain the demo model even if a cached one matches.")] = False,
 ) -> None:
     """Generate (once) the synthetic demo region, serve it as a local STAC API, and run it."""
-    from flows.stages import cube_stage, ensure_demo_model, resolve_rain, risk_stage, run_record, write_run_json
+    from flows.stages import cube_stage, risk_stage, run_record
+    from models.demo import ensure_demo_model
+    from pipeline.core.layout import write_run_json
     from pipeline.demo import LocalStacServer, ensure_demo_data
+    from pipeline.rain.events import resolve_rain
+    from pipeline.demo.calibration import demo_calibration
     from pipeline.demo.generate import DEMO_WINDOW, generate
-    from pipeline.regions import DEMO_REGION
+    from pipeline.plan.regions import DEMO_REGION
 
     if regenerate:
         with console.status("generating the demo region"):
@@ -253,7 +240,8 @@ def demo(
         out_console.print(f"cube: {z.cube_path}")
     rain = resolve_rain(None, None, layout.precipitation if layout.precipitation.exists() else None, DEMO_REGION.bbox, DEMO_WINDOW)
     _lsi_stage(result, rain, progress)  # reused when unchanged, recomputed when inputs change
-    _demo_calibration(result, layout)
+    for report in demo_calibration([z.lsi_path for z in result.zones], layout.truth_mask):
+        out_console.print(report)
     out_console.print(f"ground truth (synthetic landslide scars): {layout.truth_mask}")
     if no_model:
         _print_outputs(result, False)
@@ -266,19 +254,6 @@ def demo(
                                               extra={"checkpoint": str(ckpt), "model_note": "trained on synthetic demo scars"}))
     risk_stage(result, rain, ckpt, on_event=progress)  # reused when current, replaced when stale
     _print_outputs(result, True)
-
-
-def _demo_calibration(result, layout) -> None:  # type: ignore[no-untyped-def]
-    import rasterio
-
-    from flows.lsi_stage import lsi_score
-    from pipeline.calibration import calibrate, format_report
-
-    with rasterio.open(layout.truth_mask) as src:
-        truth = src.read(1)
-    for z in result.zones:
-        res = calibrate(lsi_score(z.lsi_path).compute(), truth)
-        out_console.print(format_report(res, "the slidewatch demo region (synthetic scars)"))
 
 
 def _register_optional_commands() -> None:

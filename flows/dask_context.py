@@ -136,7 +136,7 @@ def dask_client(
     Raises:
         SlidewatchError: the scheduler at ``address`` could not be reached in ``timeout`` s.
     """
-    from pipeline.errors import SlidewatchError
+    from pipeline.core.errors import SlidewatchError
 
     address = (address or os.environ.get(ADDRESS_ENV) or "").strip() or None
     if address == THREADS:

@@ -19,7 +19,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from pipeline.errors import SlidewatchError
+from pipeline.core.errors import SlidewatchError
 
 __all__ = ["ablate", "evaluate", "metrics_table", "train"]
 

@@ -6,7 +6,7 @@
   or storage hiccup) but not bad input. A finished cube is reused; the rain-dependent
   stages are recomputed when the rainfall differs from the stored LSI's.
 * :func:`rainfall_watch_flow`: checks every region of a watch list against its
-  intensity–duration threshold (:mod:`pipeline.watch`), records alerts in
+  intensity–duration threshold (:mod:`pipeline.rain.watch`), records alerts in
   ``OUT/alerts.jsonl`` and starts one regional run (a subflow) per *new* alert, with the
   event's P and D and an imagery window ending on the event's start day.
 * :func:`train_flow`: :func:`models.training.train` as a flow.
@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import replace
-from datetime import date, datetime, timezone
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -28,12 +28,15 @@ from prefect.cache_policies import NO_CACHE
 
 from flows import stages
 from flows.dask_context import dask_client
-from flows.regional_run import RunResult, run_dir_for
-from pipeline.collections import PLANETARY_COMPUTER_STAC
-from pipeline.config import CubeConfig, TimeWindow
-from pipeline.errors import CatalogError, SlidewatchError, TimeWindowError
-from pipeline.regions import Region, parse_region
-from pipeline.watch import (
+from flows.stages import RunResult
+from pipeline.core.collections import PLANETARY_COMPUTER_STAC
+from pipeline.core.config import DEFAULT_CHUNK, CubeConfig, TimeWindow, check_max_cloud
+from pipeline.core.errors import CatalogError, SlidewatchError, TimeWindowError
+from pipeline.core.layout import RunLayout, run_dir_for, write_run_json, zarr_attrs
+from pipeline.core.provenance import Rain
+from pipeline.plan.regions import Region, parse_region
+from pipeline.rain.events import resolve_rain
+from pipeline.rain.watch import (
     FAILED,
     SUCCEEDED,
     Alert,
@@ -84,22 +87,6 @@ def retry_transient(_task: Any, _task_run: Any, state: Any) -> bool:
 # --------------------------------------------------------------------------- helpers
 
 
-def _day(text: str | date, what: str) -> date:
-    if isinstance(text, date):
-        return text
-    try:
-        return date.fromisoformat(str(text))
-    except ValueError:
-        raise TimeWindowError(f"{what} {text!r} is not a date.", "use YYYY-MM-DD, e.g. 2024-07-01.") from None
-
-
-def _window(start: str | date, end: str | date) -> TimeWindow:
-    s, e = _day(start, "start"), _day(end, "end")
-    if e < s:
-        raise TimeWindowError(f"end {e} is before start {s}.", "swap them.")
-    return TimeWindow(s, e)
-
-
 def _region(spec: str, name: str | None) -> Region:
     reg = parse_region(spec)
     return replace(reg, name=name) if name else reg
@@ -115,22 +102,18 @@ def _logger_events() -> Callable[[str, dict], None]:
     return emit
 
 
-def rain_changed(result: RunResult, rain: stages.Rain) -> bool:
+def rain_changed(result: RunResult, rain: Rain) -> bool:
     """True when a zone's finished LSI store was made with other rainfall than ``rain``
     (so the rain-dependent stages must be recomputed with ``overwrite=True``)."""
-    import zarr
-
     for z in result.zones:
-        path = z.cube_path.with_name(f"lsi_{z.grid.zone_name}.zarr")
+        path = RunLayout(result.run_dir).lsi(z.grid.zone_name)
         if not path.exists():
             continue
         try:
-            attrs = dict(zarr.open_group(str(path), mode="r").attrs)
+            stored = Rain.from_attrs(zarr_attrs(path))
         except Exception:  # noqa: BLE001 - unreadable: let the stage rewrite it
             return True
-        stored = (attrs.get("rain_intensity_mm_h"), attrs.get("rain_duration_days"),
-                  attrs.get("rain_multiplier"), attrs.get("rain_source"))
-        if stored != (rain.intensity_mm_h, rain.duration_days, rain.multiplier, rain.source):
+        if stored != rain:
             return True
     return False
 
@@ -150,19 +133,19 @@ def cube_task(region: Region, window: TimeWindow, stac_url: str, out: Path, conf
 @task(name="rain", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=retry_transient,
       cache_policy=NO_CACHE, persist_result=False)
 def rain_task(intensity: float | None, duration: float | None, precip: Path | None, region: Region,
-              window: TimeWindow) -> stages.Rain:
+              window: TimeWindow) -> Rain:
     """The run's rainfall (explicit P and D, a precipitation Zarr, or none)."""
-    return stages.resolve_rain(intensity, duration, precip, region.bbox, window)
+    return resolve_rain(intensity, duration, precip, region.bbox, window)
 
 
 @task(name="lsi", cache_policy=NO_CACHE, persist_result=False)
-def lsi_task(result: RunResult, rain: stages.Rain, overwrite: bool) -> list[Path]:
+def lsi_task(result: RunResult, rain: Rain, overwrite: bool) -> list[Path]:
     """Factors and LSI of every zone (rain-dependent)."""
     return stages.lsi_stage(result, rain, overwrite=overwrite, on_event=_logger_events())
 
 
 @task(name="risk", cache_policy=NO_CACHE, persist_result=False)
-def risk_task(result: RunResult, rain: stages.Rain, checkpoint: Path | None, overwrite: bool,
+def risk_task(result: RunResult, rain: Rain, checkpoint: Path | None, overwrite: bool,
               device: str) -> Path | None:
     """U-Net inference → ``risk.zarr`` + exports (skipped without a checkpoint)."""
     return stages.risk_stage(result, rain, checkpoint, overwrite=overwrite, on_event=_logger_events(),
@@ -193,7 +176,7 @@ def regional_run_flow(
     dask_address: str | None = None,
     alert: dict | None = None,
     region_name: str | None = None,
-    chunk: int = 512,
+    chunk: int = DEFAULT_CHUNK,
     max_cloud: float = 60.0,
     overwrite: bool = False,
     device: str = "auto",
@@ -209,9 +192,8 @@ def regional_run_flow(
     ``alert`` (the triggering alert) goes into ``run.json``. Returns the run record.
     """
     reg = _region(region, region_name)
-    window = _window(start, end)
-    if not 0 < max_cloud <= 100:
-        raise TimeWindowError(f"max_cloud {max_cloud} is outside (0, 100].", "give a percentage such as 60.")
+    window = TimeWindow.parse(start, end, ("start", "end"))
+    check_max_cloud(max_cloud, "max_cloud")
     out = Path(out)
     log = get_run_logger()
     with dask_client(dask_address) as client:
@@ -229,13 +211,13 @@ def regional_run_flow(
         "run_dir": str(result.run_dir),
         "dask_address": dask_address,
     })
-    stages.write_run_json(result.run_dir, record)
+    write_run_json(result.run_dir, record)
     return record
 
 
 def _precip_source(precip: Path | None) -> Any:
     """A local IMERG-layout Zarr, or (without one) IMERG on Planetary Computer."""
-    from pipeline.rainfall import ImergSource, LocalZarrSource, open_imerg_remote
+    from pipeline.rain.sources import ImergSource, LocalZarrSource, open_imerg_remote
 
     if precip is not None:
         return LocalZarrSource(precip)
@@ -285,7 +267,7 @@ def rainfall_watch_flow(
     window_days: int = 60,
     checkpoint: Path | None = None,
     dask_address: str | None = None,
-    chunk: int = 512,
+    chunk: int = DEFAULT_CHUNK,
     max_cloud: float = 60.0,
     trigger: bool = True,
     device: str = "auto",
@@ -327,7 +309,7 @@ def rainfall_watch_flow(
             continue
         alert = Alert.from_event(event, entry.threshold)
         start, end = imagery_window(event.start, window_days)
-        run_dir = run_dir_for(out, entry.region, TimeWindow(start, end))
+        run_dir = run_dir_for(out, entry.region.slug, start, end, name=entry.region.name)
         row.update(alert_id=alert.id, run_dir=str(run_dir))
         if not trigger:
             row["status"] = "alert (not triggered: check only)"

@@ -1,8 +1,8 @@
-"""``slidewatch report RUN``: wiring from the command line to :mod:`pipeline.report`.
+"""``slidewatch report RUN``: wiring from the command line to :mod:`pipeline.products.report`.
 
 A plain function with typer annotations; the main CLI registers it with
 ``app.command("report")(report)``. No maths here: the run directory is passed to
-:func:`pipeline.report.write_report` and the path of the HTML file is printed. Slidewatch
+:func:`pipeline.products.report.write_report` and the path of the HTML file is printed. Slidewatch
 errors print one line and exit with the error's code.
 """
 
@@ -14,7 +14,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from pipeline.errors import SlidewatchError
+from pipeline.core.errors import SlidewatchError
 
 __all__ = ["report"]
 
@@ -32,7 +32,7 @@ def report(
     ] = 512,
 ) -> None:
     """Write a self-contained offline HTML report (map, statistics, provenance) of a run."""
-    from pipeline.report import write_report
+    from pipeline.products.report import write_report
 
     try:
         path = write_report(run, out, max_pixels=max_pixels, cell_px=cell_px)

@@ -18,8 +18,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from pipeline.collections import PLANETARY_COMPUTER_STAC
-from pipeline.errors import SlidewatchError
+from pipeline.core.collections import PLANETARY_COMPUTER_STAC
+from pipeline.core.errors import SlidewatchError
 
 __all__ = ["DEFAULT_CRON", "build_watch_deployment", "serve", "watch", "watch_table"]
 
@@ -80,7 +80,7 @@ def watch(
     """Check watched regions' recent rainfall against their intensity–duration thresholds and
     run the regions whose alert is new."""
     from flows.prefect_flows import rainfall_watch_flow
-    from pipeline.watch import load_watchlist
+    from pipeline.rain.watch import load_watchlist
 
     load_watchlist(watchlist)  # fail fast, before Prefect starts
     while True:
@@ -149,7 +149,7 @@ def serve(
     """Serve the rainfall watch on a cron schedule with Prefect (blocks; Ctrl-C stops it)."""
     from prefect import serve as prefect_serve
 
-    from pipeline.watch import load_watchlist
+    from pipeline.rain.watch import load_watchlist
 
     load_watchlist(watchlist)
     deployment = build_watch_deployment(watchlist, out, cron, name=name, hours=hours, precip=precip,

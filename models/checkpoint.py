@@ -21,7 +21,7 @@ Weights and metadata live in one file, so :func:`sha256` of that file identifies
 or raw pickle) are recognised by their magic bytes and refused before any parsing, then
 the JSON is validated (format, architecture, hyper-parameters, channel list,
 normalisation lengths) and every tensor's name and shape is checked against the network
-the metadata describes. Every failure raises :class:`~pipeline.errors.CheckpointError`.
+the metadata describes. Every failure raises :class:`~pipeline.core.errors.CheckpointError`.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ from safetensors.torch import load_file, save_file
 import pipeline
 from models.data import NormStats
 from models.networks import ARCHITECTURES, build_model
-from pipeline.errors import CheckpointError
+from pipeline.core.errors import CheckpointError
 
 __all__ = [
     "FORMAT",

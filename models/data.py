@@ -5,7 +5,7 @@
   ``(C, H, W)`` float32 array plus its :class:`Grid`.
 * :func:`rasterize_inventory` burns a landslide inventory onto that grid: GeoJSON or
   GeoPackage polygons in any CRS (reprojected to the grid CRS; invalid geometries raise
-  :class:`~pipeline.errors.InputDataError` naming the feature), or a mask GeoTIFF
+  :class:`~pipeline.core.errors.InputDataError` naming the feature), or a mask GeoTIFF
   (aligned with nearest-neighbour resampling when its grid differs). Labels are uint8:
   1 landslide, 0 background, :data:`IGNORE` (255) unknown (mask nodata, outside the mask
   raster, or cube pixels where every channel is NaN).
@@ -39,7 +39,7 @@ from rasterio.crs import CRS
 from rasterio.enums import Resampling
 
 from models.networks import DEFAULT_CHANNELS
-from pipeline.errors import InputDataError
+from pipeline.core.errors import InputDataError
 
 __all__ = [
     "IGNORE",

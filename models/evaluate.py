@@ -21,7 +21,7 @@ from models.metrics import SIZE_CLASSES, recall_by_size, roc_auc, segmentation_m
 from models.networks import count_parameters
 from models.predictor import Predictor
 from models.training import TrainConfig, TrainingData, fit, prepare_data
-from pipeline.errors import CheckpointError, InputDataError
+from pipeline.core.errors import CheckpointError, InputDataError
 
 __all__ = ["EvaluationReport", "ablation", "evaluate", "lsi_threshold_baseline", "predict_blocks"]
 

@@ -18,7 +18,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import ndimage, stats
+from scipy import ndimage
+
+from pipeline.core.stats import roc_auc as core_roc_auc
 
 __all__ = [
     "SIZE_CLASSES",
@@ -116,21 +118,11 @@ def recall(pred, target, valid=None) -> float:
 
 
 def roc_auc(prob, target, valid=None) -> float:
-    """Area under the ROC curve via the Mann-Whitney U statistic (ties count half).
-
-    ``nan`` when only one class is present.
-    """
+    """Area under the ROC curve of ``prob`` against ``target == 1`` (ties count half; see
+    :func:`pipeline.core.stats.roc_auc`). ``nan`` when only one class is present."""
     prob = np.asarray(prob, dtype=np.float64)
     _, t, v = _prep(np.zeros(prob.shape, bool), target, valid)
-    v &= np.isfinite(prob)
-    s, t = prob[v], t[v]
-    n_pos = int(np.count_nonzero(t))
-    n_neg = int(t.size - n_pos)
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    ranks = stats.rankdata(s)  # average ranks for ties
-    u = ranks[t].sum() - n_pos * (n_pos + 1) / 2.0
-    return float(u / (n_pos * n_neg))
+    return core_roc_auc(prob, t, v)
 
 
 def recall_by_size(

@@ -1,6 +1,6 @@
 """The Predictor: a checkpoint loaded once, numpy in, numpy out.
 
-``pipeline.inference`` takes any object with this shape (``channels``, ``halo``,
+``pipeline.predict.inference`` takes any object with this shape (``channels``, ``halo``,
 ``check_channels``, ``__call__``), so it is tested without torch.
 """
 
@@ -26,7 +26,7 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        from pipeline.errors import InputDataError
+        from pipeline.core.errors import InputDataError
 
         raise InputDataError("device 'cuda' requested but CUDA is not available.", "use --device cpu or auto.")
     return dev
@@ -40,7 +40,7 @@ class Predictor:
         halo: half the network's theoretical receptive field in pixels (overlap needed for
             seam-free chunked inference).
         size_multiple: the network's ``2**depth``; inputs that are multiples of it need no
-            internal padding (``pipeline.inference`` aligns its tiles to it).
+            internal padding (``pipeline.predict.inference`` aligns its tiles to it).
         metadata: the checkpoint's :class:`~models.checkpoint.CheckpointMetadata`.
         checkpoint_sha256: SHA-256 of the checkpoint file (``None`` when built in memory).
     """
@@ -74,7 +74,7 @@ class Predictor:
         return cls(model, meta, device, batch_size, amp, checkpoint_sha256=sha256(path))
 
     def check_channels(self, names: Sequence[str]) -> None:
-        """Raise :class:`~pipeline.errors.CheckpointError` unless ``names`` equals
+        """Raise :class:`~pipeline.core.errors.CheckpointError` unless ``names`` equals
         :attr:`channels` (listing missing, extra or misordered channels)."""
         check_channel_list(self.channels, list(names), what="cube")
 

@@ -40,7 +40,7 @@ from models.losses import make_loss
 from models.metrics import Confusion, confusion, metrics_from_confusion
 from models.networks import DEFAULT_CHANNELS, build_model, count_parameters, landslide_logit
 from models.predictor import resolve_device
-from pipeline.errors import InputDataError
+from pipeline.core.errors import InputDataError
 
 __all__ = ["FitResult", "TrainConfig", "TrainingData", "fit", "prepare_data", "train"]
 

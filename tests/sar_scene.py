@@ -1,6 +1,6 @@
 """A simulated Sentinel-1 GRD scene in radar geometry, for testing the GCP geocoder.
 
-Forward model, written independently of ``pipeline.sar_geocode``: a right-looking sensor at
+Forward model, written independently of ``pipeline.acquire.sar_geocode``: a right-looking sensor at
 693 km over a spherical Earth images terrain ``h(E, N)``; a GRD sample at ground range ``s_ref``
 on the reference surface (height ``Z_REF``) has the slant range of that reference point, and its
 value is the ground pattern where the same slant range meets the terrain (found by iterating the

@@ -15,7 +15,7 @@ from rasterio.crs import CRS
 from rasterio.transform import Affine
 from rasterio.warp import transform_bounds
 
-from pipeline.config import ZoneGrid
+from pipeline.core.config import ZoneGrid
 
 EPSG = 32648
 X0, Y1, N, RES = 320000.0, 3309440.0, 128, 10.0  # on the 640 m lattice of 64-px chunks
@@ -109,7 +109,7 @@ def inner_bbox() -> tuple[float, float, float, float]:
 
 def tiny_region(name: str = "tiny"):  # type: ignore[no-untyped-def]
     """The tiny grid as a Region (see :func:`inner_bbox`)."""
-    from pipeline.regions import Region
+    from pipeline.plan.regions import Region
 
     return Region(name=name, bbox=inner_bbox())
 

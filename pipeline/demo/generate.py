@@ -28,8 +28,8 @@ from rasterio.transform import Affine
 from rasterio.warp import transform_bounds, transform_geom
 from scipy import ndimage
 
-from pipeline.collections import COP_DEM, S2_BAND_RESOLUTION, SENTINEL1_RTC, SENTINEL2
-from pipeline.config import TimeWindow
+from pipeline.core.collections import COP_DEM, S2_BAND_RESOLUTION, SENTINEL1_RTC, SENTINEL2
+from pipeline.core.config import TimeWindow
 from pipeline.demo import synth
 
 GENERATOR_VERSION = 3
@@ -343,16 +343,11 @@ def generate(root: Path, seed: int = DEMO_SEED, progress: Callable[[str], None] 
 
 
 def _write_precipitation(path: Path, bbox: list[float], seed: int, say: Callable[[str], None]) -> None:
-    """IMERG-shaped precipitation Zarr with a storm (``pipeline.rainfall`` when available)."""
-    try:
-        from pipeline import rainfall
-    except ImportError:  # rainfall support not installed in this build
-        return
-    maker = getattr(rainfall, "make_synthetic_storm", None)
-    if maker is None:
-        return
+    """IMERG-shaped precipitation Zarr with a storm (:mod:`pipeline.demo.storm`)."""
+    from pipeline.demo.storm import make_synthetic_storm
+
     say("precipitation: IMERG-shaped Zarr with a storm")
-    ds = maker(tuple(bbox), DEMO_WINDOW.end - timedelta(days=3), DEMO_WINDOW.end, seed)
+    ds = make_synthetic_storm(tuple(bbox), DEMO_WINDOW.end - timedelta(days=3), DEMO_WINDOW.end, seed)
     path.parent.mkdir(parents=True, exist_ok=True)
     ds.to_zarr(str(path), mode="w")
 

@@ -12,7 +12,7 @@ from types import TracebackType
 
 import requests
 
-from pipeline.errors import CatalogError
+from pipeline.core.errors import CatalogError
 
 
 def _free_port() -> int:

@@ -8,7 +8,7 @@ by side in the same run, interleaved repeat by repeat, and compared as ratios).
 1. **Cube assembly throughput** on the demo region (2048 × 2048 px at 10 m, 4 Sentinel-2
    scenes), dask threaded scheduler, best of ``--repeat`` (default 1: the run must stay short):
 
-   a. ``pipeline.cube.s2_composite`` computed: SCL mask, reflectance, median over time and
+   a. ``pipeline.acquire.cube.s2_composite`` computed: SCL mask, reflectance, median over time and
       valid count for the 6 cube bands (what the cube does with Sentinel-2);
    b. raw ``stackstac.stack`` of the same items, 6 bands + SCL, same grid, float32/NaN,
       ``chunksize=512``, reduced with ``da.nansum`` (reads and reprojects every pixel of
@@ -21,7 +21,7 @@ by side in the same run, interleaved repeat by repeat, and compared as ratios).
    same normalisation for all three (b and c also read SCL, as a does). The whole
    ``build_cube`` (all variables: S2, S1 medians and references, DEM) is timed too.
 
-2. **Peak RSS of the full cube write** (``flows.regional_run.regional_run`` with an
+2. **Peak RSS of the full cube write** (``flows.stages.cube.cube_stage`` with an
    in-memory item source, Zarr output in a temp dir, default chunk 512), each size in a
    fresh subprocess that reports its own peak RSS (``VmHWM``; its RSS is also sampled from
    here every 50 ms as a cross-check; ``ru_maxrss`` would inherit this process's peak
@@ -56,13 +56,13 @@ from rasterio.errors import NotGeoreferencedWarning
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from pipeline.catalog import RunInputs, load_items  # noqa: E402
-from pipeline.collections import COP_DEM, SENTINEL1_RTC, SENTINEL2  # noqa: E402
-from pipeline.config import CubeConfig  # noqa: E402
+from pipeline.acquire.catalog import RunInputs, load_items  # noqa: E402
+from pipeline.core.collections import COP_DEM, SENTINEL1_RTC, SENTINEL2  # noqa: E402
+from pipeline.core.config import CubeConfig  # noqa: E402
 from pipeline.demo import ensure_demo_data  # noqa: E402
 from pipeline.demo.generate import DEMO_WINDOW, GRID_SIZE, GRID_X0, GRID_Y1, RES  # noqa: E402
-from pipeline.grid import plan_grids  # noqa: E402
-from pipeline.regions import DEMO_REGION, Region  # noqa: E402
+from pipeline.plan.grid import plan_grids  # noqa: E402
+from pipeline.plan.regions import DEMO_REGION, Region  # noqa: E402
 
 DEMO_ROOT = ROOT / "data" / "demo"
 COLLECTIONS = (SENTINEL2, SENTINEL1_RTC, COP_DEM)
@@ -135,8 +135,8 @@ def throughput(repeat: int, cores: int) -> dict[str, float]:
     from odc.geo.geobox import GeoBox
     from rasterio.enums import Resampling
 
-    from pipeline.cube import build_cube, s2_composite, stackstac_dict
-    from pipeline.gdal_settings import GDAL_ENV
+    from pipeline.acquire.cube import build_cube, s2_composite, stackstac_dict
+    from pipeline.acquire.gdal import gdal_env
 
     inputs = demo_inputs()
     grid = plan_grids(DEMO_REGION)[0]
@@ -154,7 +154,7 @@ def throughput(repeat: int, cores: int) -> dict[str, float]:
             [stackstac_dict(it) for it in inputs.s2], assets=assets, epsg=grid.epsg,
             resolution=grid.resolution, bounds=grid.bounds, snap_bounds=False,
             resampling=Resampling.nearest, chunksize=grid.chunk, dtype=np.dtype("float32"),
-            fill_value=np.float32(np.nan), rescale=False, xy_coords="center", gdal_env=GDAL_ENV,
+            fill_value=np.float32(np.nan), rescale=False, xy_coords="center", gdal_env=gdal_env(),
         )
         assert arr.shape[-2:] == grid.shape, arr.shape
         return float(da.nansum(arr.data).compute())
@@ -304,7 +304,7 @@ def _shifted_item(item, ix: int, iy: int, vrt_root: Path):  # type: ignore[no-un
 
 def make_mosaic(tmp: Path) -> tuple[Region, Path]:
     """2×2 mosaic of the demo items (VRTs + items under ``tmp``) and a region 4× the demo's."""
-    from pipeline.catalog import save_items
+    from pipeline.acquire.catalog import save_items
     from pyproj import Transformer
 
     items = load_item_dir(DEMO_ROOT / "items")
@@ -336,13 +336,13 @@ def child(kind: str, items_dir: Path, out: Path, bbox: list[float] | None) -> No
     """Run the full cube write once and print one JSON line (run in a fresh process)."""
     import psutil
 
-    from flows.regional_run import regional_run
+    from flows.stages.cube import cube_stage
 
     region = DEMO_REGION if kind == "demo" else Region("demo4x", tuple(bbox))  # type: ignore[arg-type]
     src = MemorySource(load_item_dir(items_dir))
     rss0 = psutil.Process().memory_info().rss
     t0 = time.perf_counter()
-    res = regional_run(region, DEMO_WINDOW, src.url, out, source=src)
+    res = cube_stage(region, DEMO_WINDOW, src.url, out, source=src)
     wall = time.perf_counter() - t0
     z = res.zones[0]
     print(json.dumps({"wall_s": wall, "rss_after_imports": rss0, "px": z.grid.width * z.grid.height,
@@ -387,7 +387,7 @@ def run_child(kind: str, items_dir: Path, out: Path, region: Region) -> dict:
 
 
 def peak_rss() -> dict[str, dict]:
-    from flows.regional_run import _intersecting
+    from pipeline.acquire.catalog import items_over
 
     results: dict[str, dict] = {}
     with tempfile.TemporaryDirectory(prefix="bench_cube_") as td:
@@ -396,14 +396,14 @@ def peak_rss() -> dict[str, dict]:
         grid4 = plan_grids(region4)[0]
         grid1 = plan_grids(DEMO_REGION)[0]
         assert (grid4.width, grid4.height, grid4.x0, grid4.y1) == (2 * GRID_SIZE, 2 * GRID_SIZE, GRID_X0, GRID_Y1), grid4
-        print(f"\n2. Peak RSS of the full cube write (regional_run, chunk {grid1.chunk}, write tiles of 2x2 chunks), "
+        print(f"\n2. Peak RSS of the full cube write (cube_stage, chunk {grid1.chunk}, write tiles of 2x2 chunks), "
               "one fresh subprocess per size")
         print(f"  4x region bbox {tuple(round(v, 4) for v in region4.bbox)} -> grid {grid4.width}x{grid4.height} "
               f"x0={grid4.x0:.0f} y1={grid4.y1:.0f} (VRT 2x2 mosaic of the demo scenes)")
         for kind, region, items_dir, grid in (("demo", DEMO_REGION, DEMO_ROOT / "items", grid1),
                                               ("4x", region4, items4, grid4)):
             s2 = load_items(items_dir / f"{SENTINEL2}.json")
-            per_tile = [len(_intersecting(s2, grid.subgrid(t))) for t in grid.tiles(2)]
+            per_tile = [len(items_over(s2, grid.epsg, grid.subgrid(t).bounds)) for t in grid.tiles(2)]
             info = run_child(kind, items_dir, tmp / f"out_{kind}", region)
             info["s2_per_tile"] = (min(per_tile), sum(per_tile) / len(per_tile), max(per_tile))
             info["tiles"] = len(per_tile)

@@ -1,4 +1,4 @@
-"""Geocoding Sentinel-1 GRD in radar geometry (pipeline.sar_geocode) against GDAL's GCP warper.
+"""Geocoding Sentinel-1 GRD in radar geometry (pipeline.acquire.sar_geocode) against GDAL's GCP warper.
 
     python tests/benchmarks/bench_grd.py [--size 1024] [--chunk 512]
 
@@ -33,8 +33,8 @@ from rasterio.warp import reproject
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from pipeline.config import ZoneGrid  # noqa: E402
-from pipeline.sar_geocode import grd_stack  # noqa: E402
+from pipeline.core.config import ZoneGrid  # noqa: E402
+from pipeline.acquire.sar_geocode import grd_stack  # noqa: E402
 from tests import sar_scene as sim  # noqa: E402
 
 

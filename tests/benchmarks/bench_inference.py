@@ -1,4 +1,4 @@
-"""Chunked U-Net inference (pipeline.inference) vs a bare forward pass of the same model.
+"""Chunked U-Net inference (pipeline.predict.inference) vs a bare forward pass of the same model.
 
     python tests/benchmarks/bench_inference.py [--quick] [--sizes 512 1024] [--width 16]
         [--depth 3] [--tile 256] [--chunk 512] [--batch 8] [--threads 2]
@@ -113,7 +113,7 @@ def child(args) -> None:
     import torch
     import xarray as xr
 
-    from pipeline.inference import PredictionStats, predict_dataset
+    from pipeline.predict.inference import PredictionStats, predict_dataset
 
     torch.set_num_threads(args.threads)
     pred = build_predictor(args.width, args.depth, args.batch)
@@ -189,7 +189,7 @@ def main() -> None:
 
     import torch
 
-    from pipeline.inference import make_plan
+    from pipeline.predict.inference import make_plan
 
     torch.set_num_threads(args.threads)
     pred = build_predictor(args.width, args.depth, args.batch)

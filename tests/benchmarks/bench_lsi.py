@@ -25,7 +25,7 @@ import xarray as xr
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from pipeline.lsi import FACTORS, LsiParams, compute_factors, landslide_susceptibility, normalisation_ranges  # noqa: E402
+from pipeline.factors.lsi import FACTORS, LsiParams, compute_factors, landslide_susceptibility, normalisation_ranges  # noqa: E402
 
 
 def make_cube(n: int, seed: int = 0) -> xr.Dataset:

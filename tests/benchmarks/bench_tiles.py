@@ -5,7 +5,7 @@
 A script: prints, asserts nothing. The reliability tests' tiny region is generated at
 ``--size``² px and served by their local HTTP server (tests/reliability/faultserver.py) with
 ``--latency`` seconds before every answer, like object storage's round trip; the same cube
-run (``flows.regional_run.regional_run``, 64 px chunks, write tiles of 2×2 chunks, the threaded
+run (``flows.stages.cube.cube_stage``, 64 px chunks, write tiles of 2×2 chunks, the threaded
 scheduler or ``--local-cluster THREADS``) is timed at each concurrency, interleaved over ``--repeat`` rounds (best of),
 side by side in one run, and every store is checked equal to the first.
 """
@@ -39,8 +39,8 @@ def main() -> None:
     import tests.tinyregion as tiny
     from faultserver import FaultPlan
     from flows.dask_context import CONCURRENCY_ENV
-    from pipeline.config import ZoneGrid
-    from pipeline.gdal_settings import clear_http_cache
+    from pipeline.core.config import ZoneGrid
+    from pipeline.acquire.gdal import clear_http_cache
     from rasterio.crs import CRS
     from rasterio.warp import transform_bounds
     from runkit import HttpRun, store_arrays

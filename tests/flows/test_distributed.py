@@ -17,8 +17,8 @@ import pytest
 import xarray as xr
 
 from flows.dask_context import ADDRESS_ENV, active_client, compute_context, dask_client
-from pipeline.errors import SlidewatchError
-from pipeline.regions import Region
+from pipeline.core.errors import SlidewatchError
+from pipeline.plan.regions import Region
 from tests.tinyregion import GRID, FakeSource, make_tiny_region
 
 REPO = Path(__file__).resolve().parents[2]
@@ -41,8 +41,9 @@ def _inner_bbox() -> tuple[float, float, float, float]:
 def _run_stages(out: Path, fake: FakeSource):  # type: ignore[no-untyped-def]
     from datetime import date
 
-    from flows.stages import Rain, cube_stage, lsi_stage
-    from pipeline.config import CubeConfig, TimeWindow
+    from flows.stages import cube_stage, lsi_stage
+    from pipeline.core.provenance import Rain
+    from pipeline.core.config import CubeConfig, TimeWindow
 
     window = TimeWindow(date.fromisoformat(WINDOW[0]), date.fromisoformat(WINDOW[1]))
     result = cube_stage(Region("tiny", _inner_bbox()), window, fake.url, out, CubeConfig(), chunk=64, source=fake)

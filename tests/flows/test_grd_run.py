@@ -11,9 +11,10 @@ import numpy as np
 import xarray as xr
 
 from flows import stages
-from pipeline.config import CubeConfig, TimeWindow
-from pipeline.quality import QualityFlag
-from pipeline.regions import Region
+from pipeline.rain.events import resolve_rain
+from pipeline.core.config import CubeConfig, TimeWindow
+from pipeline.core.quality import QualityFlag
+from pipeline.plan.regions import Region
 from tests import sar_scene as sim
 from tests.tinyregion import FakeSource, make_tiny_region, tiny_region
 
@@ -51,7 +52,7 @@ def test_grd_only_run_uses_change_detection(tmp_path, shared_fixtures) -> None: 
     expected = 20 * np.log10(sim.pattern(x, y)) + 10 * np.log10(0.75 * 1.1)
     assert np.median(np.abs(vv - expected)) < 0.05
 
-    stages.lsi_stage(result, stages.resolve_rain(None, None, None, _region().bbox, WINDOW))
+    stages.lsi_stage(result, resolve_rain(None, None, None, _region().bbox, WINDOW))
     lsi = xr.open_zarr(zone.lsi_path)
     proxy = (lsi["quality"].values & int(QualityFlag.SMI_FROM_NDMI_PROXY)) != 0
     assert not proxy.any()  # every pixel has Sentinel-1 history: no NDMI proxy

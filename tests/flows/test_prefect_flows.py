@@ -15,10 +15,12 @@ import xarray as xr
 from pyproj import Transformer
 from typer.testing import CliRunner
 
-from pipeline.errors import CatalogError, EmptySearchError, NoValidDataError, RegionError, SlidewatchError, StoreError
-from pipeline.rainfall import LocalZarrSource, make_synthetic_storm, rainfall_multiplier, write_precipitation_zarr
-from pipeline.regions import Region
-from pipeline.watch import AlertLedger, check_region, imagery_window
+from pipeline.core.errors import CatalogError, EmptySearchError, NoValidDataError, RegionError, SlidewatchError, StoreError
+from pipeline.demo.storm import make_synthetic_storm, write_precipitation_zarr
+from pipeline.rain.events import rainfall_multiplier
+from pipeline.rain.sources import LocalZarrSource
+from pipeline.plan.regions import Region
+from pipeline.rain.watch import AlertLedger, check_region, imagery_window
 from tests.tinyregion import GRID, FakeSource, make_tiny_region
 
 pytestmark = pytest.mark.slow
@@ -256,7 +258,7 @@ def test_cube_task_retries_transient_errors_only(prefect_harness, monkeypatch): 
     from prefect import flow
 
     from flows import prefect_flows, stages
-    from pipeline.config import CubeConfig, TimeWindow
+    from pipeline.core.config import CubeConfig, TimeWindow
 
     attempts: list[str] = []
 

@@ -12,17 +12,20 @@ import torch
 import xarray as xr
 
 from flows import stages
-from flows.risk_stage import open_zone
+from pipeline.rain.events import resolve_rain
+import models.demo
+from models.demo import ensure_demo_model
+from flows.stages.risk import open_zone
 from models.checkpoint import save_checkpoint
 from models.data import NormStats
 from models.networks import DEFAULT_CHANNELS, EnhancedUNet
 from models.predictor import Predictor
-from pipeline.config import CubeConfig, TimeWindow
-from pipeline.errors import CheckpointError
-from pipeline.inference import predict_window
-from pipeline.mosaic import classify
-from pipeline.quality import QualityFlag
-from pipeline.regions import Region
+from pipeline.core.config import CubeConfig, TimeWindow
+from pipeline.core.errors import CheckpointError
+from pipeline.predict.inference import predict_window
+from pipeline.predict.mosaic import classify
+from pipeline.core.quality import QualityFlag
+from pipeline.plan.regions import Region
 from tests.tinyregion import FakeSource, make_tiny_region, tiny_region
 
 WINDOW = TimeWindow(date(2024, 7, 1), date(2024, 8, 31))
@@ -39,7 +42,7 @@ def lsi_run(tmp_path_factory):  # type: ignore[no-untyped-def]
     out = root / "out"
     result = stages.cube_stage(_region(), WINDOW, FakeSource.url, out, CubeConfig(), chunk=32,
                                source=FakeSource(items))
-    rain = stages.resolve_rain(20.0, 2.0, None, _region().bbox, WINDOW)
+    rain = resolve_rain(20.0, 2.0, None, _region().bbox, WINDOW)
     stages.lsi_stage(result, rain)
     torch.manual_seed(0)
     model = EnhancedUNet(DEFAULT_CHANNELS, base_width=4, depth=2)
@@ -146,14 +149,14 @@ def test_demo_model_is_trained_once_and_cached(lsi_run, tmp_path, monkeypatch) -
         dst.write(mask, 1)
     tiny = {"arch": "unet", "base_width": 4, "depth": 2, "chip_size": 32, "block_size": 32, "epochs": 1,
             "chips_per_epoch": 16, "batch_size": 8, "seed": 0}
-    monkeypatch.setattr(stages, "DEMO_TRAIN", tiny)
+    monkeypatch.setattr(models.demo, "DEMO_TRAIN", tiny)
     events: list[str] = []
-    first = stages.ensure_demo_model(lsi_path, truth, tmp_path / "model", on_event=lambda k, i: events.append(k))
+    first = ensure_demo_model(lsi_path, truth, tmp_path / "model", on_event=lambda k, i: events.append(k))
     assert first.is_file() and "training" in events and not (tmp_path / "model.partial").exists()
     events.clear()
-    again = stages.ensure_demo_model(lsi_path, truth, tmp_path / "model", on_event=lambda k, i: events.append(k))
+    again = ensure_demo_model(lsi_path, truth, tmp_path / "model", on_event=lambda k, i: events.append(k))
     assert again == first and events == ["model-reused"]
-    monkeypatch.setattr(stages, "DEMO_TRAIN", {**tiny, "seed": 1})  # other settings → retrained
+    monkeypatch.setattr(models.demo, "DEMO_TRAIN", {**tiny, "seed": 1})  # other settings → retrained
     events.clear()
-    stages.ensure_demo_model(lsi_path, truth, tmp_path / "model", on_event=lambda k, i: events.append(k))
+    ensure_demo_model(lsi_path, truth, tmp_path / "model", on_event=lambda k, i: events.append(k))
     assert "training" in events

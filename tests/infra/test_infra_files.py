@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.regions import parse_region
+from pipeline.plan.regions import parse_region
 
 REPO = Path(__file__).resolve().parents[2]
 INFRA = REPO / "infra"
@@ -525,8 +525,7 @@ def test_scaling_estimates_agree_with_hand_arithmetic(estimates_output: str) -> 
 
 
 def test_scaling_script_uses_the_runs_tile_size() -> None:
-    m = re.search(r"^CHUNKS_PER_TILE\s*=\s*(\d+)", (REPO / "flows" / "regional_run.py").read_text(), re.M)
-    if m is None:
-        pytest.skip("flows/regional_run.py no longer defines CHUNKS_PER_TILE")
+    m = re.search(r"^CHUNKS_PER_TILE\s*=\s*(\d+)", (REPO / "pipeline" / "core" / "config.py").read_text(), re.M)
+    assert m is not None, "pipeline/core/config.py defines CHUNKS_PER_TILE"
     script = (REPO / "docs" / "scaling_estimates.py").read_text()
     assert re.search(rf"^CHUNKS_PER_TILE = {m.group(1)}$", script, re.M)

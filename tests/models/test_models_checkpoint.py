@@ -16,7 +16,7 @@ from models.checkpoint import load_checkpoint, read_metadata, save_checkpoint, s
 from models.data import NormStats, normalise
 from models.networks import DEFAULT_CHANNELS, EnhancedUNet, UNet, landslide_logit
 from models.predictor import Predictor
-from pipeline.errors import CheckpointError
+from pipeline.core.errors import CheckpointError
 from models_testdata import torch_threads  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.usefixtures("torch_threads")

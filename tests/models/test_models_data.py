@@ -29,7 +29,7 @@ from models.data import (
 )
 from models_testdata import CRS as UTM
 from models_testdata import grid_transform, write_factor_cube, write_geojson
-from pipeline.errors import InputDataError
+from pipeline.core.errors import InputDataError
 from models_testdata import torch_threads  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.usefixtures("torch_threads")

@@ -18,7 +18,7 @@ from models.networks import DEFAULT_CHANNELS
 from models.predictor import Predictor
 from models.training import TrainConfig, train
 from models_testdata import write_factor_cube, write_geojson
-from pipeline.errors import InputDataError
+from pipeline.core.errors import InputDataError
 from models_testdata import torch_threads  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.usefixtures("torch_threads")

@@ -20,7 +20,7 @@ import pytest
 
 from pipeline.demo.generate import DemoLayout
 from pipeline.demo.server import LocalStacServer
-from pipeline.regions import Region
+from pipeline.plan.regions import Region
 
 #: The small grid: the demo grid's origin, 256 px of 10 m, in chunks of 128 px (one write
 #: tile; measured on the shared 2-core machine, chunks of 64 made the cube stage ~3x slower).
@@ -85,8 +85,10 @@ def build_small_run(root: Path) -> SmallRun:
     import torch
 
     from flows import stages
+    from pipeline.rain.events import resolve_rain
+    from pipeline.core.layout import write_run_json
     from models.training import TrainConfig, train
-    from pipeline.config import CubeConfig
+    from pipeline.core.config import CubeConfig
     from pipeline.demo.generate import DEMO_WINDOW
 
     layout = generate_small_demo(root / "demo")
@@ -97,14 +99,14 @@ def build_small_run(root: Path) -> SmallRun:
     try:
         result = stages.cube_stage(region, DEMO_WINDOW, url, out, CubeConfig(), chunk=CHUNK)
         precip = layout.precipitation if layout.precipitation.exists() else None
-        rain = stages.resolve_rain(None, None, precip, region.bbox, DEMO_WINDOW)
+        rain = resolve_rain(None, None, precip, region.bbox, DEMO_WINDOW)
         (lsi_path,) = stages.lsi_stage(result, rain)
         threads = torch.get_num_threads()
         try:
             ckpt = train(lsi_path, layout.truth_mask, root / "model", TrainConfig(**TINY_TRAIN), progress=False)
         finally:
             torch.set_num_threads(threads)  # TrainConfig.num_threads is process-wide
-        stages.write_run_json(result.run_dir, stages.run_record(
+        write_run_json(result.run_dir, stages.run_record(
             region, DEMO_WINDOW, url, result, rain,
             extra={"checkpoint": str(ckpt), "model_note": "tiny model trained on synthetic demo scars (tests)"}))
         stages.risk_stage(result, rain, ckpt, tile=CHUNK, device="cpu")

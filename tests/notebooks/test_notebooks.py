@@ -93,7 +93,9 @@ def test_notebooks_are_stored_without_outputs() -> None:
 def test_explore_a_run(small_run: SmallRun, kernel_path: Path) -> None:
     import xarray as xr
 
-    from flows.lsi_stage import lsi_score
+    import xarray as xr
+
+    from pipeline.factors.lsi import lsi_score
 
     nb = _execute("01_explore_a_run.ipynb", {"SLIDEWATCH_RUN": str(small_run.run_dir)})
     out = _stdout(nb)
@@ -111,7 +113,7 @@ def test_explore_a_run(small_run: SmallRun, kernel_path: Path) -> None:
     for name, value in printed.items():
         assert value == pytest.approx(float(lsi[f"contrib_{name}"].values[row, col]), abs=1e-6), name
     r_m = float(lsi.attrs["rain_multiplier"])
-    assert sum(printed.values()) * r_m == pytest.approx(float(lsi_score(small_run.lsi_path).values[row, col]), abs=1e-4)
+    assert sum(printed.values()) * r_m == pytest.approx(float(lsi_score(xr.open_zarr(small_run.lsi_path)).values[row, col]), abs=1e-4)
     assert score == pytest.approx(sum(printed.values()) * r_m, abs=1e-5)
     # Hand-computed LSI from the documented formula: sigmoid(k (R_m S - c)), k = 10, c = 0.30.
     assert 1 / (1 + math.exp(-10.0 * (score - 0.30))) == pytest.approx(float(lsi["lsi"].values[row, col]), abs=1e-4)

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from pipeline.calibration import PAPER_AUC, calibrate, fit_logistic, format_report, roc_auc
-from pipeline.errors import InputDataError, NoValidDataError
-from pipeline.lsi import FACTORS, LsiParams
+from pipeline.factors.calibration import PAPER_AUC, calibrate, fit_logistic, format_report, roc_auc
+from pipeline.core.errors import InputDataError, NoValidDataError
+from pipeline.factors.lsi import FACTORS, LsiParams
 
 sklearn_metrics = pytest.importorskip("sklearn.metrics", reason="scikit-learn (test-only) is not installed")
 

@@ -17,11 +17,11 @@ import pystac
 import numpy as np
 import pytest
 
-from pipeline import catalog
-from pipeline.catalog import StacApiSource, load_items, save_items, search_inputs, sign_for_read, unsign_item
-from pipeline.collections import PLANETARY_COMPUTER_STAC
-from pipeline.config import CubeConfig, TimeWindow
-from pipeline.errors import CatalogError, EmptySearchError
+from pipeline.acquire import catalog
+from pipeline.acquire.catalog import StacApiSource, load_items, save_items, search_inputs, sign_for_read, unsign_item
+from pipeline.core.collections import PLANETARY_COMPUTER_STAC
+from pipeline.core.config import CubeConfig, TimeWindow
+from pipeline.core.errors import CatalogError, EmptySearchError
 
 PC = "https://planetarycomputer.microsoft.com/api/stac/v1"
 
@@ -90,7 +90,7 @@ def test_search_follows_pages_and_parses_pc_items(recorded_pc):  # type: ignore[
         assert "proj:transform" in asset.extra_fields and "proj:shape" in asset.extra_fields
     assert first.assets["B11"].extra_fields["proj:transform"][0] == 20.0
     assert first.assets["B04"].extra_fields["proj:transform"][0] == 10.0
-    from pipeline.cube import stackstac_dict
+    from pipeline.acquire.cube import stackstac_dict
 
     zones = Counter(stackstac_dict(it)["properties"]["proj:epsg"] for it in items[:250])
     assert len(zones) >= 15  # the recorded page spans many UTM zones
@@ -163,7 +163,7 @@ def test_recorded_s1_rtc_and_dem_items_have_the_assets_we_read(shared_fixtures):
     base = shared_fixtures / "planetary-computer" / "stac-geoparquet-items" / "items4"
     s1 = [pystac.Item.from_dict(d) for d in json.loads((base / "sentinel-1-rtc-pc.json").read_text())]
     dem = [pystac.Item.from_dict(d) for d in json.loads((base / "cop-dem-glo-30-pc.json").read_text())]
-    from pipeline.cube import stackstac_dict
+    from pipeline.acquire.cube import stackstac_dict
 
     assert all({"vv", "vh"} <= set(it.assets) for it in s1)
     assert all(stackstac_dict(it)["properties"]["proj:epsg"] == 32633 for it in s1)

@@ -10,9 +10,10 @@ import rasterio
 from rasterio.enums import Resampling
 from rasterio.warp import reproject
 
-from pipeline.catalog import RunInputs
-from pipeline.cube import build_cube, nanquantile_axis0
-from pipeline.errors import MissingAssetError
+from pipeline.acquire.catalog import RunInputs
+from pipeline.acquire.cube import build_cube
+from pipeline.core.stats import nanquantile_axis0
+from pipeline.core.errors import MissingAssetError
 from tests.tinyregion import BANDS, GRID, make_tiny_region
 
 SCL_VALID = (2, 4, 5, 6, 7, 11)
@@ -102,7 +103,7 @@ def test_nanquantile_matches_numpy():
 
 
 def test_align_tracks_kernel_by_hand() -> None:
-    from pipeline.cube import align_tracks_kernel
+    from pipeline.factors.sar import align_tracks_kernel
 
     # one pixel, two tracks 6 dB apart (geometry), the same changes within each
     block = np.array([-10.0, -12.0, -11.0, -4.0, -6.0, -5.0], dtype="float32").reshape(6, 1, 1)

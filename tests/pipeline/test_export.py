@@ -22,10 +22,10 @@ from affine import Affine
 from pyproj import Transformer
 from rio_cogeo.cogeo import cog_validate
 
-import pipeline.export as export
-from pipeline.config import TimeWindow
-from pipeline.errors import InputDataError, StoreError, TimeWindowError
-from pipeline.export import InputRef, export_run, input_refs, run_item, write_cogs, write_item
+import pipeline.products.cog as export
+from pipeline.core.config import TimeWindow
+from pipeline.core.errors import InputDataError, StoreError, TimeWindowError
+from pipeline.products.cog import InputRef, export_run, input_refs, run_item, write_cogs, write_item
 
 H, W, RES = 257, 300, 10.0
 X0, Y1 = 320000.0, 3309440.0
@@ -250,7 +250,7 @@ def test_stac_item_single_zone(tmp_path):
     from shapely.geometry import Point, shape
     from stac_pydantic import Item as PydanticItem
 
-    from pipeline.quicklook import write_quicklook
+    from pipeline.products.quicklook import write_quicklook
 
     run = tmp_path / "test-valley" / "20240701_20240831"
     ds = make_zone()

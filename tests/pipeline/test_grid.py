@@ -9,9 +9,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pyproj import Transformer
 
-from pipeline.errors import RegionError
-from pipeline.grid import plan_grids, utm_zone, zone_parts
-from pipeline.regions import DEMO_REGION, REGISTRY, Region, parse_region
+from pipeline.core.errors import RegionError
+from pipeline.plan.grid import plan_grids, utm_zone, zone_parts
+from pipeline.plan.regions import DEMO_REGION, REGISTRY, Region, parse_region
 
 
 @st.composite

@@ -9,8 +9,8 @@ import pytest
 import xarray as xr
 from conftest_factors import fixture_path, synthetic_cube
 
-from pipeline.errors import MissingAssetError
-from pipeline.indices import INDEX_BANDS, normalized_difference_kernel, spectral_indices
+from pipeline.core.errors import MissingAssetError
+from pipeline.factors.indices import INDEX_BANDS, normalized_difference_kernel, spectral_indices
 
 # SOURCE.md: green=B03, red=B04, nir (labelled band 07; used as B08), swir1=B11;
 # values are reflectance x 10000 as float64.

@@ -1,4 +1,4 @@
-"""Chunked, blended inference (pipeline.inference) with numpy-only fake predictors.
+"""Chunked, blended inference (pipeline.predict.inference) with numpy-only fake predictors.
 
 The independent reference is one call of the fake on the whole array (the way the real
 U-Net pads a whole array: reflect to a multiple of ``size_multiple``, replicate when too
@@ -15,8 +15,8 @@ import pytest
 import xarray as xr
 from scipy import ndimage
 
-from pipeline.errors import CheckpointError, InputDataError
-from pipeline.inference import (
+from pipeline.core.errors import CheckpointError, InputDataError
+from pipeline.predict.inference import (
     PredictionStats,
     PredictorLike,
     axis_weights,

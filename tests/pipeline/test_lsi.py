@@ -10,19 +10,12 @@ import pytest
 import xarray as xr
 from conftest_factors import grid_coords, synthetic_cube
 
-from pipeline.errors import InputDataError, MissingAssetError, NoValidDataError
-from pipeline.lsi import (
-    FACTORS,
-    HISTOGRAM_SPECS,
-    LsiParams,
-    compute_factors,
-    landslide_susceptibility,
-    normalisation_ranges,
-    normalise,
-    risk_classes,
-)
-from pipeline.quality import QualityFlag
-from pipeline.quicklook import write_quicklook
+from pipeline.core.errors import InputDataError, MissingAssetError, NoValidDataError
+from pipeline.factors.layers import FACTORS, compute_factors
+from pipeline.factors.lsi import LsiParams, landslide_susceptibility, normalise, risk_classes
+from pipeline.factors.ranges import HISTOGRAM_SPECS, normalisation_ranges
+from pipeline.core.quality import QualityFlag
+from pipeline.products.quicklook import write_quicklook
 
 
 def _factors(chunks):

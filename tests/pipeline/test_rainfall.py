@@ -7,21 +7,10 @@ import pytest
 import xarray as xr
 from conftest_factors import fixture_path
 
-from pipeline.errors import RainfallError
-from pipeline.rainfall import (
-    D0_DAYS,
-    P0_MM_H,
-    ImergLayout,
-    ImergSource,
-    LocalZarrSource,
-    PrecipitationSource,
-    explicit_event,
-    imerg_layout,
-    make_synthetic_storm,
-    rain_event,
-    rainfall_multiplier,
-    write_precipitation_zarr,
-)
+from pipeline.core.errors import RainfallError
+from pipeline.demo.storm import make_synthetic_storm, write_precipitation_zarr
+from pipeline.rain.events import D0_DAYS, P0_MM_H, explicit_event, rain_event, rainfall_multiplier
+from pipeline.rain.sources import ImergLayout, ImergSource, LocalZarrSource, PrecipitationSource, imerg_layout
 
 BBOX = (12.0, 41.5, 13.0, 42.5)
 START, END = "2021-05-01", "2021-05-04"

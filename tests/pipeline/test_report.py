@@ -1,4 +1,4 @@
-"""pipeline.report: the offline HTML report of a run, checked against hand counts.
+"""pipeline.products.report: the offline HTML report of a run, checked against hand counts.
 
 Each test builds a small synthetic run directory (a ``risk.zarr`` with one group per UTM
 zone, georeferenced with rioxarray, plus ``run.json``) and reads the HTML back.
@@ -19,8 +19,8 @@ import xarray as xr
 from affine import Affine
 from PIL import Image
 
-from pipeline.errors import InputDataError, SlidewatchError, StoreError
-from pipeline.report import block_max_class, write_report
+from pipeline.core.errors import InputDataError, SlidewatchError, StoreError
+from pipeline.products.report import block_max_class, write_report
 
 H, W, RES = 260, 300, 10.0
 X0, Y1 = 320000.0, 3309440.0
@@ -70,7 +70,7 @@ def _dataset(cls: np.ndarray, x0: float = X0, epsg: int = 32648, lsi_only: bool 
     ds = xr.Dataset(data, coords=coords)
     ds = ds.rio.write_crs(f"EPSG:{epsg}").rio.write_transform(Affine(RES, 0, x0, 0, -RES, Y1))
     ds = ds.rio.write_coordinate_system()
-    for v in ds.data_vars:  # as pipeline.store.georeference does
+    for v in ds.data_vars:  # as pipeline.store.tiles.georeference does
         ds[v].attrs["grid_mapping"] = "spatial_ref"
         ds[v].encoding.pop("grid_mapping", None)
     ds["risk_class"].attrs.update(flag_values=[0, 1, 2], flag_meanings="low medium high")

@@ -16,12 +16,12 @@ import numpy as np
 import pytest
 import rasterio
 
-from pipeline.catalog import has_map_projection, search_inputs
-from pipeline.config import CubeConfig, TimeWindow
-from pipeline.cube import build_cube
-from pipeline.errors import InputDataError
-from pipeline.gdal_settings import read_failure
-from pipeline.sar_geocode import GrdScene, geocode_chunk, grd_scene, incidence_across_swath
+from pipeline.acquire.catalog import has_map_projection, search_inputs
+from pipeline.core.config import CubeConfig, TimeWindow
+from pipeline.acquire.cube import build_cube
+from pipeline.core.errors import InputDataError
+from pipeline.acquire.gdal import read_failure
+from pipeline.acquire.sar_geocode import GrdScene, geocode_chunk, grd_scene, incidence_across_swath
 from tests import sar_scene as sim
 from tests.tinyregion import BANDS, GRID, FakeSource, make_tiny_region
 
@@ -177,7 +177,7 @@ def test_grid_in_another_crs_uses_the_same_geometry(tmp_path) -> None:  # type: 
 def test_projected_and_radar_grd_scenes_are_named_by_item(tmp_path, shared_fixtures) -> None:  # type: ignore[no-untyped-def]
     """A GRD item with proj:* goes through stackstac, one in radar geometry through the GCPs;
     the ``id`` coordinate says which scene is which, whatever the items' order."""
-    from pipeline.cube import s1_power
+    from pipeline.acquire.cube import s1_power
 
     radar = _grd_items(shared_fixtures, tmp_path / "grd", gains=(1.0,))[0]
     projected = make_tiny_region(tmp_path / "tiny")["sentinel-1-rtc"][0].clone()
@@ -217,7 +217,7 @@ def test_scene_across_the_antimeridian(tmp_path, monkeypatch) -> None:  # type: 
 
 
 def test_upsample_keeps_nan_local() -> None:
-    from pipeline.sar_geocode import _lattice, _upsample
+    from pipeline.acquire.sar_geocode import _lattice, _upsample
 
     ly, lx = _lattice(64), _lattice(64)
     coarse = np.add.outer(ly, 2 * lx)
@@ -228,7 +228,7 @@ def test_upsample_keeps_nan_local() -> None:
 
 
 def test_swath_width_sets_the_near_angle() -> None:
-    from pipeline.sar_geocode import swath_near_angle
+    from pipeline.acquire.sar_geocode import swath_near_angle
 
     assert swath_near_angle(46.0, sim.WIDTH * sim.DX, 29.1) == pytest.approx(29.1, abs=0.01)
     # Planetary Computer's recorded IW scene is 26,029 samples of 10 m: a narrower swath
@@ -237,7 +237,7 @@ def test_swath_width_sets_the_near_angle() -> None:
 
 
 def test_power_of_items_with_nothing_over_the_grid(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from pipeline.cube import s1_power
+    from pipeline.acquire.cube import s1_power
 
     far = make_tiny_region(tmp_path)["sentinel-1-rtc"][0].clone()
     for asset in far.assets.values():

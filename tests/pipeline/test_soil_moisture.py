@@ -8,12 +8,12 @@ import pytest
 import xarray as xr
 from conftest_factors import synthetic_cube
 
-from pipeline.errors import InputDataError, MissingAssetError
-from pipeline.quality import QualityFlag, describe
-from pipeline.soil_moisture import (
+from pipeline.core.errors import InputDataError, MissingAssetError
+from pipeline.core.quality import QualityFlag, describe
+from pipeline.core.stats import nan_percentiles
+from pipeline.factors.soil_moisture import (
     NDMI_DRY,
     NDMI_WET,
-    nan_percentiles_kernel,
     smi_references,
     soil_moisture,
     soil_moisture_index,
@@ -30,7 +30,7 @@ def _history(seed=0, nt=25, ny=12, nx=10):
 
 def test_percentile_kernel_matches_numpy():
     h = _history()
-    got = nan_percentiles_kernel(h, (10.0, 90.0))
+    got = nan_percentiles(h, (10.0, 90.0))
     with np.errstate(invalid="ignore"), pytest.warns(RuntimeWarning):
         ref = np.nanpercentile(h.astype(np.float64), [10, 90], axis=0)
     np.testing.assert_allclose(got, ref, atol=1e-4, equal_nan=True)

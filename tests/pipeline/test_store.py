@@ -10,9 +10,9 @@ import pytest
 import rioxarray  # noqa: F401
 import xarray as xr
 
-from pipeline.config import ZoneGrid
-from pipeline.errors import StoreError
-from pipeline.store import TileStore, grid_coords, template, write_tiles
+from pipeline.core.config import ZoneGrid
+from pipeline.core.errors import StoreError
+from pipeline.store.tiles import TileStore, grid_coords, template, write_tiles
 
 GRID = ZoneGrid(epsg=32648, x0=320000.0, y1=3309440.0, width=128, height=128, chunk=32)
 VARS = {"a": "float32", "n": "uint8"}

@@ -12,8 +12,8 @@ import xarray as xr
 from conftest_factors import fixture_path, grid_coords
 from rasterio.enums import Resampling
 
-from pipeline.errors import InputDataError
-from pipeline.terrain import aspect, horn_slope_aspect_kernel, slope
+from pipeline.core.errors import InputDataError
+from pipeline.factors.terrain import aspect, horn_slope_aspect_kernel, slope
 
 # rioxarray/rasterio internals warn about Affine "*" (not ours).
 pytestmark = pytest.mark.filterwarnings("ignore::PendingDeprecationWarning")

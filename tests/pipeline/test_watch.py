@@ -10,10 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.errors import RainfallError, SlidewatchError
-from pipeline.rainfall import LocalZarrSource, make_synthetic_storm, write_precipitation_zarr
-from pipeline.regions import Region
-from pipeline.watch import (
+from pipeline.core.errors import RainfallError, SlidewatchError
+from pipeline.demo.storm import make_synthetic_storm, write_precipitation_zarr
+from pipeline.rain.sources import LocalZarrSource
+from pipeline.plan.regions import Region
+from pipeline.rain.watch import (
     Alert,
     AlertLedger,
     Event,

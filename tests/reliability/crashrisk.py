@@ -3,7 +3,7 @@
     python tests/reliability/crashrisk.py ARGS.pkl HANG_AFTER
 
 Loads ``(run_dir, grid, lsi_path, checkpoint)`` from the pickle, runs the risk stage
-(``flows.risk_stage.write_risk``) and, after HANG_AFTER freshly written tiles, prints a
+(``flows.stages.risk.write_risk``) and, after HANG_AFTER freshly written tiles, prints a
 ``hang`` line and sleeps (bounded) so the parent can SIGKILL it at a known point.
 """
 
@@ -24,7 +24,7 @@ def main() -> int:
     run_dir, grid, lsi_path, checkpoint = pickle.loads(Path(sys.argv[1]).read_bytes())
     hang_after = int(sys.argv[2])
 
-    from flows.risk_stage import write_risk
+    from flows.stages.risk import write_risk
     from models.predictor import Predictor
 
     written = 0

@@ -2,7 +2,7 @@
 
     python tests/reliability/crashrun.py ITEMS_DIR OUT [--hang-after N] [--hang-where tile|ledger]
 
-Runs the tiny region (items saved by ``runkit.dump_items``) into OUT with ``regional_run``
+Runs the tiny region (items saved by ``runkit.dump_items``) into OUT with ``cube_stage``
 and prints one JSON line per progress event (flushed). With ``--hang-after N`` it stops
 dead after N tiles, so the parent can SIGKILL it at a known point:
 
@@ -35,7 +35,7 @@ def main() -> int:
     ap.add_argument("--hang-s", type=float, default=60.0)
     args = ap.parse_args()
 
-    import pipeline.store
+    import pipeline.store.tiles
     from runkit import load_item_dir, run_tiny
 
     def hang(why: str) -> None:
@@ -55,7 +55,7 @@ def main() -> int:
                 hang("after tile")
 
     if args.hang_after is not None and args.hang_where == "ledger":
-        original = pipeline.store.TileStore._write_ledger
+        original = pipeline.store.tiles.TileStore._write_ledger
         calls = {"n": 0}
 
         def slow_ledger(self, tiles):  # type: ignore[no-untyped-def]
@@ -66,7 +66,7 @@ def main() -> int:
                     hang("tile pixels written, ledger not yet")
             original(self, tiles)
 
-        pipeline.store.TileStore._write_ledger = slow_ledger  # type: ignore[method-assign]
+        pipeline.store.tiles.TileStore._write_ledger = slow_ledger  # type: ignore[method-assign]
 
     res = run_tiny(load_item_dir(Path(args.items)), Path(args.out), on_event=on_event)
     print(json.dumps({"kind": "done", "path": str(res.zones[0].cube_path)}), flush=True)

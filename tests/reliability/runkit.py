@@ -14,9 +14,9 @@ import xarray as xr
 import zarr
 
 from faultserver import FaultServer
-from pipeline.catalog import load_items, register_signer, save_items
-from pipeline.config import TimeWindow
-from pipeline.regions import Region
+from pipeline.acquire.catalog import load_items, register_signer, save_items
+from pipeline.core.config import TimeWindow
+from pipeline.plan.regions import Region
 from tests.tinyregion import FakeSource, inner_bbox, tiny_region
 
 #: The tiny region at chunk 32: a 4 × 4 chunk grid written as 4 tiles of 2 × 2 chunks.
@@ -38,8 +38,8 @@ def region(name: str = "tiny") -> Region:
 def run_tiny(items: dict[str, list[pystac.Item]], out: Path, *, name: str = "tiny", stac_url: str = STAC_URL,
              events: list | None = None, on_event=None, overwrite: bool = False,
              chunk: int = CHUNK):  # type: ignore[no-untyped-def]
-    """``regional_run`` of the tiny region from ``items`` (a FakeSource) into ``out``."""
-    from flows.regional_run import regional_run
+    """``cube_stage`` of the tiny region from ``items`` (a FakeSource) into ``out``."""
+    from flows.stages.cube import cube_stage
 
     def emit(kind: str, info: dict) -> None:
         if events is not None:
@@ -47,7 +47,7 @@ def run_tiny(items: dict[str, list[pystac.Item]], out: Path, *, name: str = "tin
         if on_event is not None:
             on_event(kind, info)
 
-    return regional_run(region(name), WINDOW, stac_url, out, source=FakeSource(items), chunk=chunk,
+    return cube_stage(region(name), WINDOW, stac_url, out, source=FakeSource(items), chunk=chunk,
                         on_event=emit, overwrite=overwrite)
 
 

@@ -17,10 +17,10 @@ import rasterio
 from rasterio.transform import Affine
 from typer.testing import CliRunner
 
-import pipeline.catalog
+import pipeline.acquire.catalog
 from flows.cli import app
-from pipeline.regions import parse_region
-from pipeline.store import TileStore
+from pipeline.plan.regions import parse_region
+from pipeline.store.tiles import TileStore
 from runkit import bbox_arg, snapshot, store_arrays
 from tests.tinyregion import FakeSource, make_tiny_region
 
@@ -44,7 +44,7 @@ def world(tmp_path_factory):  # type: ignore[no-untyped-def]
     items = make_tiny_region(root / "cogs", seed=SEED)
     mp = pytest.MonkeyPatch()
     mp.setenv("SLIDEWATCH_DASK_ADDRESS", "threads")
-    mp.setattr(pipeline.catalog.StacApiSource, "open", classmethod(lambda cls, url, timeout=30.0: FakeSource(items)))
+    mp.setattr(pipeline.acquire.catalog.StacApiSource, "open", classmethod(lambda cls, url, timeout=30.0: FakeSource(items)))
     res = runner.invoke(app, _run_args(root / "out", "2024-08-31"))
     mp.undo()
     assert res.exit_code == 0, res.output
@@ -96,7 +96,7 @@ class Ctx:
         items = make_tiny_region(self.tmp / "cogs", seed=SEED, **kw)
         if mutate:
             mutate(items)
-        self.mp.setattr(pipeline.catalog.StacApiSource, "open",
+        self.mp.setattr(pipeline.acquire.catalog.StacApiSource, "open",
                         classmethod(lambda cls, url, timeout=30.0: FakeSource(items)))
         return items
 

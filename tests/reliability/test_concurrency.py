@@ -9,8 +9,8 @@ import threading
 import pytest
 
 import childproc
-from pipeline.errors import StoreError
-from pipeline.store import TileStore
+from pipeline.core.errors import StoreError
+from pipeline.store.tiles import TileStore
 from runkit import assert_same_store, load_item_dir, run_tiny, snapshot
 
 RUN = ("tiny", "20240701_20240831", "cube_utm48n.zarr")

@@ -8,7 +8,7 @@ import pytest
 import xarray as xr
 
 import childproc
-from pipeline.store import TileStore
+from pipeline.store.tiles import TileStore
 from runkit import assert_same_store, ledger_tiles, load_item_dir, run_tiny, store_attrs
 
 RUN = ("tiny", "20240701_20240831", "cube_utm48n.zarr")

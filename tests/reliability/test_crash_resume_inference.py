@@ -18,13 +18,14 @@ import torch
 import xarray as xr
 
 from flows import stages
-from flows.risk_stage import write_risk
+from pipeline.rain.events import resolve_rain
+from flows.stages.risk import write_risk
 from models.checkpoint import save_checkpoint
 from models.data import NormStats
 from models.networks import DEFAULT_CHANNELS, EnhancedUNet
 from models.predictor import Predictor
-from pipeline.config import CubeConfig, TimeWindow
-from pipeline.regions import Region
+from pipeline.core.config import CubeConfig, TimeWindow
+from pipeline.plan.regions import Region
 from tests.tinyregion import GRID, FakeSource, make_tiny_region
 
 HERE = Path(__file__).resolve().parent
@@ -43,7 +44,7 @@ def lsi_store(tmp_path_factory):  # type: ignore[no-untyped-def]
     window = TimeWindow(date(2024, 7, 1), date(2024, 8, 31))
     result = stages.cube_stage(Region("tiny", (w, s, e, n)), window, FakeSource.url, root / "out", CubeConfig(),
                                chunk=32, source=FakeSource(items))
-    stages.lsi_stage(result, stages.resolve_rain(None, None, None, (w, s, e, n), window))
+    stages.lsi_stage(result, resolve_rain(None, None, None, (w, s, e, n), window))
     torch.manual_seed(1)
     ckpt = save_checkpoint(root / "m.safetensors", EnhancedUNet(DEFAULT_CHANNELS, base_width=4, depth=2),
                            NormStats((0.0,) * 7, (1.0,) * 7))

@@ -11,11 +11,11 @@ import logging
 
 import pytest
 
-import pipeline.cube
-import pipeline.store
+import pipeline.acquire.cube
+import pipeline.store.tiles
 from faultserver import FaultPlan
-from pipeline.errors import CatalogError, SlidewatchError
-from pipeline.gdal_settings import build_gdal_env, clear_http_cache, gdal_options
+from pipeline.core.errors import CatalogError, SlidewatchError
+from pipeline.acquire.gdal import build_gdal_env, clear_http_cache, gdal_options
 from runkit import HttpRun, assert_same_store, ledger_tiles, store_attrs
 
 #: Attributes that name the STAC API (a different local port per test) or derive from it.
@@ -28,8 +28,8 @@ def fast_network(monkeypatch):  # type: ignore[no-untyped-def]
     monkeypatch.setenv("SLIDEWATCH_GDAL_HTTP_TIMEOUT", "1")
     monkeypatch.setenv("SLIDEWATCH_GDAL_HTTP_RETRY_DELAY", "0.1")
     monkeypatch.setenv("SLIDEWATCH_GDAL_HTTP_MAX_RETRY", "3")
-    monkeypatch.setattr(pipeline.cube, "GDAL_ENV", build_gdal_env())
-    monkeypatch.setattr(pipeline.store, "TILE_RETRY_DELAY_S", 0.05)
+    monkeypatch.setattr(pipeline.acquire.cube, "gdal_env", build_gdal_env)
+    monkeypatch.setattr(pipeline.store.tiles, "TILE_RETRY_DELAY_S", 0.05)
     clear_http_cache()
     yield
     clear_http_cache()
@@ -115,7 +115,7 @@ def test_retry_budget_spent_fails_clearly_keeps_partial_and_resumes(tiny, tmp_pa
         msg = str(err.value)
         assert "s2/1/B04.tif" in msg and "token=" not in msg and "Fix:" in msg
         assert "503" in msg and "rerun the same command" in msg
-        assert sum(1 for k, _ in events if k == "retry") == pipeline.store.TILE_RETRIES
+        assert sum(1 for k, _ in events if k == "retry") == pipeline.store.tiles.TILE_RETRIES
         store = tmp_path / "tiny" / "20240701_20240831" / "cube_utm48n.zarr"
         assert not store.exists()  # never a store that looks complete
         partial = store.with_name(store.name + ".partial")

@@ -14,21 +14,15 @@ import pystac
 import pytest
 import zarr
 
-import pipeline.cube
-import pipeline.store
+import pipeline.acquire.cube
+import pipeline.store.tiles
 from faultserver import FaultPlan
-from pipeline.catalog import (
-    PlanetaryComputerSigner,
-    redact,
-    refresh_signatures,
-    sign_for_read,
-    unsign_item,
-    unsigned_href,
-)
-from pipeline.collections import PLANETARY_COMPUTER_STAC
-from pipeline.errors import CatalogError, CheckpointError, StoreError
-from pipeline.gdal_settings import build_gdal_env, clear_http_cache
-from pipeline.regions import Region, region_from_geojson
+from pipeline.acquire.catalog import PlanetaryComputerSigner, refresh_signatures, sign_for_read, unsign_item
+from pipeline.core.secrets import redact, unsigned_href
+from pipeline.core.collections import PLANETARY_COMPUTER_STAC
+from pipeline.core.errors import CatalogError, CheckpointError, StoreError
+from pipeline.acquire.gdal import build_gdal_env, clear_http_cache
+from pipeline.plan.regions import Region, region_from_geojson
 from runkit import WINDOW, HttpRun, grep_tree, inner_bbox, run_tiny, snapshot
 
 SECRET = "sk-test-SECRET123"
@@ -153,9 +147,9 @@ def fast_network(monkeypatch):  # type: ignore[no-untyped-def]
     monkeypatch.setenv("SLIDEWATCH_GDAL_HTTP_TIMEOUT", "1")
     monkeypatch.setenv("SLIDEWATCH_GDAL_HTTP_RETRY_DELAY", "0.1")
     monkeypatch.setenv("SLIDEWATCH_GDAL_HTTP_MAX_RETRY", "1")
-    monkeypatch.setattr(pipeline.cube, "GDAL_ENV", build_gdal_env())
-    monkeypatch.setattr(pipeline.store, "TILE_RETRY_DELAY_S", 0.05)
-    monkeypatch.setattr(pipeline.store, "TILE_RETRIES", 1)
+    monkeypatch.setattr(pipeline.acquire.cube, "gdal_env", build_gdal_env)
+    monkeypatch.setattr(pipeline.store.tiles, "TILE_RETRY_DELAY_S", 0.05)
+    monkeypatch.setattr(pipeline.store.tiles, "TILE_RETRIES", 1)
     clear_http_cache()
     yield
     clear_http_cache()
@@ -188,11 +182,12 @@ def test_key_and_tokens_never_leak_from_a_run(tiny, tmp_path, monkeypatch, caplo
 
 # ---------------------------------------------------------------------- path safety
 def test_region_names_cannot_escape_the_output_root(tiny, tmp_path):  # type: ignore[no-untyped-def]
-    from flows.regional_run import run_dir_for
+    from pipeline.core.layout import run_dir_for
 
     out = tmp_path / "a" / "out"
     for name in ["..", "../../x", "../..", ".", "/etc/passwd", "..\\..\\x", "a/../../b", "~root", "x" * 300]:
-        run_dir = run_dir_for(out, Region(name=name, bbox=inner_bbox()), WINDOW)
+        reg = Region(name=name, bbox=inner_bbox())
+        run_dir = run_dir_for(out, reg.slug, WINDOW.start, WINDOW.end, name=reg.name)
         assert run_dir.resolve().is_relative_to(out.resolve()) and run_dir.parent.parent == out.resolve(), name
     w, s, e, n = inner_bbox()
     gj = tmp_path / "...geojson"  # a GeoJSON file whose stem is ".."

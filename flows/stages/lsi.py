@@ -1,0 +1,73 @@
+"""The LSI stage: cube → factors → region ranges → LSI, contributions, classes, quality →
+``lsi_<zone>.zarr`` (tile by tile, resumable) + quick-look PNG. Wiring only."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import xarray as xr
+
+from pipeline import __version__
+from pipeline.core.config import CHUNKS_PER_TILE, ZoneGrid
+from pipeline.core.layout import RunLayout
+from pipeline.core.provenance import Rain, RunProvenance
+from pipeline.factors.layers import compute_factors
+from pipeline.factors.lsi import LsiParams, lsi_attrs, lsi_dataset, lsi_fingerprint
+from pipeline.factors.ranges import normalisation_ranges
+from pipeline.products.quicklook import write_quicklook
+from pipeline.store.tiles import TileStore, template, write_tiles
+
+from flows.dask_context import compute_context, tile_concurrency
+
+
+def write_lsi(
+    cube_path: Path, grid: ZoneGrid, params: LsiParams, rain: Rain, *, provenance: RunProvenance | None = None,
+    overwrite: bool = False, on_event: Callable[[str, dict], None] | None = None,
+) -> Path:
+    """Write the zone's LSI store next to its cube; reuse it when inputs are unchanged.
+
+    The LSI store is derived (cheap next to the cube): when the cube, parameters or rain
+    differ from the finished store's, it is recomputed and replaced. ``overwrite`` forces a
+    recompute even when nothing changed. ``provenance`` (the run's region, window and
+    items) defaults to the cube store's.
+    """
+    emit = on_event or (lambda kind, info: None)
+    cube = xr.open_zarr(cube_path, decode_coords="all")
+    path = RunLayout(cube_path.parent).lsi(grid.zone_name)
+    store = TileStore(path, lsi_fingerprint(cube.attrs.get("slidewatch_fingerprint"), params, rain))
+    if store.is_complete() and not overwrite:
+        emit("reused", {"zone": grid.zone_name, "path": str(store.path)})
+        return store.path
+    with compute_context():
+        ranges = normalisation_ranges(compute_factors(cube))
+    ds = lsi_dataset(cube, ranges, params, rain.multiplier)
+    variables = {name: str(v.dtype) for name, v in ds.data_vars.items()}
+    attrs = {name: dict(v.attrs) for name, v in ds.data_vars.items()}
+    prov = (provenance or RunProvenance.from_attrs(cube.attrs)).with_rain(rain)
+    store.acquire()
+    try:
+        # a derived store: replaced when its inputs (cube, params, rain) change
+        store.prepare(template(grid, variables, attrs),
+                      lsi_attrs(prov, grid.zone_name, str(cube_path), ranges, params, __version__), overwrite=True)
+        tiles = grid.tiles(CHUNKS_PER_TILE)
+        emit("tiles", {"zone": f"{grid.zone_name} LSI", "stage": "LSI", "total": len(tiles), "done": len(store.done())})
+
+        def tile_ds(t):  # type: ignore[no-untyped-def]
+            return ds.isel(y=slice(t.row0, t.row1), x=slice(t.col0, t.col1))
+
+        with compute_context():
+            write_tiles(store, grid, tiles, tile_ds, concurrency=tile_concurrency(),
+                        on_tile=lambda t, s: emit("tile", {"zone": f"{grid.zone_name} LSI", "tile": t.key, "skipped": s}))
+        path = store.finalize()
+    finally:
+        store.release()
+    emit("written", {"zone": f"{grid.zone_name} LSI", "stage": "LSI", "path": str(path)})
+    return path
+
+
+def write_lsi_quicklook(lsi_path: Path) -> Path:
+    """The LSI store's quick-look PNG beside it (LSI and classes)."""
+    ds = xr.open_zarr(lsi_path)
+    return write_quicklook(ds["lsi"], lsi_path.with_suffix(".png"), classes=ds["risk_class"],
+                           title=f"Landslide susceptibility, {ds.attrs.get('region')}")

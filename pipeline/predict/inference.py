@@ -1,0 +1,843 @@
+"""Seam-free chunked inference: any Predictor (numpy in, numpy out) over arrays of any size.
+
+Design
+------
+**One global tile grid.** Tiles of ``tile × tile`` pixels with ``overlap`` pixels of
+overlap sit on a grid anchored at the array's origin: tile ``k`` along an axis starts at
+``k · stride`` (``stride = tile - overlap``), and ``stride`` and ``tile`` are multiples of
+the predictor's ``size_multiple``, so every tile's pooling cells coincide with the
+global ones. A pixel's probability is the weighted mean of the predictions of the tiles
+covering it (two per axis in an overlap when ``overlap ≤ tile/2``). Because the grid and the weights depend only on
+the pixel's global position, an output chunk computes exactly the tiles touching it and
+gets exactly the values a single pass over the whole array would give: the result does
+not depend on the chunking, for any predictor (chunk seams cannot exist).
+
+**Blending weights** (:func:`axis_weights`): separable, per axis a function of the distance
+``d`` to the tile's nearest *interior* edge: ``0`` for ``d < margin`` (pixels that see the
+tile border within the predictor's halo get no say), a raised-cosine ramp
+``sin²(π/2 · (d - margin + ½)/(overlap - 2·margin))`` over the next
+``overlap - 2·margin`` pixels, ``1`` beyond. Edges on the array's border are never
+tapered. The two tiles of an overlap get weights summing to exactly 1 (``s(t) + s(1-t) =
+1``), and every covered pixel has at least one tile with a positive weight. With
+``margin ≥ r``, a predictor whose output depends only on inputs within ``r`` pixels
+gives the *same* result as one call on the whole array; predictors with a wider or
+global footprint (the enhanced U-Net's channel attention) are blended smoothly.
+
+**Defaults** (:func:`make_plan`): ``tile=256``; ``overlap = min(4·halo, tile // 4)``
+rounded up to ``size_multiple``; ``margin = min(halo, overlap // 4)``. Small-footprint
+predictors (``tile ≥ 16·halo``) therefore get ``margin = halo`` (exact). The enhanced
+U-Net (halo 224, an upper bound; its effective receptive field is far smaller) gets
+overlap 64, margin 16, a 32-px ramp: 1.78× the pixels of non-overlapping tiles. Pass
+``overlap``/``margin`` to trade compute for blending width.
+
+**Chunks.** :func:`predict_chunk` computes one output window ``[y0:y1, x0:x1]``: it reads
+the union of the tiles touching the window and the window grown by ``predictor.halo``
+(both clipped at the array's edge), runs the tiles in batches of ``batch_size`` and
+returns the window. :func:`predict_dataset` builds the lazy dask version: one task per
+output chunk, with the predictor handed in once as its own graph key (never
+re-serialized per chunk). A dask-backed dataset's tasks depend on the source blocks
+under their read windows; a dataset opened without dask (``chunks=None``) is read window
+by window through one shared lazy reader, which keeps peak memory flat as regions grow.
+Memory per task is bounded by the read window plus one batch.
+:func:`iter_chunk_predictions` is the plain iterator for a writer that stores chunks as
+they finish (pass ``windows`` to resume).
+Both call ``predictor.check_channels`` first; by default they feed the predictor's
+channels by name when the dataset has them all (Zarr keeps no variable order; extra
+variables are ignored), else they check the dataset's names so the error says what is
+missing.
+
+**Edges and padding.** Tiles cut by the array's bottom/right edge are padded to a
+multiple of ``size_multiple`` by reflection (edge replication when too small to reflect),
+as the U-Net itself pads a whole array, and cropped back. Because tile origins are
+multiples of ``size_multiple``, the padding is exactly the one a whole-array pass would
+get.
+
+**Nodata.** A pixel is *valid* when all its channels are finite. Invalid pixels get a NaN
+probability (a model cannot be trusted where an input is missing). Before the model runs,
+non-finite inputs are replaced by a per-channel fill value so that they do not poison
+valid neighbours: ``fill`` when given (scalar or one per channel); else the predictor's
+``fill_values`` attribute when it has one; else, for the slidewatch Predictor, its
+normalisation means (``predictor.metadata.normalisation.mean``), so filled pixels
+normalise to 0, the value the Predictor itself gives NaNs; else 0. A chunk without a valid
+pixel is returned as NaN without calling the model, and a tile is skipped when no valid
+pixel of the window lies where the tile has a positive weight (those outputs would be NaN
+anyway), so all-nodata chunks and tiles never reach the model.
+
+Counters (:class:`PredictionStats`, thread-safe) report chunks run/skipped, tiles,
+model calls and pixels. They are updated in this process (dask's threaded or
+synchronous scheduler); on a distributed cluster each worker updates its own copy.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+import xarray as xr
+
+from pipeline.core.errors import InputDataError
+
+__all__ = [
+    "PredictorLike",
+    "PredictionStats",
+    "TilePlan",
+    "axis_weights",
+    "chunk_windows",
+    "iter_chunk_predictions",
+    "make_plan",
+    "predict_chunk",
+    "predict_dataset",
+    "predict_window",
+]
+
+
+@runtime_checkable
+class PredictorLike(Protocol):
+    """What inference needs from a model (``models.predictor.Predictor`` is one).
+
+    ``size_multiple`` (inputs the network takes best are multiples of it) and
+    ``fill_values`` (per-channel fill for missing inputs) are optional attributes.
+    """
+
+    channels: tuple[str, ...]
+    halo: int
+
+    def check_channels(self, names: Sequence[str]) -> None:
+        """Raise when ``names`` is not the channel list the model expects."""
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        """Probabilities ``(N, H, W)`` float32 for raw factors ``(N, C, H, W)`` float32."""
+
+
+# --------------------------------------------------------------------------------------
+# counters
+
+
+@dataclass
+class PredictionStats:
+    """Counters of a prediction run (thread-safe; add with :meth:`add`).
+
+    Attributes:
+        chunks_run: windows that called the model at least once.
+        chunks_skipped: windows without a valid pixel (returned as NaN, no model call).
+        tiles_run / tiles_skipped: tiles sent to the model / skipped as nodata.
+        model_calls: calls of the predictor (each with up to ``batch_size`` tiles).
+        pixels_output: output pixels produced (windows' areas, skipped ones included).
+        pixels_processed: pixels passed to the model, overlap, halo and padding included.
+        pixels_read: input pixels read (per channel), halos included.
+        model_seconds: wall time spent inside the predictor.
+    """
+
+    chunks_run: int = 0
+    chunks_skipped: int = 0
+    tiles_run: int = 0
+    tiles_skipped: int = 0
+    model_calls: int = 0
+    pixels_output: int = 0
+    pixels_processed: int = 0
+    pixels_read: int = 0
+    model_seconds: float = 0.0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def add(self, **counts: float) -> None:
+        """Add to named counters, atomically."""
+        with self._lock:
+            for k, v in counts.items():
+                setattr(self, k, getattr(self, k) + v)
+
+    @property
+    def overlap_factor(self) -> float:
+        """Pixels processed by the model per output pixel (NaN before any output)."""
+        return self.pixels_processed / self.pixels_output if self.pixels_output else math.nan
+
+    def as_dict(self) -> dict[str, float]:
+        """The counters as a plain dict (JSON-able)."""
+        keys = ("chunks_run", "chunks_skipped", "tiles_run", "tiles_skipped", "model_calls",
+                "pixels_output", "pixels_processed", "pixels_read", "model_seconds")
+        return {k: getattr(self, k) for k in keys}
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state.pop("_lock", None)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
+
+# --------------------------------------------------------------------------------------
+# the plan: tile size, overlap, margin
+
+
+def _round_up(n: int, m: int) -> int:
+    return -(-n // m) * m
+
+
+@dataclass(frozen=True)
+class TilePlan:
+    """Tiling of one inference run (see the module docstring); build with :func:`make_plan`.
+
+    Attributes:
+        tile: tile side in pixels (a multiple of ``size_multiple``).
+        overlap: overlap of neighbouring tiles (``tile - stride``).
+        margin: zero-weight band at a tile's interior edges (``2·margin < overlap``).
+        size_multiple: tile origins and padded sizes are multiples of it.
+        halo: the predictor's halo; each chunk reads at least this much around itself.
+    """
+
+    tile: int
+    overlap: int
+    margin: int
+    size_multiple: int = 1
+    halo: int = 0
+
+    @property
+    def stride(self) -> int:
+        return self.tile - self.overlap
+
+    def origins(self, n: int) -> np.ndarray:
+        """Tile origins along an axis of ``n`` pixels (the last tile reaches ``n``)."""
+        if n <= self.tile:
+            return np.zeros(1, dtype=np.int64)
+        count = -(-(n - self.tile) // self.stride) + 1
+        return np.arange(count, dtype=np.int64) * self.stride
+
+    def weights(self, origin: int, n: int) -> np.ndarray:
+        """1-D weights of the tile at ``origin`` on an axis of ``n`` pixels (clipped to ``n``)."""
+        length = min(self.tile, n - origin)
+        return axis_weights(length, self.tile, self.overlap, self.margin,
+                            origin > 0, origin + self.tile < n)
+
+    def nonzero_span(self, origin: int, n: int) -> tuple[int, int]:
+        """Global ``[start, stop)`` where the tile at ``origin`` has a positive weight."""
+        start = origin + (self.margin if origin > 0 else 0)
+        stop = origin + self.tile - self.margin if origin + self.tile < n else n
+        return int(start), int(stop)
+
+    def tiles_for(self, n: int, lo: int, hi: int) -> list[int]:
+        """Origins of the tiles with a positive weight somewhere in ``[lo, hi)``."""
+        out = []
+        for o in self.origins(n):
+            s, e = self.nonzero_span(int(o), n)
+            if s < hi and e > lo:
+                out.append(int(o))
+        return out
+
+
+def make_plan(
+    predictor: Any, tile: int = 256, overlap: int | None = None, margin: int | None = None
+) -> TilePlan:
+    """Resolve the tiling for ``predictor`` (defaults in the module docstring).
+
+    ``tile`` and ``overlap`` are rounded up to multiples of the predictor's
+    ``size_multiple``. Raises :class:`~pipeline.core.errors.InputDataError` for a tile that
+    is not positive, an overlap not smaller than the tile, or a margin that leaves no
+    blending ramp (``2·margin ≥ overlap``).
+    """
+    sm = int(getattr(predictor, "size_multiple", 1) or 1)
+    halo = int(getattr(predictor, "halo", 0) or 0)
+    if sm < 1 or halo < 0:
+        raise InputDataError(
+            f"predictor {predictor!r} has size_multiple={sm}, halo={halo}.",
+            "size_multiple must be >= 1 and halo >= 0.",
+        )
+    if int(tile) < 1:
+        raise InputDataError(f"tile={tile} is not a positive size.", "pass tile=256 or another positive size.")
+    t = _round_up(int(tile), sm)
+    if overlap is None:
+        ov = min(4 * halo, t // 4)
+        ov = _round_up(ov, sm) if ov > 0 else 0
+        if ov > t // 2:
+            ov = (t // 2) // sm * sm
+    else:
+        ov = _round_up(int(overlap), sm) if int(overlap) > 0 else 0
+        if int(overlap) < 0 or ov >= t:
+            raise InputDataError(
+                f"overlap={overlap} (rounded to {ov}, size_multiple {sm}) must be >= 0 and "
+                f"smaller than the tile ({t}).",
+                "use an overlap around 4*halo, at most tile // 2.",
+            )
+    if margin is None:
+        mg = min(halo, ov // 4)
+    else:
+        mg = int(margin)
+        if mg < 0 or (ov > 0 and 2 * mg >= ov) or (ov == 0 and mg != 0):
+            raise InputDataError(
+                f"margin={margin} leaves no blending ramp in an overlap of {ov} pixels.",
+                "use 0 <= margin < overlap / 2 (e.g. margin = halo, overlap = 4*halo).",
+            )
+    return TilePlan(tile=t, overlap=ov, margin=mg, size_multiple=sm, halo=halo)
+
+
+def _ramp(d: np.ndarray, overlap: int, margin: int) -> np.ndarray:
+    width = overlap - 2 * margin
+    if overlap <= 0 or width <= 0:
+        return np.ones(d.shape, dtype=np.float64)
+    t = np.clip((d - margin + 0.5) / width, 0.0, 1.0)
+    w = np.sin(0.5 * np.pi * t) ** 2
+    w[d < margin] = 0.0
+    w[d >= overlap - margin] = 1.0
+    return w
+
+
+@lru_cache(maxsize=256)
+def _axis_weights_cached(length: int, tile: int, overlap: int, margin: int,
+                         taper_start: bool, taper_end: bool) -> np.ndarray:
+    i = np.arange(length, dtype=np.float64)
+    w = np.ones(length, dtype=np.float64)
+    if taper_start:
+        w *= _ramp(i, overlap, margin)
+    if taper_end:
+        w *= _ramp(tile - 1 - i, overlap, margin)
+    w = w.astype(np.float32)
+    w.setflags(write=False)
+    return w
+
+
+def axis_weights(length: int, tile: int, overlap: int, margin: int,
+                 taper_start: bool, taper_end: bool) -> np.ndarray:
+    """Blending weights along one axis of a tile (``length`` ≤ ``tile`` pixels kept).
+
+    ``taper_start``/``taper_end`` say whether that edge is interior (tapered) or on the
+    array's border (full weight). Per tapered edge, at distance ``d`` from it: 0 for
+    ``d < margin``, ``sin²(π/2·(d - margin + ½)/(overlap - 2·margin))`` up to
+    ``overlap - margin``, then 1. Returns a read-only float32 array.
+    """
+    return _axis_weights_cached(int(length), int(tile), int(overlap), int(margin),
+                                bool(taper_start), bool(taper_end))
+
+
+# --------------------------------------------------------------------------------------
+# the numpy kernel
+
+
+def _fill_values(predictor: Any, n_channels: int, fill: float | Sequence[float] | None) -> np.ndarray:
+    if fill is None:
+        fill = getattr(predictor, "fill_values", None)
+    if fill is None:
+        norm = getattr(getattr(predictor, "metadata", None), "normalisation", None)
+        fill = getattr(norm, "mean", None)
+    if fill is None:
+        fill = 0.0
+    arr = np.asarray(fill, dtype=np.float32).reshape(-1)
+    if arr.size == 1:
+        arr = np.full(n_channels, arr[0], dtype=np.float32)
+    if arr.size != n_channels or not np.all(np.isfinite(arr)):
+        raise InputDataError(
+            f"fill={list(np.asarray(fill).reshape(-1))} does not give one finite value per "
+            f"channel ({n_channels}).",
+            "pass fill as one number or one finite number per channel.",
+        )
+    return arr
+
+
+def _pad_tile(x: np.ndarray, sm: int) -> tuple[np.ndarray, int, int]:
+    """Pad a (C, h, w) tile at the bottom/right to multiples of ``sm`` like the U-Net does."""
+    h, w = x.shape[-2:]
+    ph, pw = (-h) % sm, (-w) % sm
+    if not (ph or pw):
+        return x, h, w
+    mode = "reflect" if (ph < h and pw < w) else "edge"
+    return np.pad(x, ((0, 0), (0, ph), (0, pw)), mode=mode), h, w
+
+
+def _predict_core(
+    block: np.ndarray,
+    block_origin: tuple[int, int],
+    full_shape: tuple[int, int],
+    window: tuple[int, int, int, int],
+    predictor: Callable[[np.ndarray], np.ndarray],
+    plan: TilePlan,
+    batch_size: int,
+    fill: np.ndarray,
+    stats: PredictionStats | None,
+    owned: bool = False,
+) -> np.ndarray:
+    """Blended prediction of ``window`` (global y0, y1, x0, x1) from ``block`` (C, bh, bw)
+    whose top-left pixel is at global ``block_origin``; the block must hold every tile
+    touching the window (clipped to ``full_shape``). ``owned``: the block is a float32
+    scratch copy that may be filled in place."""
+    y0, y1, x0, x1 = window
+    by0, bx0 = block_origin
+    H, W = full_shape
+    out_shape = (y1 - y0, x1 - x0)
+    finite = np.isfinite(block)
+    valid = finite.all(axis=0)
+    core_valid = valid[y0 - by0 : y1 - by0, x0 - bx0 : x1 - bx0]
+    if not core_valid.any():
+        if stats is not None:
+            stats.add(chunks_skipped=1, pixels_output=out_shape[0] * out_shape[1])
+        return np.full(out_shape, np.nan, dtype=np.float32)
+    if owned and block.dtype == np.float32:
+        filled = block
+        np.copyto(filled, np.broadcast_to(fill[:, None, None], block.shape), where=~finite)
+    else:
+        filled = np.where(finite, block, fill[:, None, None]).astype(np.float32, copy=False)
+    del finite, valid
+
+    acc = np.zeros(out_shape, dtype=np.float32)
+    wsum = np.zeros(out_shape, dtype=np.float32)
+    counts = {"tiles_run": 0, "tiles_skipped": 0, "model_calls": 0,
+              "pixels_processed": 0, "model_seconds": 0.0}
+
+    # 1. plan: the tiles with a valid pixel where they weigh, grouped by padded shape
+    groups: dict[tuple[int, int], list[tuple]] = {}
+    sm = plan.size_multiple
+    for oy in plan.tiles_for(H, y0, y1):
+        wy = plan.weights(oy, H)
+        ny0, ny1 = plan.nonzero_span(oy, H)
+        sy = slice(max(y0, oy) - oy, min(y1, oy + wy.size) - oy)  # tile rows inside window
+        for ox in plan.tiles_for(W, x0, x1):
+            wx = plan.weights(ox, W)
+            nx0, nx1 = plan.nonzero_span(ox, W)
+            sx = slice(max(x0, ox) - ox, min(x1, ox + wx.size) - ox)
+            vy0, vy1 = max(y0, ny0) - y0, min(y1, ny1) - y0
+            vx0, vx1 = max(x0, nx0) - x0, min(x1, nx1) - x0
+            if not core_valid[vy0:vy1, vx0:vx1].any():
+                counts["tiles_skipped"] += 1
+                continue
+            key = (_round_up(wy.size, sm), _round_up(wx.size, sm))
+            groups.setdefault(key, []).append((oy, ox, wy, wx, sy, sx))
+
+    # 2. run each group in balanced batches (9 tiles at batch_size 8 -> 5 + 4, not 8 + 1)
+    for items in groups.values():
+        n_batches = -(-len(items) // batch_size)
+        size = -(-len(items) // n_batches)
+        for i in range(0, len(items), size):
+            part = items[i : i + size]
+            batch = np.stack([
+                _pad_tile(filled[:, oy - by0 : oy - by0 + wy.size, ox - bx0 : ox - bx0 + wx.size], sm)[0]
+                for oy, ox, wy, wx, _, _ in part
+            ])
+            t0 = time.perf_counter()
+            pred = np.asarray(predictor(batch))
+            counts["model_seconds"] += time.perf_counter() - t0
+            counts["model_calls"] += 1
+            counts["tiles_run"] += len(part)
+            counts["pixels_processed"] += batch.shape[0] * batch.shape[2] * batch.shape[3]
+            if pred.shape != (batch.shape[0],) + batch.shape[2:]:
+                raise InputDataError(
+                    f"predictor {predictor!r} returned shape {pred.shape} for a batch {batch.shape}.",
+                    "a predictor must return (N, H, W) probabilities for (N, C, H, W) inputs.",
+                )
+            del batch
+            for p, (oy, ox, wy, wx, sy, sx) in zip(pred, part):
+                w2 = wy[sy][:, None] * wx[sx][None, :]
+                ay = slice(oy + sy.start - y0, oy + sy.stop - y0)
+                ax = slice(ox + sx.start - x0, ox + sx.stop - x0)
+                acc[ay, ax] += w2 * p[sy, sx]
+                wsum[ay, ax] += w2
+
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = acc / wsum
+    out[(wsum <= 0) | ~core_valid] = np.nan
+    if stats is not None:
+        stats.add(chunks_run=1, pixels_output=out_shape[0] * out_shape[1], **counts)
+    return out.astype(np.float32, copy=False)
+
+
+def _read_window(plan: TilePlan, full_shape: tuple[int, int],
+                 window: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
+    """Global ``(ry0, ry1, rx0, rx1)`` to read for ``window``: every tile touching it and
+    the window grown by the halo, clipped to the array."""
+    H, W = full_shape
+    y0, y1, x0, x1 = window
+    ys = plan.tiles_for(H, y0, y1)
+    xs = plan.tiles_for(W, x0, x1)
+    ry0 = max(0, min([y0 - plan.halo] + ys))
+    ry1 = min(H, max([y1 + plan.halo] + [o + plan.tile for o in ys]))
+    rx0 = max(0, min([x0 - plan.halo] + xs))
+    rx1 = min(W, max([x1 + plan.halo] + [o + plan.tile for o in xs]))
+    return ry0, ry1, rx0, rx1
+
+
+def predict_window(
+    x: np.ndarray,
+    predictor: PredictorLike,
+    *,
+    tile: int = 256,
+    overlap: int | None = None,
+    margin: int | None = None,
+    batch_size: int = 8,
+    fill: float | Sequence[float] | None = None,
+    stats: PredictionStats | None = None,
+) -> np.ndarray:
+    """Blended probability ``(H, W)`` float32 of an in-memory block ``x`` ``(C, H, W)``.
+
+    ``x`` is treated as a whole array (its edges are array edges). NaN where any channel
+    is non-finite; see the module docstring for tiling, weights and fill values.
+
+    Example::
+
+        prob = predict_window(factors, predictor, tile=256, batch_size=8)
+    """
+    x = np.asarray(x)
+    if x.ndim != 3:
+        raise InputDataError(f"predict_window expects (C, H, W), got shape {x.shape}.",
+                             "stack the channels first: np.stack([...]).")
+    _check_width(predictor, x.shape[0])
+    plan = make_plan(predictor, tile, overlap, margin)
+    H, W = x.shape[1:]
+    if stats is not None:
+        stats.add(pixels_read=H * W)
+    return _predict_core(x.astype(np.float32, copy=False), (0, 0), (H, W), (0, H, 0, W),
+                         predictor, plan, max(1, int(batch_size)),
+                         _fill_values(predictor, x.shape[0], fill), stats)
+
+
+def _check_width(predictor: Any, n: int) -> None:
+    want = len(getattr(predictor, "channels", ()) or ())
+    if want and want != n:
+        raise InputDataError(
+            f"{n} input channels but predictor {predictor!r} expects {want} "
+            f"({list(predictor.channels)}).",
+            "select the predictor's channels, in its order.",
+        )
+
+
+# --------------------------------------------------------------------------------------
+# sources: xarray Dataset / DataArray / anything sliceable (C, H, W)
+
+
+def _spatial_dims(ds: xr.Dataset, channels: Sequence[str]) -> tuple[str, str]:
+    missing = [c for c in channels if c not in ds.data_vars]
+    if missing:
+        raise InputDataError(
+            f"the dataset lacks channel(s) {missing}; it has {list(ds.data_vars)}.",
+            "compute the missing factors or pass channels= matching the dataset.",
+        )
+    dims = {ds[c].dims for c in channels}
+    if len(dims) != 1 or len(next(iter(dims))) != 2:
+        raise InputDataError(
+            f"channels {list(channels)} must share the same two dims, got {sorted(dims)}.",
+            "select one time step / band first so every channel is (y, x).",
+        )
+    return next(iter(dims))  # type: ignore[return-value]
+
+
+class _Source:
+    """Lazy (C, H, W) reader over a Dataset, a DataArray or a sliceable array."""
+
+    def __init__(self, source: Any, channels: Sequence[str] | None = None) -> None:
+        if isinstance(source, xr.Dataset):
+            self.channels = tuple(channels) if channels is not None else tuple(source.data_vars)
+            self.dims = _spatial_dims(source, self.channels)
+            self.shape = tuple(int(source.sizes[d]) for d in self.dims)
+            self._ds = source
+            self.kind = "dataset"
+        elif isinstance(source, xr.DataArray):
+            if source.ndim != 3:
+                raise InputDataError(f"a DataArray source must be (channel, y, x), got dims {source.dims}.",
+                                     "use ds.to_array('channel') or pass the Dataset.")
+            self.dims = source.dims[1:]
+            self.shape = tuple(int(s) for s in source.shape[1:])
+            self.channels = tuple(channels) if channels is not None else None
+            self._da = source
+            self.kind = "dataarray"
+        else:
+            shape = getattr(source, "shape", None)
+            if shape is None or len(shape) != 3:
+                raise InputDataError(f"a source must be (C, H, W), got shape {shape}.",
+                                     "pass an xarray Dataset, a (C, H, W) DataArray or array.")
+            self.shape = (int(shape[1]), int(shape[2]))
+            self.channels = tuple(channels) if channels is not None else None
+            self._arr = source
+            self.kind = "array"
+
+    @property
+    def n_channels(self) -> int:
+        if self.kind == "dataset":
+            return len(self.channels)
+        return int((self._da if self.kind == "dataarray" else self._arr).shape[0])
+
+    def read(self, ry0: int, ry1: int, rx0: int, rx1: int) -> np.ndarray:
+        ys, xs = slice(ry0, ry1), slice(rx0, rx1)
+        if self.kind == "dataset":
+            sub = self._ds[list(self.channels)].isel({self.dims[0]: ys, self.dims[1]: xs})
+            return np.stack([np.asarray(sub[c].values, dtype=np.float32) for c in self.channels])
+        if self.kind == "dataarray":
+            return np.array(self._da.isel({self.dims[0]: ys, self.dims[1]: xs}).values, dtype=np.float32)
+        return np.array(self._arr[:, ys, xs], dtype=np.float32)  # a copy: filled in place later
+
+
+def _predict_from_source(src: _Source, window, predictor, plan, batch_size, fill, stats) -> np.ndarray:
+    H, W = src.shape
+    y0, y1, x0, x1 = window
+    if not (0 <= y0 < y1 <= H and 0 <= x0 < x1 <= W):
+        raise InputDataError(f"window y[{y0}:{y1}] x[{x0}:{x1}] is empty or outside the "
+                             f"{H}×{W} array.", "pass 0 <= y0 < y1 <= H and 0 <= x0 < x1 <= W.")
+    ry0, ry1, rx0, rx1 = _read_window(plan, (H, W), window)
+    block = src.read(ry0, ry1, rx0, rx1)
+    if stats is not None:
+        stats.add(pixels_read=block.shape[1] * block.shape[2])
+    return _predict_core(block, (ry0, rx0), (H, W), window, predictor, plan, batch_size, fill, stats,
+                         owned=True)
+
+
+def predict_chunk(
+    source: Any,
+    y0: int,
+    y1: int,
+    x0: int,
+    x1: int,
+    predictor: PredictorLike,
+    *,
+    channels: Sequence[str] | None = None,
+    tile: int = 256,
+    overlap: int | None = None,
+    margin: int | None = None,
+    batch_size: int = 8,
+    fill: float | Sequence[float] | None = None,
+    stats: PredictionStats | None = None,
+) -> np.ndarray:
+    """Probability ``(y1-y0, x1-x0)`` of one window of ``source``, seam-free.
+
+    ``source`` is an ``xr.Dataset`` (``channels`` selects and orders variables; default
+    all data variables), a ``(channel, y, x)`` DataArray or any ``(C, H, W)`` array that
+    slices lazily (zarr, h5py, numpy). Reads the window grown by the tiles touching it and
+    by ``predictor.halo`` (clipped at the array edge); the result equals the same pixels
+    of :func:`predict_window` over the whole array. Does not call ``check_channels``
+    (:func:`predict_dataset` and :func:`iter_chunk_predictions` do).
+    """
+    src = _Source(source, channels)
+    _check_width(predictor, src.n_channels)
+    plan = make_plan(predictor, tile, overlap, margin)
+    return _predict_from_source(src, (int(y0), int(y1), int(x0), int(x1)), predictor, plan,
+                                max(1, int(batch_size)), _fill_values(predictor, src.n_channels, fill), stats)
+
+
+# --------------------------------------------------------------------------------------
+# chunk windows, iterator, dask
+
+
+def _chunk_sizes(n: int, size: int) -> tuple[int, ...]:
+    return tuple(min(size, n - s) for s in range(0, n, size))
+
+
+def _bounds(sizes: Sequence[int]) -> list[tuple[int, int]]:
+    edges = np.concatenate([[0], np.cumsum(sizes)]).astype(int)
+    return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:])]
+
+
+def chunk_windows(shape: tuple[int, int], chunks: int | tuple[int, int]) -> list[tuple[slice, slice]]:
+    """Row-major ``(slice_y, slice_x)`` windows of a regular chunking of ``shape``."""
+    cy, cx = (chunks, chunks) if isinstance(chunks, int) else chunks
+    if cy < 1 or cx < 1:
+        raise InputDataError(f"chunks={chunks} must be positive.", "pass e.g. chunks=512.")
+    return [(slice(a, b), slice(c, d))
+            for a, b in _bounds(_chunk_sizes(shape[0], cy))
+            for c, d in _bounds(_chunk_sizes(shape[1], cx))]
+
+
+def _resolve_channels(ds: xr.Dataset, predictor: PredictorLike, channels: Sequence[str] | None) -> tuple[str, ...]:
+    """The channel list to feed, checked by ``predictor.check_channels`` (errors propagate).
+
+    Given ``channels`` are checked as they are. Otherwise, when the dataset holds every
+    predictor channel, those are selected by name in the predictor's order (Zarr does not
+    keep variable order; extra variables such as ``quality`` are ignored); else the
+    dataset's variable names are checked, so the predictor's error names what is missing.
+    """
+    if channels is not None:
+        names = tuple(str(c) for c in channels)
+    else:
+        wanted = tuple(getattr(predictor, "channels", ()) or ())
+        have = tuple(str(v) for v in ds.data_vars)
+        names = wanted if wanted and set(wanted) <= set(have) else have
+    predictor.check_channels(list(names))
+    _spatial_dims(ds, names)
+    return names
+
+
+def iter_chunk_predictions(
+    ds: xr.Dataset,
+    predictor: PredictorLike,
+    chunks: int | tuple[int, int] = 512,
+    *,
+    channels: Sequence[str] | None = None,
+    windows: Iterable[tuple[slice, slice]] | None = None,
+    tile: int = 256,
+    overlap: int | None = None,
+    margin: int | None = None,
+    batch_size: int = 8,
+    fill: float | Sequence[float] | None = None,
+    stats: PredictionStats | None = None,
+) -> Iterator[tuple[tuple[slice, slice], np.ndarray]]:
+    """Yield ``((slice_y, slice_x), probability)`` window by window, sequentially.
+
+    Checks the channels once (``predictor.check_channels``; ``channels`` default as in
+    :func:`predict_dataset`), then computes each window of ``chunk_windows(shape,
+    chunks)``, or only ``windows`` when given (e.g. the chunks a resumed run still lacks).
+    Every window reads its own halo, so results do not depend on which windows run or in
+    which order. For a zarr source, open it without dask (``chunks=None``) so each window
+    reads only its own pixels.
+    """
+    names = _resolve_channels(ds, predictor, channels)
+    src = _Source(ds, names)
+    plan = make_plan(predictor, tile, overlap, margin)
+    fills = _fill_values(predictor, len(names), fill)
+    bs = max(1, int(batch_size))
+    wins = chunk_windows(src.shape, chunks) if windows is None else windows
+    for sy, sx in wins:
+        y0, y1, _ = sy.indices(src.shape[0])
+        x0, x1, _ = sx.indices(src.shape[1])
+        yield (slice(y0, y1), slice(x0, x1)), _predict_from_source(
+            src, (y0, y1, x0, x1), predictor, plan, bs, fills, stats)
+
+
+@dataclass(frozen=True)
+class _BlockTask:
+    """Static parameters of one dask task (an opaque object in the graph)."""
+
+    window: tuple[int, int, int, int]
+    read: tuple[int, int, int, int]
+    bounds: tuple[tuple[tuple[tuple[int, int], ...], tuple[tuple[int, int], ...]], ...]
+    # per channel: global (start, stop) of the source block rows and of the block columns
+    full_shape: tuple[int, int]
+    plan: TilePlan
+    batch_size: int
+    fill: tuple[float, ...]
+
+
+def _dataset_block(predictor: Any, blocks: list, spec: _BlockTask, stats: PredictionStats | None) -> np.ndarray:
+    """Dask task: copy the read window out of the source blocks, predict the window."""
+    ry0, ry1, rx0, rx1 = spec.read
+    block = np.empty((len(blocks), ry1 - ry0, rx1 - rx0), dtype=np.float32)
+    for c, (chan, (rows, cols)) in enumerate(zip(blocks, spec.bounds)):
+        for row, (ys, ye) in zip(chan, rows):
+            a, b = max(ys, ry0), min(ye, ry1)
+            for src, (xs, xe) in zip(row, cols):
+                l, r = max(xs, rx0), min(xe, rx1)
+                block[c, a - ry0 : b - ry0, l - rx0 : r - rx0] = np.asarray(src)[a - ys : b - ys, l - xs : r - xs]
+    if stats is not None:
+        stats.add(pixels_read=block.shape[1] * block.shape[2])
+    return _predict_core(block, (ry0, rx0), spec.full_shape, spec.window, predictor, spec.plan,
+                         spec.batch_size, np.asarray(spec.fill, dtype=np.float32), stats, owned=True)
+
+
+def _source_block(predictor: Any, src: _Source, spec: _BlockTask, stats: PredictionStats | None) -> np.ndarray:
+    """Dask task for a non-dask dataset: read the window, predict it."""
+    return _predict_from_source(src, spec.window, predictor, spec.plan, spec.batch_size,
+                                np.asarray(spec.fill, dtype=np.float32), stats)
+
+
+def predict_dataset(
+    ds: xr.Dataset,
+    predictor: PredictorLike,
+    chunks: int | tuple[int, int] | None = None,
+    *,
+    channels: Sequence[str] | None = None,
+    tile: int = 256,
+    overlap: int | None = None,
+    margin: int | None = None,
+    batch_size: int = 8,
+    fill: float | Sequence[float] | None = None,
+    stats: PredictionStats | None = None,
+    name: str = "probability",
+) -> xr.DataArray:
+    """Lazy probability of a factor dataset, one dask task per output chunk.
+
+    Args:
+        ds: ``(y, x)`` factor variables. Dask-backed: each task takes the source
+            blocks under its read window (dask keeps a source block until its
+            neighbours are done, so memory grows with the region's *width*). Not
+            dask-backed (``xr.open_zarr(path, chunks=None)``, or in memory): each task
+            reads its own window through one shared lazy reader; memory stays flat
+            whatever the region size, at the cost of reading halos twice.
+        predictor: loaded once by the caller; placed in the graph once and shared by
+            every task. ``predictor.check_channels`` is called up front with the channel
+            list and its error propagates.
+        channels: variables to feed, in order. Default: the predictor's channels, by
+            name, when the dataset has them all (extra variables ignored); else the
+            dataset's variable names (so the check reports what is missing).
+        chunks: output chunk size (int or ``(cy, cx)``); default the source's chunks
+            (of the first channel), or 512 for a dataset without dask chunks. Tiles
+            straddling a chunk line run once for each chunk, so chunks of several tiles
+            cost less per output pixel: at tile 256 / overlap 64, about 3.7 model pixels
+            per output pixel with 512 chunks, 2.7 with 1024 and 2.2 with 2048 (a
+            multiple of the store's chunks keeps writes aligned).
+        tile, overlap, margin, batch_size, fill: see :func:`make_plan` and the module
+            docstring.
+        stats: counters updated as tasks run (in-process schedulers).
+
+    Returns:
+        float32 ``(y, x)`` DataArray named ``name``, chunked like the output, with the
+        dataset's coordinates on those dims (and ``spatial_ref`` when present). NaN
+        where any channel is missing. Write it chunk by chunk (``to_zarr``) or compute.
+    """
+    import dask.array as da
+    from dask.base import tokenize
+    from dask.highlevelgraph import HighLevelGraph
+
+    names = _resolve_channels(ds, predictor, channels)
+    ydim, xdim = _spatial_dims(ds, names)
+    H, W = int(ds.sizes[ydim]), int(ds.sizes[xdim])
+    plan = make_plan(predictor, tile, overlap, margin)
+    fills = tuple(float(v) for v in _fill_values(predictor, len(names), fill))
+    bs = max(1, int(batch_size))
+
+    # never touch ``.data`` of a non-dask variable: that loads (and caches) all of it
+    first = ds[names[0]].chunks
+    if chunks is None:
+        if first is not None:
+            ychunks, xchunks = tuple(first[0]), tuple(first[1])
+        else:
+            ychunks, xchunks = _chunk_sizes(H, 512), _chunk_sizes(W, 512)
+    else:
+        cy, cx = (chunks, chunks) if isinstance(chunks, int) else chunks
+        ychunks, xchunks = _chunk_sizes(H, int(cy)), _chunk_sizes(W, int(cx))
+
+    lazy = all(ds[c].chunks is None for c in names)
+    if lazy:
+        # no dask inputs (opened with chunks=None, or in memory): every task reads its own
+        # window from one shared lazy reader; no task waits for, or keeps, another's input
+        token = uuid.uuid4().hex
+        arrays: list = []
+    else:
+        arrays = [ds[c].data if ds[c].chunks is not None
+                  else ds[c].chunk({ydim: ychunks, xdim: xchunks}).data for c in names]
+        token = tokenize(*[a.name for a in arrays], plan, bs, fills, ychunks, xchunks,
+                         type(predictor).__qualname__, id(predictor), id(stats))
+    out_name = f"slidewatch-predict-{token}"
+    pkey = f"slidewatch-predictor-{token}"
+    skey = f"slidewatch-predict-stats-{token}"
+    rkey = f"slidewatch-predict-source-{token}"
+    # the predictor and the counters (and the lazy reader) enter the graph once, as their
+    # own keys, shared by every task (never copied or serialized per chunk)
+    layer: dict = {pkey: predictor, skey: stats}
+    if lazy:
+        layer[rkey] = _Source(ds, names)
+    src_bounds = [(_bounds(a.chunks[0]), _bounds(a.chunks[1])) for a in arrays]
+    for i, (y0, y1) in enumerate(_bounds(ychunks)):
+        for j, (x0, x1) in enumerate(_bounds(xchunks)):
+            window = (y0, y1, x0, x1)
+            read = _read_window(plan, (H, W), window)
+            blocks, bounds = [], []
+            for a, (yb, xb) in zip(arrays, src_bounds):
+                bi = [k for k, (s, e) in enumerate(yb) if s < read[1] and e > read[0]]
+                bj = [k for k, (s, e) in enumerate(xb) if s < read[3] and e > read[2]]
+                bounds.append((tuple(yb[k] for k in bi), tuple(xb[k] for k in bj)))
+                blocks.append([[(a.name, r, s) for s in bj] for r in bi])
+            spec = _BlockTask(window, read, tuple(bounds), (H, W), plan, bs, fills)
+            if lazy:
+                layer[(out_name, i, j)] = (_source_block, pkey, rkey, spec, skey)
+            else:
+                layer[(out_name, i, j)] = (_dataset_block, pkey, blocks, spec, skey)
+    graph = HighLevelGraph.from_collections(out_name, layer, dependencies=arrays)
+    data = da.Array(graph, out_name, chunks=(ychunks, xchunks), dtype=np.float32,
+                    meta=np.empty((0, 0), dtype=np.float32))
+    coords = {k: v for k, v in ds.coords.items() if set(v.dims) <= {ydim, xdim}}
+    return xr.DataArray(
+        data, dims=(ydim, xdim), coords=coords, name=name,
+        attrs={"long_name": "landslide probability", "units": "1",
+               "valid_range": [0.0, 1.0],
+               "comment": "NaN where any input channel is missing; seam-free chunked "
+                          "U-Net inference (blended overlapping tiles)"},
+    )
