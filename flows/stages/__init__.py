@@ -115,7 +115,7 @@ def risk_stage(
     """
     from flows.stages.risk import open_zone, write_risk
     from pipeline.predict.mosaic import CLASS_THRESHOLDS
-    from pipeline.products.cog import export_run
+    from pipeline.products.stac_item import export_run
     from pipeline.products.quicklook import write_quicklook
 
     emit = on_event or _quiet

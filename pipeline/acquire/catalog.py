@@ -37,6 +37,7 @@ from pipeline.core.collections import (
 )
 from pipeline.core.config import CubeConfig, TimeWindow
 from pipeline.core.errors import CatalogError, EmptySearchError, InputDataError
+from pipeline.core.files import atomic_write_text
 from pipeline.core.secrets import unsigned_href
 from pipeline.plan.regions import BBox
 
@@ -377,9 +378,7 @@ def save_items(items: Sequence[pystac.Item], path: Path) -> None:
         "type": "FeatureCollection",
         "features": [unsign_item(it).to_dict(transform_hrefs=False) for it in items],
     }
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(doc))
-    tmp.replace(path)
+    atomic_write_text(path, json.dumps(doc))
 
 
 def load_items(path: Path) -> list[pystac.Item]:

@@ -26,6 +26,8 @@ from pipeline import __version__
 from pipeline.acquire.catalog import RunInputs, has_map_projection, items_over, refresh_signatures, sign_for_read
 from pipeline.core.collections import (
     DEM_ASSET,
+    DEM_VALID_ABOVE,
+    S1_VALID_ABOVE,
     S2_BOA_OFFSET,
     S2_OFFSET_BASELINE,
     S2_QUANTIFICATION,
@@ -211,7 +213,7 @@ def s1_power(
         if arr.sizes["time"] > 0 and arr.sizes["band"] > 0:
             arr = arr.isel(band=0, drop=True)
             ids += [str(v) for v in np.atleast_1d(arr["id"].values)] if "id" in arr.coords else [it.id for it in projected]
-            parts.append(da.where(arr.data > -32767, arr.data, np.nan))
+            parts.append(da.where(arr.data > S1_VALID_ABOVE, arr.data, np.nan))
     if radar:
         ids += [it.id for it in radar]
         parts.append(grd_stack(radar, pol, grid, dem))
@@ -246,7 +248,7 @@ def dem_on_grid(items: Sequence[pystac.Item], grid: ZoneGrid) -> xr.DataArray:
     _check_assets(items, [DEM_ASSET], "cop-dem-glo-30")
     arr = _stack(items, [DEM_ASSET], grid, dtype="float32", fill_value=np.nan,
                  resampling=Resampling.bilinear, time_chunk=1).isel(band=0, drop=True)
-    arr = arr.where(arr > -1000)  # Copernicus DEM nodata is -32767
+    arr = arr.where(arr > DEM_VALID_ABOVE)
     dem = stackstac.mosaic(arr, dim="time") if arr.sizes["time"] > 1 else arr.isel(time=0)
     return dem.astype("float32").drop_vars([c for c in dem.coords if c not in ("x", "y")])
 

@@ -38,10 +38,13 @@ S2_OFFSET_BASELINE: Final = "04.00"
 S2_BOA_OFFSET: Final = -1000
 S2_QUANTIFICATION: Final = 10000.0
 
-S1_POLARISATIONS: Final = ("vv", "vh")
-#: nodata of sentinel-1-rtc's float32 gamma0 COGs (raster:bands on Planetary Computer).
+#: nodata of sentinel-1-rtc's float32 gamma0 COGs (raster:bands on Planetary Computer); a
+#: bilinear read blends it into its neighbours, so gamma0 is valid only above S1_VALID_ABOVE.
 S1_RTC_NODATA: Final = -32768.0
+S1_VALID_ABOVE: Final = -32767.0
 
 DEM_ASSET: Final = "data"
-#: Copernicus DEM's nodata.
+#: Copernicus DEM's nodata. Bilinear reads blend it into neighbouring pixels, so an
+#: elevation counts as valid only above DEM_VALID_ABOVE (below any land surface).
 DEM_NODATA: Final = -32767.0
+DEM_VALID_ABOVE: Final = -1000.0

@@ -13,6 +13,7 @@ from datetime import date, datetime
 
 import numpy as np
 
+from pipeline.core.collections import S2_CUBE_BANDS
 from pipeline.core.errors import TimeWindowError
 
 #: Default pixel size of every grid, metres.
@@ -167,7 +168,7 @@ class CubeConfig:
 
     #: Largest ``eo:cloud_cover`` (percent) of a Sentinel-2 scene to consider.
     max_cloud_cover: float = 60.0
-    s2_bands: tuple[str, ...] = ("B02", "B03", "B04", "B08", "B11", "B12")
+    s2_bands: tuple[str, ...] = S2_CUBE_BANDS
     #: Use ``sentinel-1-grd`` (uncalibrated, documented in README) when no RTC item is found.
     s1_grd_fallback: bool = True
     #: Days before the window's start searched for the SAR reference history (SMI dry/wet).

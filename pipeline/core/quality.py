@@ -23,13 +23,9 @@ bit  name                 meaning
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable
 
-import dask.array as da
-import numpy as np
-import xarray as xr
 
-__all__ = ["QualityFlag", "combine_flags", "describe", "flag_layer", "quality_attrs"]
+__all__ = ["QualityFlag", "describe", "quality_attrs"]
 
 
 class QualityFlag(enum.IntFlag):
@@ -64,55 +60,3 @@ def quality_attrs(long_name: str = "pixel quality flags (bit field)") -> dict:
 def describe(code: int) -> list[str]:
     """Names of the bits set in ``code`` (``[]`` for 0)."""
     return [str(f.name).lower() for f in _members() if int(code) & f.value]
-
-
-def _or_kernel(*masks_and_bits):
-    n = len(masks_and_bits) // 2
-    masks, bits = masks_and_bits[:n], masks_and_bits[n:]
-    out = np.zeros(np.shape(masks[0]), dtype=np.uint8)
-    for m, b in zip(masks, bits):
-        out[np.asarray(m, dtype=bool)] |= np.uint8(b)
-    return out
-
-
-def flag_layer(flags: Iterable[tuple[xr.DataArray, QualityFlag]]) -> xr.DataArray:
-    """One uint8 layer from ``(boolean mask, flag)`` pairs (flag set where the mask is True).
-
-    Works lazily (one blockwise task per chunk) when the masks are dask-backed;
-    all masks must share dims and shape.
-    """
-    pairs = list(flags)
-    if not pairs:
-        raise ValueError("flag_layer needs at least one (mask, flag) pair")
-    masks = [m for m, _ in pairs]
-    bits = [int(f) for _, f in pairs]
-    template = masks[0]
-    masks = list(xr.broadcast(*masks))
-    datas = [m.data for m in masks]
-    if any(isinstance(d, da.Array) for d in datas):
-        datas = [da.asarray(d) for d in datas]
-
-        def k(*blocks):
-            return _or_kernel(*blocks, *bits)
-
-        data = da.map_blocks(k, *datas, dtype=np.uint8)
-    else:
-        data = _or_kernel(*datas, *bits)
-    out = xr.DataArray(data, dims=masks[0].dims, coords=masks[0].coords, name="quality")
-    out.attrs = quality_attrs()
-    if "grid_mapping" in template.attrs:
-        out.attrs["grid_mapping"] = template.attrs["grid_mapping"]
-    return out
-
-
-def combine_flags(*layers: xr.DataArray) -> xr.DataArray:
-    """Bitwise OR of several uint8 quality layers, with CF flag attributes."""
-    if not layers:
-        raise ValueError("combine_flags needs at least one layer")
-    out = layers[0].astype(np.uint8)
-    for layer in layers[1:]:
-        out = out | layer.astype(np.uint8)
-    out = out.astype(np.uint8)
-    out.name = "quality"
-    out.attrs = quality_attrs()
-    return out

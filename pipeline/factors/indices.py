@@ -30,10 +30,6 @@ from pipeline.core.errors import InputDataError, MissingAssetError
 __all__ = [
     "INDEX_BANDS",
     "INDEX_LONG_NAMES",
-    "ndbi",
-    "ndmi",
-    "ndvi",
-    "ndwi",
     "normalized_difference",
     "normalized_difference_kernel",
     "spectral_indices",
@@ -107,26 +103,6 @@ def _index(ds: xr.Dataset, index: str) -> xr.DataArray:
     if "grid_mapping" in a.attrs:
         out.attrs["grid_mapping"] = a.attrs["grid_mapping"]
     return out
-
-
-def ndvi(ds: xr.Dataset) -> xr.DataArray:
-    """NDVI = (B08 - B04) / (B08 + B04), float32, lazy for dask-backed bands."""
-    return _index(ds, "ndvi")
-
-
-def ndwi(ds: xr.Dataset) -> xr.DataArray:
-    """NDWI = (B03 - B08) / (B03 + B08), float32."""
-    return _index(ds, "ndwi")
-
-
-def ndbi(ds: xr.Dataset) -> xr.DataArray:
-    """NDBI = (B11 - B08) / (B11 + B08), float32."""
-    return _index(ds, "ndbi")
-
-
-def ndmi(ds: xr.Dataset) -> xr.DataArray:
-    """NDMI = (B08 - B11) / (B08 + B11), float32."""
-    return _index(ds, "ndmi")
 
 
 def spectral_indices(

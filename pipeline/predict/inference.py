@@ -1,71 +1,16 @@
 """Seam-free chunked inference: any Predictor (numpy in, numpy out) over arrays of any size.
 
-Design
-------
-**One global tile grid.** Tiles of ``tile × tile`` pixels with ``overlap`` pixels of
-overlap sit on a grid anchored at the array's origin: tile ``k`` along an axis starts at
-``k · stride`` (``stride = tile - overlap``), and ``stride`` and ``tile`` are multiples of
-the predictor's ``size_multiple``, so every tile's pooling cells coincide with the
-global ones. A pixel's probability is the weighted mean of the predictions of the tiles
-covering it (two per axis in an overlap when ``overlap ≤ tile/2``). Because the grid and the weights depend only on
-the pixel's global position, an output chunk computes exactly the tiles touching it and
-gets exactly the values a single pass over the whole array would give: the result does
-not depend on the chunking, for any predictor (chunk seams cannot exist).
+One global tile grid anchored at the array's origin, raised-cosine blending of overlaps
+and per-channel fills for nodata make a chunk's probabilities exactly those of one pass
+over the whole array, so mosaics have no chunk seams; all-nodata chunks and tiles never
+reach the model. :func:`predict_window` runs one window, :func:`iter_chunk_predictions`
+yields windows for a writer that stores them as they finish, :func:`predict_dataset`
+builds the lazy dask graph (the predictor enters it once). The design, the defaults and
+the edge and nodata rules are in ``docs/inference.md``.
 
-**Blending weights** (:func:`axis_weights`): separable, per axis a function of the distance
-``d`` to the tile's nearest *interior* edge: ``0`` for ``d < margin`` (pixels that see the
-tile border within the predictor's halo get no say), a raised-cosine ramp
-``sin²(π/2 · (d - margin + ½)/(overlap - 2·margin))`` over the next
-``overlap - 2·margin`` pixels, ``1`` beyond. Edges on the array's border are never
-tapered. The two tiles of an overlap get weights summing to exactly 1 (``s(t) + s(1-t) =
-1``), and every covered pixel has at least one tile with a positive weight. With
-``margin ≥ r``, a predictor whose output depends only on inputs within ``r`` pixels
-gives the *same* result as one call on the whole array; predictors with a wider or
-global footprint (the enhanced U-Net's channel attention) are blended smoothly.
-
-**Defaults** (:func:`make_plan`): ``tile=256``; ``overlap = min(4·halo, tile // 4)``
-rounded up to ``size_multiple``; ``margin = min(halo, overlap // 4)``. Small-footprint
-predictors (``tile ≥ 16·halo``) therefore get ``margin = halo`` (exact). The enhanced
-U-Net (halo 224, an upper bound; its effective receptive field is far smaller) gets
-overlap 64, margin 16, a 32-px ramp: 1.78× the pixels of non-overlapping tiles. Pass
-``overlap``/``margin`` to trade compute for blending width.
-
-**Chunks.** :func:`predict_chunk` computes one output window ``[y0:y1, x0:x1]``: it reads
-the union of the tiles touching the window and the window grown by ``predictor.halo``
-(both clipped at the array's edge), runs the tiles in batches of ``batch_size`` and
-returns the window. :func:`predict_dataset` builds the lazy dask version: one task per
-output chunk, with the predictor handed in once as its own graph key (never
-re-serialized per chunk). A dask-backed dataset's tasks depend on the source blocks
-under their read windows; a dataset opened without dask (``chunks=None``) is read window
-by window through one shared lazy reader, which keeps peak memory flat as regions grow.
-Memory per task is bounded by the read window plus one batch.
-:func:`iter_chunk_predictions` is the plain iterator for a writer that stores chunks as
-they finish (pass ``windows`` to resume).
-Both call ``predictor.check_channels`` first; by default they feed the predictor's
-channels by name when the dataset has them all (Zarr keeps no variable order; extra
-variables are ignored), else they check the dataset's names so the error says what is
-missing.
-
-**Edges and padding.** Tiles cut by the array's bottom/right edge are padded to a
-multiple of ``size_multiple`` by reflection (edge replication when too small to reflect),
-as the U-Net itself pads a whole array, and cropped back. Because tile origins are
-multiples of ``size_multiple``, the padding is exactly the one a whole-array pass would
-get.
-
-**Nodata.** A pixel is *valid* when all its channels are finite. Invalid pixels get a NaN
-probability (a model cannot be trusted where an input is missing). Before the model runs,
-non-finite inputs are replaced by a per-channel fill value so that they do not poison
-valid neighbours: ``fill`` when given (scalar or one per channel); else the predictor's
-``fill_values`` attribute when it has one; else, for the slidewatch Predictor, its
-normalisation means (``predictor.metadata.normalisation.mean``), so filled pixels
-normalise to 0, the value the Predictor itself gives NaNs; else 0. A chunk without a valid
-pixel is returned as NaN without calling the model, and a tile is skipped when no valid
-pixel of the window lies where the tile has a positive weight (those outputs would be NaN
-anyway), so all-nodata chunks and tiles never reach the model.
-
-Counters (:class:`PredictionStats`, thread-safe) report chunks run/skipped, tiles,
-model calls and pixels. They are updated in this process (dask's threaded or
-synchronous scheduler); on a distributed cluster each worker updates its own copy.
+Longer than the project's ~500 lines on purpose: it does one job, and the tile plan, the
+blending weights, the batch loop and the two drivers (iterator, dask graph) share private
+helpers whose split would expose them.
 """
 
 from __future__ import annotations

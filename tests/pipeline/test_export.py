@@ -1,4 +1,4 @@
-"""Run exports: COGs of a risk zone and the run's STAC item (pipeline/export.py).
+"""Run exports: COGs of a risk zone and the run's STAC item (pipeline/products/cog.py, pipeline/products/stac_item.py).
 
 Small synthetic risk zones (300 x 257 px at 10 m, EPSG:32648, NaN holes and 255 classes)
 are built in each test; references are hand-written grids, numpy and pyproj.
@@ -25,7 +25,8 @@ from rio_cogeo.cogeo import cog_validate
 import pipeline.products.cog as export
 from pipeline.core.config import TimeWindow
 from pipeline.core.errors import InputDataError, StoreError, TimeWindowError
-from pipeline.products.cog import InputRef, export_run, input_refs, run_item, write_cogs, write_item
+from pipeline.products.cog import write_cogs
+from pipeline.products.stac_item import InputRef, export_run, input_refs, run_item, write_item
 
 H, W, RES = 257, 300, 10.0
 X0, Y1 = 320000.0, 3309440.0
