@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import functools
 import logging
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from flows.console import err_console, friendly_errors, show_error
+from flows.console import out_console as _out_console
 from pipeline import __version__
 from pipeline.core.collections import PLANETARY_COMPUTER_STAC
 from pipeline.core.config import DEFAULT_CHUNK, CubeConfig, TimeWindow, check_max_cloud
@@ -27,25 +26,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-console = Console(stderr=True)
-out_console = Console()
-
-
-def friendly_errors(fn: Callable[..., None]) -> Callable[..., None]:
-    """Turn slidewatch errors into a one-line cause and fix, and a non-zero exit."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: object, **kwargs: object) -> None:
-        try:
-            fn(*args, **kwargs)
-        except SlidewatchError as exc:
-            console.print(f"[bold red]error:[/] {exc}", soft_wrap=True)
-            raise typer.Exit(exc.exit_code) from None
-        except KeyboardInterrupt:
-            console.print("[yellow]interrupted[/]: rerun the same command to resume.")
-            raise typer.Exit(130) from None
-
-    return wrapper
+console = err_console()
+out_console = _out_console()
 
 
 def _human_bytes(n: float) -> str:
@@ -273,7 +255,7 @@ def _register_optional_commands() -> None:
         for name in names:
             fn = getattr(mod, name, None)
             if fn is not None:
-                app.command(name)(friendly_errors(fn))
+                app.command(name)(fn)  # each command shows its own errors (flows.console.friendly_errors)
 
 
 _register_optional_commands()
@@ -317,8 +299,7 @@ def main() -> None:
     try:
         app()
     except SlidewatchError as exc:
-        console.print(f"[bold red]error:[/] {exc}")
-        sys.exit(exc.exit_code)
+        sys.exit(show_error(exc))
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/]: rerun the same command to resume.")
         sys.exit(130)

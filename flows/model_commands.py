@@ -4,7 +4,7 @@ Plain functions with typer annotations; the main CLI registers them with
 ``app.command("train")(train)`` and ``app.command("evaluate")(evaluate)`` (``ablate`` is
 available the same way). No maths here: options are validated, passed to
 :mod:`models`, and results printed as rich tables. Slidewatch errors print one line and
-exit with the error's code.
+exit with the error's code (:func:`flows.console.friendly_errors`).
 """
 
 from __future__ import annotations
@@ -16,10 +16,9 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from pipeline.core.errors import SlidewatchError
+from flows.console import err_console, friendly_errors, out_console
 
 __all__ = ["ablate", "evaluate", "metrics_table", "train"]
 
@@ -42,14 +41,6 @@ class Split(str, Enum):
     all = "all"
 
 
-def _out() -> Console:
-    return Console()
-
-
-def _errc() -> Console:
-    return Console(stderr=True)
-
-
 def _fmt(v: object) -> str:
     if isinstance(v, float):
         return "–" if not math.isfinite(v) else f"{v:.3f}"
@@ -67,17 +58,13 @@ def metrics_table(rows: Sequence[dict], title: str, columns: Iterable[str] | Non
     return table
 
 
-def _fail(exc: SlidewatchError) -> typer.Exit:
-    _errc().print(f"[red]error:[/red] {exc}")
-    return typer.Exit(code=getattr(exc, "exit_code", 2))
-
-
 def _channels(value: str | None) -> tuple[str, ...] | None:
     if not value:
         return None
     return tuple(c.strip() for c in value.split(",") if c.strip())
 
 
+@friendly_errors
 def train(
     cube: Annotated[Path, typer.Option("--cube", help="Factor Zarr store (dims y, x).")],
     inventory: Annotated[
@@ -107,41 +94,39 @@ def train(
     from models.training import TrainConfig
     from models.training import train as run_train
 
-    try:
-        cfg_kwargs = dict(
-            arch=arch.value,
-            base_width=base_width,
-            depth=depth,
-            chip_size=chip_size,
-            block_size=block_size,
-            batch_size=batch_size,
-            epochs=epochs,
-            lr=lr,
-            patience=patience,
-            chips_per_epoch=chips_per_epoch,
-            seed=seed,
-            device=device.value,
-            num_threads=threads,
-        )
-        if _channels(channels):
-            cfg_kwargs["channels"] = _channels(channels)
-        config = TrainConfig(**cfg_kwargs)
-        path = run_train(cube, inventory, out, config, progress=progress)
-        meta = read_metadata(path)
-    except SlidewatchError as exc:
-        raise _fail(exc) from None
+    cfg_kwargs = dict(
+        arch=arch.value,
+        base_width=base_width,
+        depth=depth,
+        chip_size=chip_size,
+        block_size=block_size,
+        batch_size=batch_size,
+        epochs=epochs,
+        lr=lr,
+        patience=patience,
+        chips_per_epoch=chips_per_epoch,
+        seed=seed,
+        device=device.value,
+        num_threads=threads,
+    )
+    if _channels(channels):
+        cfg_kwargs["channels"] = _channels(channels)
+    config = TrainConfig(**cfg_kwargs)
+    path = run_train(cube, inventory, out, config, progress=progress)
+    meta = read_metadata(path)
     m = meta.metrics
     rows = [
         {"split": "val (best epoch)", **{k: m["val"].get(k) for k in ("dice", "iou", "precision", "recall")}},
         {"split": "test", **{k: m["test"].get(k) for k in ("dice", "iou", "precision", "recall")}},
     ]
     rows = [{k: (math.nan if v is None else v) for k, v in r.items()} for r in rows]
-    _out().print(
+    out_console().print(
         metrics_table(rows, f"{meta.architecture}: best epoch {m['best_epoch']} of {m['epochs_run']}")
     )
-    _out().print(f"checkpoint: {path}")
+    out_console().print(f"checkpoint: {path}")
 
 
+@friendly_errors
 def evaluate(
     checkpoint: Annotated[Path, typer.Option("--checkpoint", help="model.safetensors from train.")],
     cube: Annotated[Path, typer.Option("--cube", help="Factor Zarr store.")],
@@ -157,18 +142,16 @@ def evaluate(
     """Metrics per held-out block and overall for a checkpoint on a cube + inventory."""
     from models.evaluate import evaluate as run_evaluate
 
-    try:
-        report = run_evaluate(
-            checkpoint, cube, inventory, split.value, threshold, context, block_size, device.value
-        )
-    except SlidewatchError as exc:
-        raise _fail(exc) from None
+    report = run_evaluate(
+        checkpoint, cube, inventory, split.value, threshold, context, block_size, device.value
+    )
     cols = ["block", "split", "pixels", "landslide_px", "dice", "iou", "precision", "recall", "auc",
             "recall_small", "recall_medium", "recall_large"]
-    _out().print(metrics_table(report.table_rows(), f"{checkpoint.name} on {split.value} blocks", cols))
-    _out().print(f"sha256: {report.sha256}")
+    out_console().print(metrics_table(report.table_rows(), f"{checkpoint.name} on {split.value} blocks", cols))
+    out_console().print(f"sha256: {report.sha256}")
 
 
+@friendly_errors
 def ablate(
     cube: Annotated[Path, typer.Option("--cube", help="Factor Zarr store with the lsi variable.")],
     inventory: Annotated[Path, typer.Option("--inventory")],
@@ -187,11 +170,8 @@ def ablate(
     from models.evaluate import ablation
     from models.training import TrainConfig
 
-    try:
-        config = TrainConfig(seed=seed, block_size=block_size, device=device.value, num_threads=threads,
-                             depth=depth, chip_size=chip_size, chips_per_epoch=chips_per_epoch, lr=lr)
-        rows = ablation(cube, inventory, config, epochs=epochs, base_width=base_width,
-                        on_row=lambda r: _errc().print(f"done: {r['model']} {r['channels']}"))
-    except SlidewatchError as exc:
-        raise _fail(exc) from None
-    _out().print(metrics_table(rows, "ablation (test blocks)"))
+    config = TrainConfig(seed=seed, block_size=block_size, device=device.value, num_threads=threads,
+                         depth=depth, chip_size=chip_size, chips_per_epoch=chips_per_epoch, lr=lr)
+    rows = ablation(cube, inventory, config, epochs=epochs, base_width=base_width,
+                    on_row=lambda r: err_console().print(f"done: {r['model']} {r['channels']}"))
+    out_console().print(metrics_table(rows, "ablation (test blocks)"))

@@ -12,13 +12,12 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
-
-from pipeline.core.errors import SlidewatchError
+from flows.console import friendly_errors, out_console
 
 __all__ = ["report"]
 
 
+@friendly_errors
 def report(
     run: Annotated[Path, typer.Argument(help="Run directory OUT/<region>/<start>_<end> (holds risk.zarr).")],
     out: Annotated[
@@ -34,10 +33,6 @@ def report(
     """Write a self-contained offline HTML report (map, statistics, provenance) of a run."""
     from pipeline.products.report import write_report
 
-    try:
-        path = write_report(run, out, max_pixels=max_pixels, cell_px=cell_px)
-    except SlidewatchError as exc:
-        Console(stderr=True).print(f"[red]error:[/red] {exc}", soft_wrap=True)
-        raise typer.Exit(code=getattr(exc, "exit_code", 2)) from None
+    path = write_report(run, out, max_pixels=max_pixels, cell_px=cell_px)
     size_kib = path.stat().st_size / 1024
-    Console().print(f"report: {path} ({size_kib:,.0f} KiB, self-contained; open it in any browser)", soft_wrap=True)
+    out_console().print(f"report: {path} ({size_kib:,.0f} KiB, self-contained; open it in any browser)", soft_wrap=True)

@@ -15,10 +15,11 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from flows.console import err_console, friendly_errors, out_console
 from pipeline.core.collections import PLANETARY_COMPUTER_STAC
+from pipeline.core.config import DEFAULT_CHUNK
 from pipeline.core.errors import SlidewatchError
 
 __all__ = ["DEFAULT_CRON", "build_watch_deployment", "serve", "watch", "watch_table"]
@@ -26,14 +27,6 @@ __all__ = ["DEFAULT_CRON", "build_watch_deployment", "serve", "watch", "watch_ta
 #: ``slidewatch serve``'s default schedule: every 30 minutes (IMERG's step).
 DEFAULT_CRON = "*/30 * * * *"
 DEPLOYMENT_NAME = "slidewatch-rainfall-watch"
-
-
-def _out() -> Console:
-    return Console()
-
-
-def _errc() -> Console:
-    return Console(stderr=True)
 
 
 def _num(v: Any, fmt: str = "{:.2f}") -> str:
@@ -61,6 +54,7 @@ def _path(p: Path | None) -> str | None:
     return str(Path(p).expanduser().resolve()) if p is not None else None
 
 
+@friendly_errors
 def watch(
     watchlist: Annotated[Path, typer.Option("--watchlist", help="YAML watch list: 'regions:' of {name, region, threshold: {a, b}}.")],
     out: Annotated[Path, typer.Option("--out", help="Output root: runs go to OUT/REGION/START_END/, alerts to OUT/alerts.jsonl.")] = Path("out"),
@@ -73,7 +67,7 @@ def watch(
     window_days: Annotated[int, typer.Option("--window-days", min=1, help="Days of imagery before the event for a triggered run.")] = 60,
     checkpoint: Annotated[Path | None, typer.Option("--checkpoint", help="U-Net checkpoint for the triggered runs (without it they stop after the LSI).")] = None,
     dask_address: Annotated[str | None, typer.Option("--dask-address", envvar="SLIDEWATCH_DASK_ADDRESS", help="Dask scheduler address; default: a local cluster.")] = None,
-    chunk: Annotated[int, typer.Option("--chunk", help="Chunk edge in pixels of the triggered runs.")] = 512,
+    chunk: Annotated[int, typer.Option("--chunk", help="Chunk edge in pixels of the triggered runs.")] = DEFAULT_CHUNK,
     check_only: Annotated[bool, typer.Option("--check-only", help="Print the table but start no run and record no alert.")] = False,
     device: Annotated[str, typer.Option("--device", help="Inference device: auto, cpu or cuda.")] = "auto",
 ) -> None:
@@ -89,15 +83,15 @@ def watch(
             stac_url=stac_url, window_days=window_days, checkpoint=_path(checkpoint), dask_address=dask_address,
             chunk=chunk, trigger=not check_only, device=device,
         )
-        _out().print(watch_table(rows, f"rainfall watch: last {hours:g} h before {now or 'now'}"))
+        out_console().print(watch_table(rows, f"rainfall watch: last {hours:g} h before {now or 'now'}"))
         failed = [r["region"] for r in rows if str(r.get("status", "")).startswith(("run failed", "check failed"))]
         if once:
             if failed:
-                _errc().print(f"[red]error:[/red] the check or run failed for {', '.join(failed)} "
+                err_console().print(f"[red]error:[/red] the check or run failed for {', '.join(failed)} "
                               f"(see the status column and {out / 'alerts.jsonl'}).")
                 raise typer.Exit(code=1)
             return
-        _errc().print(f"next check in {every:g} min (Ctrl-C to stop)")
+        err_console().print(f"next check in {every:g} min (Ctrl-C to stop)")
         time.sleep(every * 60)
 
 
@@ -113,7 +107,7 @@ def build_watch_deployment(
     window_days: int = 60,
     checkpoint: Path | None = None,
     dask_address: str | None = None,
-    chunk: int = 512,
+    chunk: int = DEFAULT_CHUNK,
     device: str = "auto",
 ) -> Any:
     """The watch flow's Prefect deployment on ``cron`` (a ``RunnerDeployment``; paths
@@ -132,6 +126,7 @@ def build_watch_deployment(
                               "use five fields, e.g. '*/30 * * * *' for every 30 minutes.") from None
 
 
+@friendly_errors
 def serve(
     watchlist: Annotated[Path, typer.Option("--watchlist", help="YAML watch list: 'regions:' of {name, region, threshold: {a, b}}.")],
     out: Annotated[Path, typer.Option("--out", help="Output root: runs go to OUT/REGION/START_END/, alerts to OUT/alerts.jsonl.")] = Path("out"),
@@ -143,7 +138,7 @@ def serve(
     window_days: Annotated[int, typer.Option("--window-days", min=1, help="Days of imagery before the event for a triggered run.")] = 60,
     checkpoint: Annotated[Path | None, typer.Option("--checkpoint", help="U-Net checkpoint for the triggered runs.")] = None,
     dask_address: Annotated[str | None, typer.Option("--dask-address", envvar="SLIDEWATCH_DASK_ADDRESS", help="Dask scheduler address; default: a local cluster.")] = None,
-    chunk: Annotated[int, typer.Option("--chunk", help="Chunk edge in pixels of the triggered runs.")] = 512,
+    chunk: Annotated[int, typer.Option("--chunk", help="Chunk edge in pixels of the triggered runs.")] = DEFAULT_CHUNK,
     device: Annotated[str, typer.Option("--device", help="Inference device: auto, cpu or cuda.")] = "auto",
 ) -> None:
     """Serve the rainfall watch on a cron schedule with Prefect (blocks; Ctrl-C stops it)."""
@@ -155,5 +150,5 @@ def serve(
     deployment = build_watch_deployment(watchlist, out, cron, name=name, hours=hours, precip=precip,
                                         stac_url=stac_url, window_days=window_days, checkpoint=checkpoint,
                                         dask_address=dask_address, chunk=chunk, device=device)
-    _errc().print(f"serving deployment {name!r} on cron {cron!r} (UTC); Ctrl-C to stop")
+    err_console().print(f"serving deployment {name!r} on cron {cron!r} (UTC); Ctrl-C to stop")
     prefect_serve(deployment)

@@ -12,8 +12,9 @@
   ``plan`` and the pure kernels of ``factors``; ``rain`` also uses ``plan``. So I/O uses
   pure code and never the reverse.
 * Inside ``flows``, modules share only the stage functions (``flows.stages``), the Dask
-  context (``flows.dask_context``) and the Prefect flows (``flows.prefect_flows``, for the
-  watch commands): no constants or helpers from one another.
+  context (``flows.dask_context``), the Prefect flows (``flows.prefect_flows``, for the
+  watch commands) and how the CLI shows errors (``flows.console``): no constants or
+  helpers from one another.
 
 Function-level imports count as much as module-level ones.
 """
@@ -44,7 +45,7 @@ ALLOWED: dict[str, set[str]] = {
 #: Third-party packages ``pipeline`` must never import.
 FORBIDDEN_IN_PIPELINE = {"torch", "prefect", "distributed", "typer", "rich", "flows", "models"}
 #: What a ``flows`` module may import from the rest of ``flows``.
-FLOWS_SHARED = {"flows.stages", "flows.dask_context", "flows.prefect_flows"}
+FLOWS_SHARED = {"flows.stages", "flows.dask_context", "flows.prefect_flows", "flows.console"}
 
 
 def module_name(path: Path, root: Path = REPO) -> str:

@@ -27,6 +27,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 import xarray as xr
 
+from pipeline.core.config import DEFAULT_CHUNK
 from pipeline.core.errors import InputDataError
 
 __all__ = [
@@ -604,7 +605,7 @@ def _resolve_channels(ds: xr.Dataset, predictor: PredictorLike, channels: Sequen
 def iter_chunk_predictions(
     ds: xr.Dataset,
     predictor: PredictorLike,
-    chunks: int | tuple[int, int] = 512,
+    chunks: int | tuple[int, int] = DEFAULT_CHUNK,
     *,
     channels: Sequence[str] | None = None,
     windows: Iterable[tuple[slice, slice]] | None = None,
@@ -734,7 +735,7 @@ def predict_dataset(
         if first is not None:
             ychunks, xchunks = tuple(first[0]), tuple(first[1])
         else:
-            ychunks, xchunks = _chunk_sizes(H, 512), _chunk_sizes(W, 512)
+            ychunks, xchunks = _chunk_sizes(H, DEFAULT_CHUNK), _chunk_sizes(W, DEFAULT_CHUNK)
     else:
         cy, cx = (chunks, chunks) if isinstance(chunks, int) else chunks
         ychunks, xchunks = _chunk_sizes(H, int(cy)), _chunk_sizes(W, int(cx))
