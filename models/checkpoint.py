@@ -17,8 +17,9 @@ Layout: a standard safetensors file whose header ``__metadata__`` holds one key,
     }
 
 Weights and metadata live in one file, so :func:`sha256` of that file identifies both
-(the STAC item records it). Loading never unpickles anything: torch.save payloads (zip
-or raw pickle) are recognised by their magic bytes and refused before any parsing, then
+(the STAC item records it). Loading never unpickles anything: the file is opened with
+``safetensors.safe_open`` (header only); a file it refuses is reported as a torch.save
+zip or a Python pickle when its magic bytes say so, else as corrupt or truncated. Then
 the JSON is validated (format, architecture, hyper-parameters, channel list,
 normalisation lengths) and every tensor's name and shape is checked against the network
 the metadata describes. Every failure raises :class:`~pipeline.core.errors.CheckpointError`.
@@ -31,13 +32,12 @@ import functools
 import hashlib
 import json
 import os
-import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 import pipeline
@@ -59,7 +59,9 @@ __all__ = [
 FORMAT = "slidewatch-checkpoint"
 FORMAT_VERSION = 1
 _META_KEY = "slidewatch"
-_MAX_HEADER = 100 * 1024 * 1024
+_MAX_HEADER = 100_000_000  # safetensors' own limit on the JSON header
+#: A pickle of protocol 2 and later starts with PROTO (0x80) and the protocol number.
+_PICKLE_PROTOCOLS = (b"\x02", b"\x03", b"\x04", b"\x05")
 
 
 @dataclass(frozen=True)
@@ -215,40 +217,58 @@ def save_checkpoint(
     return path
 
 
-def _read_header(path: Path) -> dict:
-    """Parse the safetensors header after refusing torch.save/pickle payloads by magic."""
+def _safetensors_metadata(path: Path) -> dict[str, str]:
+    """The ``__metadata__`` map of a safetensors file (``{}`` when it has none).
+
+    The file is opened with :func:`safetensors.safe_open`, which parses the header only
+    (nothing is unpickled). Only when that fails is the file looked at further, to say
+    why in the messages below: a torch.save zip or a Python pickle is refused as such,
+    anything else is reported as a truncated or corrupt safetensors file. A valid
+    safetensors file is never mistaken for a pickle because its first byte (the low
+    byte of the header length) happens to be 0x80.
+    """
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist.", "pass the .safetensors file that train wrote.")
-    size = path.stat().st_size
-    with open(path, "rb") as f:
-        head = f.read(8)
-        if head[:4] == b"PK\x03\x04":
-            raise CheckpointError(
-                f"{path} is a zip archive (a torch.save payload); it was refused without "
-                "being opened, because loading it would unpickle arbitrary code.",
-                "load only slidewatch .safetensors checkpoints; convert trusted weights with "
-                "safetensors.torch.save_file.",
-            )
-        if head[:1] == b"\x80":
-            raise CheckpointError(
-                f"{path} is a Python pickle; it was refused without being unpickled.",
-                "load only slidewatch .safetensors checkpoints.",
-            )
-        if len(head) < 8:
-            raise CheckpointError(f"{path} is too short to be a safetensors checkpoint.")
-        (n,) = struct.unpack("<Q", head)
-        if n <= 1 or n > min(_MAX_HEADER, size - 8):
-            raise CheckpointError(f"{path} is not a safetensors file (bad header length {n}).")
-        raw = f.read(n)
-    if not raw.lstrip().startswith(b"{"):
-        raise CheckpointError(f"{path} is not a safetensors file (header is not JSON).")
     try:
-        header = json.loads(raw)
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise CheckpointError(f"{path}: corrupt safetensors header ({exc}).") from exc
-    if not isinstance(header, dict):
-        raise CheckpointError(f"{path}: corrupt safetensors header.")
-    return header
+        with safe_open(str(path), "pt") as f:
+            return dict(f.metadata() or {})
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise _not_safetensors(path, exc) from exc
+
+
+def _not_safetensors(path: Path, exc: Exception) -> CheckpointError:
+    """The error for a file that :func:`safetensors.safe_open` refused."""
+    detail = str(exc).removeprefix("Error while deserializing header: ")
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(8)
+            n = int.from_bytes(head, "little")
+            plausible = len(head) == 8 and 1 < n <= min(_MAX_HEADER, size - 8)
+            first = f.read(min(n, 64)).lstrip()[:1] if plausible else b""
+    except OSError as err:
+        return CheckpointError(f"cannot read checkpoint {path}: {err}.")
+    if head[:4] == b"PK\x03\x04":
+        return CheckpointError(
+            f"{path} is a zip archive (a torch.save payload); it was refused without "
+            "being opened, because loading it would unpickle arbitrary code.",
+            "load only slidewatch .safetensors checkpoints; convert trusted weights with "
+            "safetensors.torch.save_file.",
+        )
+    if head[:1] == b"\x80" and head[1:2] in _PICKLE_PROTOCOLS:
+        return CheckpointError(
+            f"{path} is a Python pickle; it was refused without being unpickled.",
+            "load only slidewatch .safetensors checkpoints.",
+        )
+    if len(head) < 8:
+        return CheckpointError(f"{path} is too short to be a safetensors checkpoint.")
+    if n <= 1 or n > min(_MAX_HEADER, size - 8):
+        return CheckpointError(f"{path} is not a safetensors file (bad header length {n}).")
+    if first != b"{":
+        return CheckpointError(f"{path} is not a safetensors file (header is not JSON).")
+    if "JSON" in detail or "UTF-8" in detail:
+        return CheckpointError(f"{path}: corrupt safetensors header ({detail}).")
+    return CheckpointError(f"{path}: corrupt or truncated safetensors file ({detail}).")
 
 
 #: Fix shown with checkpoint errors that carry no more specific one.
@@ -277,8 +297,7 @@ def _with_hint(fn):  # type: ignore[no-untyped-def]
 def read_metadata(path: str | Path) -> CheckpointMetadata:
     """Read and validate a checkpoint's metadata without loading weights."""
     path = Path(path)
-    header = _read_header(path)
-    meta_block = header.get("__metadata__") or {}
+    meta_block = _safetensors_metadata(path)
     if _META_KEY not in meta_block:
         raise CheckpointError(
             f"{path} is a safetensors file without slidewatch metadata.",

@@ -4,8 +4,9 @@
   ``(y, x)``, float32 variables named like the channels, CRS from ``spatial_ref``) into a
   ``(C, H, W)`` float32 array plus its :class:`Grid`.
 * :func:`rasterize_inventory` burns a landslide inventory onto that grid: GeoJSON or
-  GeoPackage polygons in any CRS (reprojected to the grid CRS; invalid geometries raise
-  :class:`~pipeline.core.errors.InputDataError` naming the feature), or a mask GeoTIFF
+  GeoPackage (read with pyogrio) polygons in any CRS (reprojected to the grid CRS;
+  invalid geometries raise :class:`~pipeline.core.errors.InputDataError` naming the
+  feature), or a mask GeoTIFF
   (aligned with nearest-neighbour resampling when its grid differs). Labels are uint8:
   1 landslide, 0 background, :data:`IGNORE` (255) unknown (mask nodata, outside the mask
   raster, or cube pixels where every channel is NaN).
@@ -21,7 +22,6 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -174,72 +174,76 @@ def _read_geojson(path: Path) -> tuple[list[tuple[str, object]], CRS]:
     return out, crs
 
 
-def _gpkg_geometry(blob: bytes) -> object:
-    if blob is None:
-        return None
-    if blob[:2] != b"GP":
-        raise ValueError("not a GeoPackage geometry blob (no 'GP' magic)")
-    flags = blob[3]
-    env = (flags >> 1) & 0b111
-    env_len = {0: 0, 1: 32, 2: 48, 3: 48, 4: 64}.get(env)
-    if env_len is None:
-        raise ValueError(f"bad envelope indicator {env}")
-    if flags & 0b10000:  # empty geometry flag
-        return shapely.geometry.Polygon()
-    return shapely.from_wkb(bytes(blob[8 + env_len :]))
+_GPKG_HINT = "export the inventory again as a GeoPackage (QGIS, ogr2ogr -f GPKG) or as GeoJSON."
 
 
 def _read_gpkg(path: Path, layer: str | None) -> tuple[list[tuple[str, object]], CRS]:
-    """Read polygons from a GeoPackage with sqlite3 (GPKG blobs are a header + WKB)."""
+    """Read the polygons of one feature layer of a GeoPackage with pyogrio (GDAL).
+
+    ``layer`` defaults to the first layer with a geometry column; attribute-only tables
+    never count. GDAL returns NULL and unreadable geometry blobs alike as ``None``.
+    """
+    import pyogrio
+    from pyogrio.errors import (
+        DataLayerError,
+        DataSourceError,
+        FeatureError,
+        GeometryError,
+    )
+
     try:
-        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    except sqlite3.Error as exc:
-        raise InputDataError(f"cannot open GeoPackage {path}: {exc}") from exc
+        layers = pyogrio.list_layers(path)
+    except DataSourceError as exc:
+        raise InputDataError(f"{path} is not a GeoPackage ({exc}).", _GPKG_HINT) from exc
+    spatial = [str(name) for name, geometry_type in layers if geometry_type is not None]
+    if not spatial:
+        raise InputDataError(f"GeoPackage {path} has no feature table.", _GPKG_HINT)
+    if layer is not None and layer not in spatial:
+        raise InputDataError(
+            f"GeoPackage {path} has no layer {layer!r}.", f"pick one of its feature layers {spatial}."
+        )
+    table = layer if layer is not None else spatial[0]
+    errors = (DataSourceError, DataLayerError, FeatureError, GeometryError)
     try:
+        info = pyogrio.read_info(path, layer=table)
+    except errors as exc:
+        raise InputDataError(f"cannot read layer {table!r} of GeoPackage {path}: {exc}", _GPKG_HINT) from exc
+    if info.get("driver") != "GPKG":
+        raise InputDataError(
+            f"{path} is not a GeoPackage (GDAL reads it as {info.get('driver')}).", _GPKG_HINT
+        )
+    # GDAL names the GeoPackage spec's undefined srs_id 0 and -1 "Undefined geographic SRS"
+    # and "Undefined Cartesian SRS"; like a missing definition, they give no usable CRS.
+    crs_text = info.get("crs")
+    crs = None
+    if crs_text:
         try:
-            rows = con.execute(
-                "SELECT table_name, column_name, srs_id FROM gpkg_geometry_columns"
-            ).fetchall()
-        except sqlite3.DatabaseError as exc:
-            raise InputDataError(f"{path} is not a GeoPackage ({exc}).") from exc
-        if not rows:
-            raise InputDataError(f"GeoPackage {path} has no feature table.")
-        if layer is not None:
-            rows = [r for r in rows if r[0] == layer]
-            if not rows:
-                raise InputDataError(f"GeoPackage {path} has no layer {layer!r}.")
-        table, column, srs_id = rows[0]
-        srs = con.execute(
-            "SELECT organization, organization_coordsys_id, definition "
-            "FROM gpkg_spatial_ref_sys WHERE srs_id = ?",
-            (srs_id,),
-        ).fetchone()
-        if srs is None:
-            raise InputDataError(f"GeoPackage {path}: layer {table!r} srs_id {srs_id} is undefined.")
-        org, code, definition = srs
+            crs = CRS.from_user_input(crs_text)
+        except Exception as exc:  # noqa: BLE001 - rasterio raises several types
+            raise InputDataError(f"GeoPackage {path}: layer {table!r} has an unreadable CRS ({exc}).") from exc
+    if crs is None or ProjCRS.from_wkt(crs.to_wkt()).name.startswith("Undefined "):
+        raise InputDataError(
+            f"GeoPackage {path}: layer {table!r} has no defined CRS.",
+            "assign the CRS the coordinates are in (QGIS 'Assign projection', ogr2ogr -a_srs) and save again.",
+        )
+    try:
+        _, fids, blobs, _ = pyogrio.raw.read(path, layer=table, columns=[], return_fids=True)
+    except errors as exc:
+        raise InputDataError(f"cannot read layer {table!r} of GeoPackage {path}: {exc}", _GPKG_HINT) from exc
+    out = []
+    for fid, blob in zip(fids, blobs, strict=True):
+        label = f"feature fid={fid} of layer {table!r}"
+        if blob is None:
+            raise InputDataError(
+                f"{label} in {path} has no geometry (NULL or unreadable).",
+                "drop it or draw its outline again.",
+            )
         try:
-            if str(org).upper() == "EPSG" and code and code > 0:
-                crs = CRS.from_epsg(int(code))
-            else:
-                crs = CRS.from_wkt(definition)
+            geom = shapely.from_wkb(blob)
         except Exception as exc:  # noqa: BLE001
-            raise InputDataError(f"GeoPackage {path}: unreadable CRS for srs_id {srs_id}.") from exc
-        cols = con.execute(f'PRAGMA table_info("{table}")').fetchall()
-        pk = next((c[1] for c in cols if c[5]), None)
-        key = pk or "rowid"
-        out = []
-        for fid, blob in con.execute(f'SELECT "{key}", "{column}" FROM "{table}"'):
-            label = f"feature fid={fid} of layer {table!r}"
-            if blob is None:
-                raise InputDataError(f"{label} in {path} has no geometry.")
-            try:
-                geom = _gpkg_geometry(blob)
-            except Exception as exc:  # noqa: BLE001
-                raise InputDataError(f"{label} in {path} has an unreadable geometry: {exc}") from exc
-            out.append((label, geom))
-        return out, crs
-    finally:
-        con.close()
+            raise InputDataError(f"{label} in {path} has an unreadable geometry: {exc}") from exc
+        out.append((label, geom))
+    return out, crs
 
 
 def read_polygons(

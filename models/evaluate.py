@@ -25,8 +25,6 @@ from pipeline.core.errors import CheckpointError, InputDataError
 
 __all__ = ["EvaluationReport", "ablation", "evaluate", "lsi_threshold_baseline", "predict_blocks"]
 
-METRIC_KEYS = ("dice", "iou", "precision", "recall", "auc", "recall_small", "recall_medium", "recall_large")
-
 
 @dataclass
 class EvaluationReport:
@@ -211,7 +209,7 @@ def lsi_threshold_baseline(data: TrainingData, lsi_channel: str = "lsi") -> dict
     yv = np.where(val, data.y, IGNORE)
     thr = _best_threshold(lsi, yv)
     test_blocks = data.split.blocks("test")
-    ps, ys, ss = [], [], []
+    ys, ss = [], []
     for b in test_blocks:
         ss.append(lsi[b.r0 : b.r1, b.c0 : b.c1].ravel())
         ys.append(data.y[b.r0 : b.r1, b.c0 : b.c1].ravel())

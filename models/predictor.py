@@ -16,6 +16,7 @@ import torch
 from models.checkpoint import CheckpointMetadata, check_channel_list, load_checkpoint, sha256
 from models.data import normalise
 from models.networks import landslide_logit
+from pipeline.core.errors import InputDataError
 
 __all__ = ["Predictor", "cached_predictor", "resolve_device"]
 
@@ -26,8 +27,6 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        from pipeline.core.errors import InputDataError
-
         raise InputDataError("device 'cuda' requested but CUDA is not available.", "use --device cpu or auto.")
     return dev
 
@@ -86,9 +85,11 @@ class Predictor:
         """
         batch = np.asarray(batch)
         if batch.ndim != 4 or batch.shape[1] != len(self.channels):
-            raise ValueError(
+            raise InputDataError(
                 f"expected a batch (N, {len(self.channels)}, H, W) for channels "
-                f"{list(self.channels)}, got shape {batch.shape}"
+                f"{list(self.channels)}, got shape {batch.shape}.",
+                "pass raw factor chips shaped (N, C, H, W) with the checkpoint's channels in "
+                "the order of Predictor.channels.",
             )
         x = normalise(batch.astype(np.float32, copy=True), self.metadata.normalisation)
         out = np.empty((x.shape[0], x.shape[2], x.shape[3]), dtype=np.float32)

@@ -214,8 +214,8 @@ def test_bad_watchlist_fails_before_prefect_runs(tmp_path):  # type: ignore[no-u
     app = typer.Typer()
     app.command("watch")(watch)
     app.command("noop")(lambda: None)
-    res = CliRunner().invoke(app, ["watch", "--watchlist", str(tmp_path / "w.yaml"), "--once"])
-    assert isinstance(res.exception, SlidewatchError) and "Unknown region" in str(res.exception)
+    res = CliRunner().invoke(app, ["watch", "--watchlist", str(tmp_path / "w.yaml"), "--once"], env={"COLUMNS": "250"})
+    assert res.exit_code == 2 and "Unknown region" in res.output and "Traceback" not in res.output
 
 
 def test_serve_builds_a_cron_deployment(tmp_path):  # type: ignore[no-untyped-def]

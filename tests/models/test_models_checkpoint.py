@@ -16,7 +16,7 @@ from models.checkpoint import load_checkpoint, read_metadata, save_checkpoint, s
 from models.data import NormStats, normalise
 from models.networks import DEFAULT_CHANNELS, EnhancedUNet, UNet, landslide_logit
 from models.predictor import Predictor
-from pipeline.core.errors import CheckpointError
+from pipeline.core.errors import CheckpointError, InputDataError
 from models_testdata import torch_threads  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.usefixtures("torch_threads")
@@ -174,3 +174,69 @@ def test_unet_checkpoint_two_classes(tmp_path):
     assert meta.architecture == "UNet" and meta.hyperparameters["num_classes"] == 2
     out = Predictor.from_checkpoint(path, device="cpu")(np.zeros((1, 2, 8, 8), np.float32))
     assert out.shape == (1, 8, 8)
+
+
+def _checkpoints_by_header_residue(root):
+    """Checkpoints whose safetensors header length covers every residue mod 256 (header
+    lengths are multiples of 8, so 32 residues), by padding the provenance."""
+    torch.manual_seed(0)
+    model = EnhancedUNet(base_width=4, depth=2).eval()
+    found = {}
+    for pad in range(256 + 8):
+        path = save_checkpoint(root / f"m{pad}.safetensors", model, STATS, provenance={"pad": "x" * pad})
+        residue = int.from_bytes(path.read_bytes()[:8], "little") % 256
+        if residue in found:
+            path.unlink()
+        else:
+            found[residue] = path
+        if len(found) == 32:
+            break
+    return found
+
+
+def test_every_header_length_mod_256_loads(tmp_path):
+    """Issue 15 item 3: a header length ≡ 128 (mod 256) starts the file with 0x80, the
+    pickle opcode PROTO; a valid safetensors file must never be refused as a pickle."""
+    found = _checkpoints_by_header_residue(tmp_path)
+    assert sorted(found) == list(range(0, 256, 8))
+    assert found[128].read_bytes()[:1] == b"\x80"
+    for residue, path in sorted(found.items()):
+        model, meta = load_checkpoint(path)
+        assert meta.channels == DEFAULT_CHANNELS and not model.training, residue
+        assert set(meta.provenance) == {"pad"}, residue
+
+
+def _with_header(path, header: dict, body: bytes = b""):
+    raw = json.dumps(header).encode()
+    path.write_bytes(len(raw).to_bytes(8, "little") + raw + body)
+    return path
+
+
+def test_malformed_headers_are_one_checkpoint_error(ckpt, tmp_path):
+    """Headers that safetensors refuses are CheckpointErrors with a fix, never a traceback;
+    a file that only starts like a pickle (0x80, no protocol byte) is not called one."""
+    cases = {
+        "meta_object": ({"__metadata__": {"slidewatch": {"format": "x"}}}, "corrupt safetensors header"),
+        "meta_string": ({"__metadata__": "slidewatch"}, "corrupt safetensors header"),
+        "past_end": ({"w": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}}, "corrupt or truncated"),
+    }
+    for name, (header, msg) in cases.items():
+        bad = _with_header(tmp_path / f"{name}.safetensors", header)
+        with pytest.raises(CheckpointError, match=f"{name}.safetensors.*{msg}.*Fix:"):
+            read_metadata(bad)
+    path, _ = ckpt
+    truncated = tmp_path / "truncated.safetensors"
+    truncated.write_bytes(path.read_bytes()[:-100])
+    with pytest.raises(CheckpointError, match="corrupt or truncated safetensors file"):
+        load_checkpoint(truncated)
+    fake = tmp_path / "fake.safetensors"
+    fake.write_bytes(b"\x80\x00" + b"\x00" * 30)
+    with pytest.raises(CheckpointError, match="bad header length 128") as err:
+        load_checkpoint(fake)
+    assert "pickle" not in str(err.value)
+
+
+def test_predictor_refuses_a_bad_batch_with_a_fix(ckpt):
+    pred = Predictor.from_checkpoint(ckpt[0], device="cpu")
+    with pytest.raises(InputDataError, match=r"got shape \(2, 7, 8\)\..*Fix: pass raw factor chips"):
+        pred(np.zeros((2, 7, 8), np.float32))

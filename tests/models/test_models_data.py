@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import struct
+import warnings
 
 import numpy as np
 import pytest
@@ -72,13 +73,17 @@ def test_geojson_in_grid_crs_matches_exactly_and_hand_count(tmp_path):
 
 
 def _write_gpkg(path, polys, epsg):
+    """A GeoPackage written by hand (spec 1.4 tables and blob header), not through GDAL."""
     con = sqlite3.connect(path)
+    con.execute("PRAGMA application_id = 1196444487")  # 'GPKG'
+    con.execute("PRAGMA user_version = 10400")
     con.executescript(
         """
         CREATE TABLE gpkg_spatial_ref_sys (srs_name TEXT, srs_id INTEGER PRIMARY KEY,
             organization TEXT, organization_coordsys_id INTEGER, definition TEXT, description TEXT);
         CREATE TABLE gpkg_contents (table_name TEXT PRIMARY KEY, data_type TEXT, identifier TEXT,
-            srs_id INTEGER);
+            description TEXT DEFAULT '', last_change DATETIME, min_x DOUBLE, min_y DOUBLE,
+            max_x DOUBLE, max_y DOUBLE, srs_id INTEGER);
         CREATE TABLE gpkg_geometry_columns (table_name TEXT, column_name TEXT,
             geometry_type_name TEXT, srs_id INTEGER, z INTEGER, m INTEGER);
         CREATE TABLE slides (fid INTEGER PRIMARY KEY AUTOINCREMENT, geom BLOB, name TEXT);
@@ -88,7 +93,11 @@ def _write_gpkg(path, polys, epsg):
         "INSERT INTO gpkg_spatial_ref_sys VALUES (?, ?, 'EPSG', ?, ?, '')",
         (f"EPSG:{epsg}", epsg, epsg, CRS.from_epsg(epsg).to_wkt()),
     )
-    con.execute("INSERT INTO gpkg_contents VALUES ('slides', 'features', 'slides', ?)", (epsg,))
+    con.execute(
+        "INSERT INTO gpkg_contents (table_name, data_type, identifier, srs_id) "
+        "VALUES ('slides', 'features', 'slides', ?)",
+        (epsg,),
+    )
     con.execute("INSERT INTO gpkg_geometry_columns VALUES ('slides', 'geom', 'POLYGON', ?, 0, 0)", (epsg,))
     for i, p in enumerate(polys):
         blob = b"GP" + bytes([0, 0b00000011]) + struct.pack("<i", epsg)
@@ -109,6 +118,52 @@ def test_geopackage_polygons(tmp_path):
     path = _write_gpkg(tmp_path / "inv.gpkg", [ll], 4326)
     got = rasterize_inventory(path, GRID)
     assert np.sum(got != _reference(poly)) <= 2
+
+
+def test_geopackage_layers_crs_and_bad_files(tmp_path):
+    t = GRID.transform
+    square = shapely.box(*(t @ (10, 20)), *(t @ (20, 10)))
+    path = _write_gpkg(tmp_path / "utm.gpkg", [square, shapely.Polygon()], 32633)
+    con = sqlite3.connect(path)
+    # an attribute-only table never counts as the inventory
+    con.execute("CREATE TABLE notes (id INTEGER PRIMARY KEY, txt TEXT)")
+    con.execute("INSERT INTO gpkg_contents (table_name, data_type, identifier) VALUES ('notes', 'attributes', 'notes')")
+    con.commit()
+    con.close()
+    got = read_polygons(path, GRID.crs)  # same CRS: no reprojection; the empty polygon is dropped
+    assert [label for label, _ in got] == ["feature fid=1 of layer 'slides'"]
+    assert got[0][1].equals(square)
+    assert np.array_equal(rasterize_inventory(path, GRID, layer="slides"), _reference(square))
+    with pytest.raises(InputDataError, match=r"has no layer 'notes'.*Fix: pick one of its feature layers \['slides'\]"):
+        read_polygons(path, layer="notes")
+    con = sqlite3.connect(path)
+    con.execute("INSERT INTO slides (geom, name) VALUES (NULL, 'lost')")
+    con.commit()
+    con.close()
+    with pytest.raises(InputDataError, match=r"feature fid=3 of layer 'slides' in .*utm.gpkg has no geometry.*Fix:"):
+        read_polygons(path)
+    for srs_id in (0, -1, 777):  # the spec's undefined geographic / Cartesian SRS; a missing one
+        bad = _write_gpkg(tmp_path / f"srs{srs_id}.gpkg", [square], 32633)
+        con = sqlite3.connect(bad)
+        con.execute("UPDATE gpkg_geometry_columns SET srs_id = ?", (srs_id,))
+        if srs_id != 777:
+            con.execute("INSERT INTO gpkg_spatial_ref_sys VALUES ('u', ?, 'NONE', ?, 'undefined', '')", (srs_id, srs_id))
+        con.commit()
+        con.close()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # GDAL: "unable to read srs_id '777'"
+            with pytest.raises(InputDataError, match=r"srs.*\.gpkg: layer 'slides' has no defined CRS.*Fix:"):
+                read_polygons(bad)
+    (tmp_path / "text.gpkg").write_text("not a database")
+    with pytest.raises(InputDataError, match=r"text\.gpkg is not a GeoPackage.*Fix:"):
+        rasterize_inventory(tmp_path / "text.gpkg", GRID)
+    plain = sqlite3.connect(tmp_path / "plain.gpkg")
+    plain.execute("CREATE TABLE a (x INTEGER)")
+    plain.close()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # GDAL: "bad application_id"
+        with pytest.raises(InputDataError, match=r"plain\.gpkg is not a GeoPackage"):
+            read_polygons(tmp_path / "plain.gpkg")
 
 
 def test_invalid_geometry_names_the_feature(tmp_path):
