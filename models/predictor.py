@@ -42,6 +42,8 @@ class Predictor:
             internal padding (``pipeline.predict.inference`` aligns its tiles to it).
         metadata: the checkpoint's :class:`~models.checkpoint.CheckpointMetadata`.
         checkpoint_sha256: SHA-256 of the checkpoint file (``None`` when built in memory).
+        fill_values: per-channel fill for missing inputs: the training normalisation means,
+            so a filled pixel normalises to 0, as a NaN input does inside the Predictor.
     """
 
     def __init__(
@@ -63,6 +65,8 @@ class Predictor:
         self.batch_size = int(batch_size)
         self.amp = bool(amp) and self.device.type == "cuda"
         self.checkpoint_sha256 = checkpoint_sha256
+        mean = getattr(metadata.normalisation, "mean", None)
+        self.fill_values: tuple[float, ...] | None = tuple(float(v) for v in mean) if mean is not None else None
 
     @classmethod
     def from_checkpoint(

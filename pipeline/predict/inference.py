@@ -269,9 +269,6 @@ def _fill_values(predictor: Any, n_channels: int, fill: float | Sequence[float] 
     if fill is None:
         fill = getattr(predictor, "fill_values", None)
     if fill is None:
-        norm = getattr(getattr(predictor, "metadata", None), "normalisation", None)
-        fill = getattr(norm, "mean", None)
-    if fill is None:
         fill = 0.0
     arr = np.asarray(fill, dtype=np.float32).reshape(-1)
     if arr.size == 1:

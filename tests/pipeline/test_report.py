@@ -346,4 +346,4 @@ def test_non_utm_grid_gets_precomputed_lonlat_nodes(tmp_path: Path) -> None:
     tr = Transformer.from_crs(3035, 4326, always_xy=True)
     np.testing.assert_allclose(cfg["nodes"][0][0], tr.transform(x0, Y1), atol=1e-9)
     np.testing.assert_allclose(cfg["nodes"][8][8], tr.transform(x0 + W * RES, Y1 - H * RES), atol=1e-9)
-    assert "bilinear between 9 × 9 lon/lat nodes" in page and "(EPSG:3035)" in page
+    assert "cubic interpolation between 9 × 9 lon/lat nodes" in page and "(EPSG:3035)" in page
