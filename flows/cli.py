@@ -269,9 +269,8 @@ def version_callback(value: bool) -> None:
 
 def _bound_malloc() -> None:
     """Keep peak memory flat across many differently shaped torch batches: glibc's dynamic
-    mmap threshold otherwise grows and big freed blocks stay on the heap (measured in
-    tests/benchmarks/bench_inference.py: 1.76x RSS for a 4x region without, 1.00x with).
-    Same effect as ``MALLOC_MMAP_THRESHOLD_=65536``; a no-op off glibc."""
+    mmap threshold otherwise grows and big freed blocks stay on the heap (measured by
+    tests/benchmarks/bench_inference.py). Same effect as ``MALLOC_MMAP_THRESHOLD_=65536``; a no-op off glibc."""
     import ctypes
     import ctypes.util
 

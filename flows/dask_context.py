@@ -86,13 +86,9 @@ def _local_cluster(n_workers: int | None, threads_per_worker: int | None, proces
 
     Default: one in-process worker (``processes=False``) with one thread per core. The
     run's work is GDAL reads and numpy kernels that release the GIL, so threads already
-    keep every core busy, and nothing is pickled between processes. Measured on a 2-core
-    machine (cube + LSI of a 512 × 512 px piece of the demo region, runs interleaved, best
-    of 2): plain threads 23.6 s, this cluster 27.2 s (same work, < 0.3 s start-up), two
-    single-threaded worker processes 56.1 s, of which 22-28 s is starting the processes
-    (spawn + imports) and the work itself was no faster (27-30 s). ``processes=True``
-    gives one single-threaded process per core, for GIL-bound work or to cap memory per
-    worker.
+    keep every core busy, nothing is pickled between processes and no process has to
+    start (``docs/scaling.md`` has the measured comparison). ``processes=True`` gives one
+    single-threaded process per core, for GIL-bound work or to cap memory per worker.
     """
     from distributed import LocalCluster
 

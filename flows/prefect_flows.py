@@ -36,6 +36,7 @@ from pipeline.core.layout import RunLayout, run_dir_for, write_run_json, zarr_at
 from pipeline.core.provenance import Rain
 from pipeline.plan.regions import Region, parse_region
 from pipeline.rain.events import resolve_rain
+from pipeline.rain.sources import precipitation_source
 from pipeline.rain.watch import (
     FAILED,
     SUCCEEDED,
@@ -215,23 +216,6 @@ def regional_run_flow(
     return record
 
 
-def _precip_source(precip: Path | None) -> Any:
-    """A local IMERG-layout Zarr, or (without one) IMERG on Planetary Computer."""
-    from pipeline.rain.sources import ImergSource, LocalZarrSource, open_imerg_remote
-
-    if precip is not None:
-        return LocalZarrSource(precip)
-
-    def opener(layout):  # type: ignore[no-untyped-def]  # pragma: no cover - needs the internet
-        import planetary_computer
-
-        token = planetary_computer.sas.get_token(layout.storage_options.get("account_name", "ai4edataeuwest"),
-                                                 "imerg").token
-        return open_imerg_remote(layout, {"credential": token})
-
-    return ImergSource(opener=opener)
-
-
 def _now(now: str | datetime | None) -> datetime:
     if now is None:
         return datetime.now(timezone.utc).replace(microsecond=0)
@@ -289,7 +273,7 @@ def rainfall_watch_flow(
     log = get_run_logger()
     wl = load_watchlist(watchlist)
     out = Path(out)
-    src = precip_source if precip_source is not None else _precip_source(precip)
+    src = precip_source if precip_source is not None else precipitation_source(precip)
     when = _now(now)
     ledger = AlertLedger(out / ALERTS_FILE)
     rows = []

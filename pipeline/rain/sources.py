@@ -43,6 +43,7 @@ __all__ = [
     "check_window",
     "imerg_layout",
     "open_imerg_remote",
+    "precipitation_source",
 ]
 
 IMERG_COLLECTION_ID = "gpm-imerg-hhr"
@@ -309,3 +310,20 @@ def check_window(start, end) -> tuple[np.datetime64, np.datetime64]:
     if not s < e:
         raise RainfallError(f"Event window start {start} is not before end {end}.", hint="Swap or widen the dates.")
     return s, e
+
+
+def precipitation_source(precip: str | os.PathLike | None) -> PrecipitationSource:
+    """A local IMERG-layout Zarr, or (without one) IMERG on Planetary Computer, opened with a
+    SAS token fetched when the store is first read (never logged or stored)."""
+    if precip is not None:
+        return LocalZarrSource(precip)
+
+    def opener(layout: ImergLayout) -> xr.Dataset:  # pragma: no cover - needs the internet
+        import planetary_computer
+
+        account = layout.storage_options.get("account_name", "ai4edataeuwest")
+        token = planetary_computer.sas.get_token(account, "imerg").token
+        return open_imerg_remote(layout, {"credential": token})
+
+    return ImergSource(opener=opener)
+
