@@ -21,10 +21,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-import dask.array as da
 import numpy as np
 import xarray as xr
 
+from pipeline.factors.kernels import lift
 from pipeline.core.errors import InputDataError, MissingAssetError
 
 __all__ = [
@@ -66,11 +66,7 @@ def normalized_difference_kernel(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def normalized_difference(a, b):
     """Normalised difference of two same-shaped arrays; dask arrays stay lazy (one task per chunk)."""
-    if isinstance(a, da.Array) or isinstance(b, da.Array):
-        a = da.asarray(a)
-        b = da.asarray(b)
-        return da.map_blocks(normalized_difference_kernel, a, b, dtype=np.float32)
-    return normalized_difference_kernel(a, b)
+    return lift(normalized_difference_kernel, a, b)
 
 
 def _band(ds: xr.Dataset, name: str, index: str) -> xr.DataArray:

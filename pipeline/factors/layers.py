@@ -7,10 +7,10 @@ missing); ``quality`` says why a pixel has no value or a degraded one.
 
 from __future__ import annotations
 
-import dask.array as da
 import numpy as np
 import xarray as xr
 
+from pipeline.factors.kernels import lift
 from pipeline.core.errors import MissingAssetError
 from pipeline.core.quality import QualityFlag, quality_attrs
 from pipeline.factors.indices import normalized_difference
@@ -72,10 +72,7 @@ def compute_factors(cube: xr.Dataset, *, edges: Edges = "nearest") -> xr.Dataset
         return q
 
     parts = [b03, b04, b08, b11, dem.data, slope.data, sm["smi"].data, sm["smi_quality"].data]
-    if any(isinstance(p, da.Array) for p in parts):
-        qdata = da.map_blocks(qkernel, *[da.asarray(p) for p in parts], dtype=np.uint8)
-    else:
-        qdata = qkernel(*[np.asarray(p) for p in parts])
+    qdata = lift(qkernel, *parts, dtype=np.uint8)
     quality = wrap(qdata, "quality", "1", "factor quality flags (bit field)")
     quality.attrs = quality_attrs("factor quality flags (bit field)")
     dem_out = dem.copy()

@@ -48,6 +48,7 @@ from pipeline.core.classes import LSI_THRESHOLDS, check_thresholds, class_attrs,
 from pipeline.core.errors import InputDataError, MissingAssetError, NoValidDataError
 from pipeline.core.files import fingerprint
 from pipeline.core.provenance import Rain, RunProvenance
+from pipeline.factors.kernels import lift as _lift
 from pipeline.factors.layers import FACTORS, compute_factors
 from pipeline.core.quality import QualityFlag, quality_attrs
 
@@ -155,12 +156,6 @@ def _norm_kernel(x, lo: float, scale: float, weight: float = 1.0):
     if weight != 1.0:
         out *= np.float32(weight)
     return out.astype(np.float32, copy=False)
-
-
-def _lift(kernel, *arrays, dtype=np.float32):
-    if any(isinstance(a, da.Array) for a in arrays):
-        return da.map_blocks(kernel, *[da.asarray(a) for a in arrays], dtype=dtype)
-    return kernel(*[np.asarray(a) for a in arrays])
 
 
 def _check_factors(factors: xr.Dataset, names: Sequence[str]) -> xr.DataArray:

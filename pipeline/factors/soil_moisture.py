@@ -28,6 +28,7 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
+from pipeline.factors.kernels import lift
 from pipeline.core.stats import nan_percentiles
 from pipeline.core.errors import InputDataError, MissingAssetError
 from pipeline.factors.indices import normalized_difference_kernel
@@ -159,12 +160,7 @@ def soil_moisture_index(
     radiometric stability) to reject pixels whose reference range is noise.
     """
     vv, dry, wet = xr.broadcast(vv, dry, wet)
-    if any(isinstance(a.data, da.Array) for a in (vv, dry, wet)):
-        data = da.map_blocks(
-            smi_kernel, da.asarray(vv.data), da.asarray(dry.data), da.asarray(wet.data), eps, dtype=np.float32
-        )
-    else:
-        data = smi_kernel(vv.data, dry.data, wet.data, eps)
+    data = lift(smi_kernel, vv.data, dry.data, wet.data, eps=eps)
     out = xr.DataArray(data, dims=vv.dims, coords=vv.coords, name="smi")
     out.attrs = {"units": "1", "long_name": "soil moisture index (Sentinel-1 VV change detection)"}
     return out
