@@ -1,7 +1,7 @@
 """A small but complete run directory, built with the real pipeline for the notebook tests.
 
 :func:`build_small_run` generates the demo region with the real generator on a 256 px
-grid (``GRID_SIZE=256``, ``MARGIN=16``, as ``tests/pipeline/test_catalog.py`` does), serves
+grid (``GRID_SIZE=256``, ``MARGIN=16``, as ``tests/pipeline/acquire/test_catalog.py`` does), serves
 it with the local STAC API (``rustac serve``) and runs every stage of a regional run on
 it: cube → rain (the generated precipitation Zarr) → LSI → a tiny trained U-Net →
 ``risk.zarr`` + exports → ``run.json``. The result is the run folder layout the notebooks

@@ -8,7 +8,7 @@ import dask
 import numpy as np
 import pytest
 import xarray as xr
-from conftest_factors import grid_coords, synthetic_cube
+from tests.factors_testdata import grid_coords, synthetic_cube
 
 from pipeline.core.errors import InputDataError, MissingAssetError, NoValidDataError
 from pipeline.factors.layers import FACTORS, compute_factors

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import rioxarray  # noqa: F401  (registers .rio)
 import xarray as xr
-from conftest_factors import fixture_path, grid_coords
+from tests.factors_testdata import fixture_path, grid_coords
 from rasterio.enums import Resampling
 
 from pipeline.core.errors import InputDataError

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
-FIXTURES = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures"
+FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures"
 
 
 def fixture_path(*parts: str) -> Path:

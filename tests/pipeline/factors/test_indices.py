@@ -7,7 +7,7 @@ import warnings
 import numpy as np
 import pytest
 import xarray as xr
-from conftest_factors import fixture_path, synthetic_cube
+from tests.factors_testdata import fixture_path, synthetic_cube
 
 from pipeline.core.errors import MissingAssetError
 from pipeline.factors.indices import INDEX_BANDS, normalized_difference_kernel, spectral_indices

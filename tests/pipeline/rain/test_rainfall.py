@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import xarray as xr
-from conftest_factors import fixture_path
+from tests.factors_testdata import fixture_path
 
 from pipeline.core.errors import RainfallError
 from pipeline.demo.storm import make_synthetic_storm, write_precipitation_zarr

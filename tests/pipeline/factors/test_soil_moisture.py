@@ -6,7 +6,7 @@ import dask.array as da
 import numpy as np
 import pytest
 import xarray as xr
-from conftest_factors import synthetic_cube
+from tests.factors_testdata import synthetic_cube
 
 from pipeline.core.errors import InputDataError, MissingAssetError
 from pipeline.core.quality import QualityFlag, describe
