@@ -29,8 +29,6 @@ Pure library (no orchestration): :mod:`flows.prefect_flows` wires it into a Pref
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import json
 import math
@@ -44,6 +42,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.core.errors import RainfallError, RegionError, StoreError, WatchListError
+from pipeline.core.locking import WriterLock
 from pipeline.rain.events import GUZZETTI_A, GUZZETTI_B, WET_THRESHOLD_MM_H
 from pipeline.plan.regions import Region, parse_region
 
@@ -412,7 +411,8 @@ def alert_id(region: str, start: datetime, source: str) -> str:
 class AlertLedger:
     """Append-only JSON-lines record of alerts and the runs they triggered.
 
-    Every change appends one line under an exclusive ``fcntl`` lock on ``<path>.lock``;
+    Every change appends one line under the exclusive
+    :class:`~pipeline.core.locking.WriterLock` on ``<path>.lock`` (removed when released);
     the latest line of an id is its state. :meth:`claim` checks and records in one locked
     step, so of several processes checking the same alert exactly one gets ``True``.
     """
@@ -424,20 +424,9 @@ class AlertLedger:
     def lock_path(self) -> Path:
         return self.path.with_name(self.path.name + ".lock")
 
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.lock_path, os.O_CREAT | os.O_RDWR, 0o644)
-        except OSError as exc:
-            raise StoreError(f"Cannot open the alert ledger lock {self.lock_path}: {exc.strerror}.",
-                             "choose a writable --out.") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-            os.close(fd)
+    def _locked(self) -> WriterLock:
+        """The ledger's lock, waited for without limit: ``with self._locked(): ...``."""
+        return WriterLock(self.lock_path, target=self.path)
 
     def _read(self) -> list[dict[str, Any]]:
         if not self.path.exists():

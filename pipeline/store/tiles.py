@@ -6,40 +6,56 @@ ledger. Only when every tile is written are the metadata consolidated, the store
 ``slidewatch_complete`` and the folder renamed to ``<name>.zarr`` — so a store at the
 final path is always complete, and an interrupted run resumes from the ledger.
 
-Two runs never write the same store: :meth:`TileStore.acquire` takes an exclusive
-``flock`` on ``<name>.zarr.lock`` (which records the holder's pid). The kernel drops the
-lock when its holder dies, so the lock of a killed run is taken over safely, never by two
-processes at once. :func:`write_tiles` retries a failing tile (a fresh ``tile_dataset``
-each time, which re-signs URLs) within a per-tile budget before giving up; a tile either
-lands whole in the ledger or is written again on resume.
+Two runs never write the same store: :meth:`TileStore.acquire` takes the
+:class:`~pipeline.core.locking.WriterLock` on ``<name>.zarr.lock`` (which records the
+holder's pid). The kernel drops the lock when its holder dies, so the lock of a killed
+run is taken over safely, never by two processes at once.
+
+Retries, and which layer retries what (three layers, each for failures the one below
+cannot fix):
+
+1. **GDAL** retries a single HTTP request (429, 5xx, timeouts) inside one read, with its
+   own backoff: ``GDAL_HTTP_MAX_RETRY``/``GDAL_HTTP_RETRY_DELAY`` in
+   :data:`pipeline.acquire.gdal.OVERRIDABLE`. It cannot re-sign a URL whose token expired.
+2. **The tile retry here** (:func:`write_tiles`, policy :func:`tile_retrying`, on
+   ``tenacity``) runs when a tile's read failed for good in GDAL: it calls
+   ``tile_dataset(tile)`` again, which rebuilds the tile's dataset and so signs its URLs
+   afresh, after ``on_retry`` (drop expired tokens, clear GDAL's HTTP cache). Up to
+   :data:`TILE_RETRIES` more attempts, :data:`TILE_RETRY_DELAY_S` apart, doubling, at most
+   a minute; only errors ``retry_if`` accepts, never a :class:`SlidewatchError`. A tile
+   lands whole in the ledger or is written again on resume, so retrying one is safe.
+3. **Prefect** (``flows/prefect_flows.py``, ``retries=`` on the tasks) reruns a whole stage
+   task on a transient error (STAC API unreachable, an OS-level error), e.g. the
+   ``CatalogError`` raised once a tile's budget is spent; the rerun resumes from the
+   ledger, so the tiles already written are kept.
+
+Layer 2 is ``tenacity`` rather than the hand-written loop it replaced: about as long, but
+each part of the policy is a named piece (stop, wait, retry, before_sleep) instead of
+counter arithmetic in a ``while True``. One nuance: ``retry_if`` is also asked about the
+last failure (tenacity asks before it checks the budget); it must not have side effects.
 """
 
 from __future__ import annotations
 
 import errno
 import json
-import os
 import shutil
 import threading
-import time
 import warnings
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 
 import dask.array as da
 import numpy as np
+import tenacity
 import xarray as xr
 import zarr
 
 from pipeline.core.config import Tile, ZoneGrid
 from pipeline.core.errors import SlidewatchError, StoreError
-
-try:  # POSIX advisory locks; elsewhere an O_EXCL lock file with a pid check is used
-    import fcntl
-except ImportError:  # pragma: no cover - Windows
-    fcntl = None  # type: ignore[assignment]
+from pipeline.core.locking import WriterLock
 
 COMPLETE_ATTR = "slidewatch_complete"
 FINGERPRINT_ATTR = "slidewatch_fingerprint"
@@ -47,6 +63,8 @@ FINGERPRINT_ATTR = "slidewatch_fingerprint"
 #: Attempts per tile after the first (each rebuilds the tile's dataset) and the first pause.
 TILE_RETRIES = 3
 TILE_RETRY_DELAY_S = 2.0
+#: The longest pause between two attempts at a tile (seconds).
+TILE_RETRY_MAX_DELAY_S = 60.0
 #: errno values of write failures that retrying cannot fix (reported as StoreError).
 _FATAL_WRITE_ERRNO = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT}
 
@@ -116,7 +134,7 @@ class TileStore:
 
     def __post_init__(self) -> None:
         self.path = Path(self.path)
-        self._lock_fd: int | None = None
+        self._writer = WriterLock(self.lock, target=self.path)
         self._ledger_lock = threading.Lock()  # tiles written by concurrent threads
 
     @property
@@ -171,86 +189,13 @@ class TileStore:
         """Take the writer lock, waiting up to ``wait_s`` seconds for another run to finish.
 
         Raises :class:`StoreError` naming the other writer's pid when it is still held, or
-        when the output folder cannot be created.
+        when the output folder or the lock file cannot be created.
         """
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise StoreError(
-                f"Cannot create the output folder {self.path.parent}: {exc.strerror or exc}.",
-                "choose a writable --out (a folder you can create files in).",
-            ) from None
-        deadline = time.monotonic() + max(0.0, wait_s)
-        while True:
-            holder = self._try_lock()
-            if holder is None:
-                return
-            if time.monotonic() >= deadline:
-                who = f"pid {holder}" if holder > 0 else "an unknown process"
-                raise StoreError(
-                    f"{self.path} is being written by another slidewatch run ({who}; lock file {self.lock}).",
-                    "wait for that run to finish (or stop it), or write to another --out; "
-                    "a lock left by a run that died is taken over automatically.",
-                )
-            time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
-
-    def _try_lock(self) -> int | None:
-        """Take the lock now: None on success, else the holder's pid (0 when unknown)."""
-        if fcntl is None:  # pragma: no cover - Windows
-            return self._try_lock_excl()
-        try:
-            fd = os.open(self.lock, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as exc:
-            raise StoreError(f"Cannot create the lock file {self.lock}: {exc.strerror or exc}.",
-                             "choose a writable --out.") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            holder = _read_pid(fd)
-            os.close(fd)
-            return holder
-        # the lock file may have been unlinked by its previous holder after we opened it
-        try:
-            same = os.fstat(fd).st_ino == os.stat(self.lock).st_ino
-        except FileNotFoundError:
-            same = False
-        if not same:
-            os.close(fd)
-            return self._try_lock()
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
-        self._lock_fd = fd
-        return None
-
-    def _try_lock_excl(self) -> int | None:  # pragma: no cover - Windows fallback
-        for _ in range(2):
-            try:
-                fd = os.open(self.lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            except FileExistsError:
-                try:
-                    pid = int(self.lock.read_text().strip() or 0)
-                except (OSError, ValueError):
-                    pid = 0
-                if pid and _alive(pid):
-                    return pid
-                self.lock.unlink(missing_ok=True)  # stale lock of a dead run
-                continue
-            with os.fdopen(fd, "w") as fh:
-                fh.write(str(os.getpid()))
-            return None
-        return 0
+        self._writer.acquire(wait_s)
 
     def release(self) -> None:
         """Give the lock back (the lock file is removed while still held)."""
-        fd, self._lock_fd = self._lock_fd, None
-        if fd is None:
-            if fcntl is None:  # pragma: no cover
-                self.lock.unlink(missing_ok=True)
-            return
-        try:
-            self.lock.unlink(missing_ok=True)
-        finally:
-            os.close(fd)
+        self._writer.release()
 
     # -- writing --------------------------------------------------------------------
     def prepare(self, tmpl: xr.Dataset, attrs: Mapping[str, object], overwrite: bool = False) -> None:
@@ -357,8 +302,8 @@ def write_tiles(
 ) -> None:
     """Write every pending tile; ``on_tile(tile, skipped)`` reports progress.
 
-    A tile that fails is tried again up to ``retries`` times (default
-    :data:`TILE_RETRIES`), ``retry_delay_s`` apart, doubling (default
+    A tile that fails is tried again as :func:`tile_retrying` says: up to ``retries`` more
+    times (default :data:`TILE_RETRIES`), ``retry_delay_s`` apart, doubling (default
     :data:`TILE_RETRY_DELAY_S`), each time with a fresh ``tile_dataset(tile)``: the
     dataset is rebuilt, so URLs are signed again. ``on_retry(tile, attempt, error)`` runs
     before each new attempt (e.g. to drop expired tokens). Slidewatch errors and errors for
@@ -372,8 +317,9 @@ def write_tiles(
     tiles already running finish and are recorded, then the error is raised. Memory grows
     with ``concurrency`` (one tile's working set each).
     """
-    budget = TILE_RETRIES if retries is None else max(0, int(retries))
-    delay = TILE_RETRY_DELAY_S if retry_delay_s is None else max(0.0, float(retry_delay_s))
+    retrying = tile_retrying(TILE_RETRIES if retries is None else retries,
+                             TILE_RETRY_DELAY_S if retry_delay_s is None else retry_delay_s,
+                             retry_if, on_retry)
     done = store.done()
     pending = []
     for tile in tiles:
@@ -384,21 +330,15 @@ def write_tiles(
             pending.append(tile)
 
     def write_one(tile: Tile) -> Tile:
-        attempt = 0
-        while True:
-            try:
-                store.write_tile(tile, tile_dataset(tile))
-                return tile
-            except SlidewatchError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - classified by retry_if
-                if attempt >= budget or (retry_if is not None and not retry_if(exc)):
-                    _label(exc, tile, attempt + 1)
-                    raise
-                attempt += 1
-                if on_retry:
-                    on_retry(tile, attempt, exc)
-                time.sleep(min(delay * 2 ** (attempt - 1), 60.0))
+        try:
+            retrying(lambda t: store.write_tile(t, tile_dataset(t)), tile)
+        except SlidewatchError:
+            raise
+        except Exception as exc:
+            # statistics are per thread (tenacity keeps them thread-local), so per tile here
+            _label(exc, tile, retrying.statistics.get("attempt_number", 1))
+            raise
+        return tile
 
     if concurrency <= 1 or len(pending) <= 1:
         for tile in pending:
@@ -427,6 +367,35 @@ def write_tiles(
         pool.shutdown(wait=True)
 
 
+def tile_retrying(
+    retries: int,
+    delay_s: float,
+    retry_if: Callable[[BaseException], bool] | None = None,
+    on_retry: Callable[[Tile, int, BaseException], None] | None = None,
+) -> tenacity.Retrying:
+    """The per-tile retry policy (layer 2 in the module docstring), called as
+    ``retrying(write, tile)``: ``retries`` more attempts after the first, pauses of
+    ``delay_s · 2^(n-1)`` capped at :data:`TILE_RETRY_MAX_DELAY_S`, only for errors that are
+    no :class:`SlidewatchError` and that ``retry_if`` accepts, ``on_retry(tile, n, error)``
+    before the n-th pause; the last error is raised unchanged."""
+
+    def retryable(exc: BaseException) -> bool:
+        return (isinstance(exc, Exception) and not isinstance(exc, SlidewatchError)
+                and (retry_if is None or retry_if(exc)))
+
+    def before_sleep(state: tenacity.RetryCallState) -> None:
+        if on_retry is not None and state.outcome is not None:
+            on_retry(state.args[0], state.attempt_number, state.outcome.exception())
+
+    return tenacity.Retrying(
+        stop=tenacity.stop_after_attempt(1 + max(0, int(retries))),
+        wait=tenacity.wait_exponential(multiplier=max(0.0, float(delay_s)), max=TILE_RETRY_MAX_DELAY_S),
+        retry=tenacity.retry_if_exception(retryable),
+        before_sleep=before_sleep,
+        reraise=True,
+    )
+
+
 def _take(it: Iterable[Tile], n: int) -> list[Tile]:
     out = []
     for tile in it:
@@ -443,23 +412,6 @@ def _label(exc: BaseException, tile: Tile, attempts: int) -> None:
         exc.slidewatch_attempts = attempts  # type: ignore[attr-defined]
     except AttributeError:  # pragma: no cover - exceptions with __slots__
         pass
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _read_pid(fd: int) -> int:
-    try:
-        return int(os.pread(fd, 32, 0).decode().strip() or 0)
-    except (OSError, ValueError):
-        return 0
 
 
 def _jsonable(value: object) -> object:

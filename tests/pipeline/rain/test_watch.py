@@ -243,3 +243,33 @@ def test_ledger_claims_once_across_processes(tmp_path):
         results = pool.starmap(_claim_in_child, [(path, barrier)] * n, chunksize=1)
     assert sorted(results) == [False, False, False, True]
     assert len(Path(path).read_text().splitlines()) == 1
+
+
+def test_ledger_claims_once_across_threads_and_leaves_no_lock_file(tmp_path):
+    import threading
+
+    path = tmp_path / "alerts.jsonl"
+    n = 8
+    barrier = threading.Barrier(n)
+    results: list[bool] = []
+
+    def claim() -> None:
+        barrier.wait(timeout=30)
+        results.append(AlertLedger(path).claim(_alert(), "run"))
+
+    threads = [threading.Thread(target=claim) for _ in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert sorted(results) == [False] * (n - 1) + [True]
+    assert len(path.read_text().splitlines()) == 1
+    assert not AlertLedger(path).lock_path.exists()  # removed on release, as a store's lock is
+
+
+def test_ledger_in_an_unwritable_out_is_a_store_error(tmp_path):
+    from pipeline.core.errors import StoreError
+
+    (tmp_path / "out").write_text("a file, not a folder")
+    with pytest.raises(StoreError, match="Cannot create the output folder"):
+        AlertLedger(tmp_path / "out" / "alerts.jsonl").claim(_alert())

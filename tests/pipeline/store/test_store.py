@@ -188,3 +188,57 @@ def test_tile_concurrency_setting(monkeypatch):  # type: ignore[no-untyped-def]
     assert tile_concurrency() == 1  # a small local cluster: one tile keeps it busy
     monkeypatch.setattr(ctx, "active_client", lambda: FakeClient({f"w{i}": 4 for i in range(16)}))
     assert tile_concurrency() == 16  # 64 threads: a tile per 4 threads
+
+
+def test_tile_retry_policy(tmp_path, monkeypatch):  # type: ignore[no-untyped-def]
+    import time
+
+    import pipeline.store.tiles as tiles_mod
+    from pipeline.core.errors import SlidewatchError
+
+    log: list = []
+    monkeypatch.setattr(time, "sleep", lambda s: log.append(("sleep", s)))
+    store = TileStore(tmp_path / "c.zarr", "fp1")
+    store.prepare(template(GRID, VARS, ATTRS), {})
+    tile = GRID.tiles(2)[0]
+    calls: list = []
+
+    def always(t):  # type: ignore[no-untyped-def]
+        calls.append(t.key)
+        raise TimeoutError("slow link")
+
+    def on_retry(t, attempt, exc):  # type: ignore[no-untyped-def]
+        log.append(("retry", t.key, attempt, type(exc)))
+
+    with pytest.raises(TimeoutError, match="slow link") as info:
+        write_tiles(store, GRID, [tile], always, retries=6, retry_delay_s=5, on_retry=on_retry)
+    assert len(calls) == 7 and info.value.slidewatch_tile == tile and info.value.slidewatch_attempts == 7
+    # on_retry before each pause; pauses double from retry_delay_s, at most a minute
+    expected: list = []
+    for attempt, pause in zip(range(1, 7), [5, 10, 20, 40, 60, 60]):
+        expected += [("retry", tile.key, attempt, TimeoutError), ("sleep", pause)]
+    assert log == expected
+
+    # the module defaults are read at call time (tests and flows set them)
+    monkeypatch.setattr(tiles_mod, "TILE_RETRIES", 1)
+    monkeypatch.setattr(tiles_mod, "TILE_RETRY_DELAY_S", 0.5)
+    log.clear(), calls.clear()
+    with pytest.raises(TimeoutError) as info:
+        write_tiles(store, GRID, [tile], always)
+    assert len(calls) == 2 and info.value.slidewatch_attempts == 2 and log == [("sleep", 0.5)]
+
+    # refused by retry_if: one attempt, labelled; slidewatch errors: never retried, not labelled
+    log.clear(), calls.clear()
+    with pytest.raises(TimeoutError) as info:
+        write_tiles(store, GRID, [tile], always, retry_if=lambda e: False, on_retry=on_retry)
+    assert len(calls) == 1 and info.value.slidewatch_attempts == 1 and log == []
+
+    def fatal(t):  # type: ignore[no-untyped-def]
+        calls.append(t.key)
+        raise StoreError("disk full", "free some")
+
+    calls.clear()
+    with pytest.raises(SlidewatchError) as info:
+        write_tiles(store, GRID, [tile], fatal, on_retry=on_retry)
+    assert len(calls) == 1 and log == [] and not hasattr(info.value, "slidewatch_attempts")
+    assert store.done() == set()
