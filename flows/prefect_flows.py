@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import replace
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -31,24 +31,14 @@ from flows.dask_context import dask_client
 from flows.stages import RunResult
 from pipeline.core.collections import PLANETARY_COMPUTER_STAC
 from pipeline.core.config import DEFAULT_CHUNK, CubeConfig, TimeWindow, check_max_cloud
-from pipeline.core.errors import CatalogError, SlidewatchError, TimeWindowError
+from pipeline.core.errors import CatalogError, SlidewatchError
 from pipeline.core.layout import RunLayout, run_dir_for, write_run_json, zarr_attrs
 from pipeline.core.provenance import Rain
 from pipeline.plan.regions import Region, parse_region
 from pipeline.rain.events import resolve_rain
 from pipeline.rain.sources import precipitation_source
-from pipeline.rain.watch import (
-    FAILED,
-    SUCCEEDED,
-    Alert,
-    AlertLedger,
-    Event,
-    Threshold,
-    check_region,
-    exceeds,
-    imagery_window,
-    load_watchlist,
-)
+from pipeline.rain.alerts import FAILED, SUCCEEDED, Alert, AlertLedger
+from pipeline.rain.watch import Event, check_region, imagery_window, load_watchlist, parse_now, watch_row
 
 __all__ = [
     "ALERTS_FILE",
@@ -216,30 +206,6 @@ def regional_run_flow(
     return record
 
 
-def _now(now: str | datetime | None) -> datetime:
-    if now is None:
-        return datetime.now(timezone.utc).replace(microsecond=0)
-    if isinstance(now, datetime):
-        return now if now.tzinfo else now.replace(tzinfo=timezone.utc)
-    try:
-        t = datetime.fromisoformat(str(now).replace("Z", "+00:00"))
-    except ValueError:
-        raise TimeWindowError(f"now {now!r} is not an ISO date-time.", "use e.g. 2024-08-31T12:00 (UTC).") from None
-    return t if t.tzinfo else t.replace(tzinfo=timezone.utc)
-
-
-def _row(name: str, event: Event | None, threshold: Threshold) -> dict:
-    if event is None:
-        return {"region": name, "intensity_mm_h": 0.0, "duration_h": 0.0, "threshold_mm_h": None,
-                "alert": False, "new": False, "alert_id": None, "status": "dry", "run_dir": None,
-                "event_start": None, "event_end": None}
-    return {"region": name, "intensity_mm_h": event.intensity_mm_h, "duration_h": event.duration_h,
-            "threshold_mm_h": threshold.intensity(event.duration_h),
-            "alert": exceeds(event.intensity_mm_h, event.duration_h, threshold.a, threshold.b),
-            "new": False, "alert_id": None, "status": "below threshold", "run_dir": None,
-            "event_start": event.start.isoformat(), "event_end": event.end.isoformat()}
-
-
 @flow(name="slidewatch-rainfall-watch")
 def rainfall_watch_flow(
     watchlist: Path,
@@ -274,19 +240,19 @@ def rainfall_watch_flow(
     wl = load_watchlist(watchlist)
     out = Path(out)
     src = precip_source if precip_source is not None else precipitation_source(precip)
-    when = _now(now)
+    when = parse_now(now)
     ledger = AlertLedger(out / ALERTS_FILE)
     rows = []
     for entry in wl:
         try:
             event = check_region_task(src, entry.region, when, hours)
         except SlidewatchError as exc:  # e.g. a region outside the precipitation grid: report, go on
-            row = _row(entry.name, None, entry.threshold)
+            row = watch_row(entry.name, None, entry.threshold)
             row["status"] = f"check failed: {exc}"
             rows.append(row)
             log.error("%s: rainfall check failed: %s", entry.name, exc)
             continue
-        row = _row(entry.name, event, entry.threshold)
+        row = watch_row(entry.name, event, entry.threshold)
         rows.append(row)
         if event is None or not row["alert"]:
             log.info("%s: %s", entry.name, row["status"])

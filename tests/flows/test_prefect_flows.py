@@ -20,7 +20,8 @@ from pipeline.demo.storm import make_synthetic_storm, write_precipitation_zarr
 from pipeline.rain.events import rainfall_multiplier
 from pipeline.rain.sources import LocalZarrSource
 from pipeline.plan.regions import Region
-from pipeline.rain.watch import AlertLedger, check_region, imagery_window
+from pipeline.rain.alerts import AlertLedger
+from pipeline.rain.watch import check_region, imagery_window
 from tests.tinyregion import GRID, FakeSource, make_tiny_region
 
 pytestmark = pytest.mark.slow

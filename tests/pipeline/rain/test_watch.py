@@ -14,13 +14,11 @@ from pipeline.core.errors import RainfallError, SlidewatchError
 from pipeline.demo.storm import make_synthetic_storm, write_precipitation_zarr
 from pipeline.rain.sources import LocalZarrSource
 from pipeline.plan.regions import Region
+from pipeline.core.errors import WatchListError
+from pipeline.rain.alerts import Alert, AlertLedger, alert_id
 from pipeline.rain.watch import (
-    Alert,
-    AlertLedger,
     Event,
     Threshold,
-    WatchListError,
-    alert_id,
     check_region,
     event_bounds,
     exceeds,
