@@ -28,6 +28,8 @@ from pipeline.plan.regions import BBox, Region, validate_bbox
 
 #: Refuse plans whose single zone grid exceeds this many pixels (~ 400,000 km² at 10 m).
 MAX_PIXELS_PER_ZONE = 4_000_000_000
+#: Refuse plans whose zone grids together exceed this many pixels (~ 400,000 km² at 10 m).
+MAX_PIXELS_PER_REGION = 4_000_000_000
 
 
 def utm_zone(lon: float) -> int:
@@ -81,7 +83,7 @@ def plan_zone_grid(
         raise RegionError(
             f"Region part in EPSG:{epsg} needs a {width}×{height} pixel grid, over the "
             f"{MAX_PIXELS_PER_ZONE:,} pixel limit per zone.",
-            "split the region into smaller runs or use a coarser --resolution.",
+            "split the region into smaller runs.",
         )
     return ZoneGrid(
         epsg=epsg, x0=x0, y1=y1, width=width, height=height,
@@ -101,7 +103,13 @@ def plan_grids(
         raise RegionError(f"Chunk size {chunk} px is too small.", "use 256 to 2048.")
     bbox = validate_bbox(region.bbox)
     north = (bbox[1] + bbox[3]) / 2.0 >= 0.0
-    return [
-        plan_zone_grid(utm_epsg(zone, north), part, resolution, chunk)
-        for zone, part in zone_parts(bbox)
-    ]
+    grids = [plan_zone_grid(utm_epsg(zone, north), part, resolution, chunk) for zone, part in zone_parts(bbox)]
+    pixels = sum(g.width * g.height for g in grids)
+    if pixels > MAX_PIXELS_PER_REGION:
+        km2 = pixels * resolution**2 / 1e6
+        raise RegionError(
+            f"Region {region.name!r} needs {pixels:,} pixels ({km2:,.0f} km²) over {len(grids)} zone grid(s), "
+            f"over the {MAX_PIXELS_PER_REGION:,} pixel limit for the whole region.",
+            "split the region into smaller runs.",
+        )
+    return grids

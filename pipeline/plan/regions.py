@@ -115,6 +115,24 @@ def _bbox_of_coords(coords: object) -> BBox:
     return (min(xs), min(ys), max(xs), max(ys))
 
 
+def _antimeridian_jump(coords: object) -> tuple[float, float] | None:
+    """The first edge of a ring or line whose longitude jumps by more than 180° (it crosses
+    the antimeridian the short way), as (from, to); None when there is none."""
+    if isinstance(coords, (list, tuple)) and coords and isinstance(coords[0], (list, tuple)) \
+            and coords[0] and isinstance(coords[0][0], (int, float)):
+        lons = [float(c[0]) for c in coords if isinstance(c, (list, tuple)) and c]
+        for a, b in zip(lons, lons[1:]):
+            if abs(b - a) > 180.0:
+                return a, b
+        return None
+    if isinstance(coords, (list, tuple)):
+        for sub in coords:
+            found = _antimeridian_jump(sub)
+            if found is not None:
+                return found
+    return None
+
+
 def region_from_geojson(path: Path) -> Region:
     """A region from a GeoJSON file (Feature, FeatureCollection or bare geometry, WGS84)."""
     try:
@@ -139,9 +157,17 @@ def region_from_geojson(path: Path) -> Region:
     if not isinstance(geometry, dict) or "type" not in geometry:
         raise RegionError(f"GeoJSON file {path} has no geometry.", "add a Polygon geometry.")
     if geometry["type"] == "GeometryCollection":
-        bbox = _bbox_of_coords([g.get("coordinates") for g in geometry["geometries"]])
+        coords = [g.get("coordinates") for g in geometry["geometries"]]
     else:
-        bbox = _bbox_of_coords(geometry.get("coordinates"))
+        coords = geometry.get("coordinates")
+    jump = _antimeridian_jump(coords)
+    if jump is not None:
+        raise RegionError(
+            f"GeoJSON file {path} crosses the antimeridian (an edge goes from {jump[0]:g}° to {jump[1]:g}° "
+            "longitude), which would make a region round the whole globe.",
+            "split it at 180° into one polygon per side and run them as two regions.",
+        )
+    bbox = _bbox_of_coords(coords)
     bbox = validate_bbox(bbox, what=f"extent of {path.name}")
     return Region(name=path.stem, bbox=bbox, geometry_json=json.dumps(geometry))
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -94,3 +95,24 @@ def test_geojson_region(tmp_path):  # type: ignore[no-untyped-def]
     bad.write_text("{not json")
     with pytest.raises(RegionError, match="not readable JSON"):
         parse_region(str(bad))
+
+
+def test_polygon_across_the_antimeridian_is_refused(tmp_path):  # type: ignore[no-untyped-def]
+    # Fiji: a ring that steps from 179.5 to -179.5 covers 1° of ocean, not 359° of the globe
+    p = tmp_path / "fiji.geojson"
+    ring = [[179.5, -17.0], [-179.5, -17.0], [-179.5, -16.0], [179.5, -16.0], [179.5, -17.0]]
+    p.write_text(json.dumps({"type": "Polygon", "coordinates": [ring]}))
+    with pytest.raises(RegionError, match="crosses the antimeridian") as err:
+        parse_region(str(p))
+    assert "split it" in str(err.value)
+
+
+def test_size_guard_covers_the_whole_region(monkeypatch):  # type: ignore[no-untyped-def]
+    import pipeline.plan.grid as grid
+
+    # 3 zones, each under the per-zone limit but together over the region limit
+    monkeypatch.setattr(grid, "MAX_PIXELS_PER_REGION", 3 * 10_000 * 10_000)
+    with pytest.raises(RegionError, match="the whole region") as err:
+        plan_grids(parse_region("100.5,10,117.5,11"))
+    assert "split the region" in str(err.value)
+    assert len(plan_grids(parse_region("100.5,10,101.5,11"))) == 1
