@@ -94,8 +94,9 @@ def _libgdal():  # type: ignore[no-untyped-def]
     """The GDAL shared library rasterio has loaded (ctypes handle), or None."""
     import ctypes
     import ctypes.util
+    from pathlib import Path
 
-    import rasterio  # noqa: F401  (loads libgdal)
+    import rasterio  # loads libgdal
 
     candidates: list[str] = []
     try:
@@ -103,6 +104,10 @@ def _libgdal():  # type: ignore[no-untyped-def]
             candidates = sorted({line.split()[-1] for line in fh if "libgdal" in line and "/" in line})
     except OSError:
         pass
+    # Other wheels bundle their own GDAL (pyogrio's is loaded beside rasterio's when an
+    # inventory is read): the cache to clear is the one of the GDAL rasterio links against.
+    libs = str(Path(rasterio.__file__).resolve().parent.parent / "rasterio.libs")
+    candidates.sort(key=lambda path: not path.startswith(libs))
     found = ctypes.util.find_library("gdal")
     if found:
         candidates.append(found)
