@@ -57,6 +57,8 @@ class _RunProgress:
             console.print(f"  items: {counts}")
             for note in info.get("notes", []):
                 console.print(f"  [yellow]note:[/] {note}")
+        elif kind == "zone-skipped":
+            console.print(f"[yellow]note:[/] zone {zone} left out (the rest of the region goes on): {info['reason']}")
         elif kind == "reused":
             console.print(f"[green]reusing[/] finished store {info['path']}")
         elif kind == "tiles":
@@ -148,6 +150,8 @@ def run(
     checkpoint: Annotated[Optional[Path], typer.Option(help="U-Net checkpoint (model.safetensors from `slidewatch train`); without it the run stops after the LSI.")] = None,
     device: Annotated[str, typer.Option(help="Inference device: auto (CUDA when present), cpu or cuda.")] = "auto",
     dask_address: Annotated[Optional[str], typer.Option(envvar="SLIDEWATCH_DASK_ADDRESS", help="Dask scheduler address (tcp://host:8786); default: a local cluster.")] = None,
+    sar: Annotated[str, typer.Option(help="Sentinel-1: auto (RTC when Planetary Computer grants it, i.e. with PC_SDK_SUBSCRIPTION_KEY; else GRD, noted), rtc (fail without access), grd, or none (NDMI proxy for soil moisture).")] = "auto",
+    max_items: Annotated[int, typer.Option(min=1, help="Most items one search may match (per collection and zone); a search matching more is refused, never cut short.")] = 2000,
 ) -> None:
     """Run a region: cube (Zarr) → factors and LSI → U-Net risk mosaic and exports."""
     from flows.stages import cube_stage, run_record
@@ -156,7 +160,7 @@ def run(
 
     reg = parse_region(region)
     window = TimeWindow.parse(start, end)
-    config = CubeConfig(max_cloud_cover=check_max_cloud(max_cloud))
+    config = CubeConfig(max_cloud_cover=check_max_cloud(max_cloud), sar=sar, max_items=max_items)
     check_rain_options(rain_intensity, rain_duration, precip)  # before any pixel is read
     progress = _RunProgress()
     if dry_run:

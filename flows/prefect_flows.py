@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
@@ -171,6 +171,8 @@ def regional_run_flow(
     max_cloud: float = 60.0,
     overwrite: bool = False,
     device: str = "auto",
+    sar: Literal["auto", "rtc", "grd", "none"] = "auto",
+    max_items: int = 2000,
     source: Any = None,
 ) -> dict:
     """One regional run: cube (reused when finished) → rain → LSI → risk; writes ``run.json``.
@@ -178,8 +180,11 @@ def regional_run_flow(
     ``region`` is a built-in name, a bbox ``w,s,e,n`` or a GeoJSON path (``region_name``
     renames it, e.g. the watch list's name); ``start``/``end`` are ISO days; rainfall is
     ``rain_intensity`` (mm/h) with ``rain_duration`` (days), or ``precip`` (a local
-    IMERG-layout Zarr), or none. ``dask_address`` (else ``SLIDEWATCH_DASK_ADDRESS``) names a
-    scheduler; without one a LocalCluster runs the graphs (``"threads"``: no cluster).
+    IMERG-layout Zarr), or none. ``sar`` picks Sentinel-1 (``auto``: RTC when Planetary
+    Computer's token endpoint grants it, else GRD with a note; ``rtc``, ``grd``, ``none``);
+    a search matching more than ``max_items`` items is refused. ``dask_address`` (else
+    ``SLIDEWATCH_DASK_ADDRESS``) names a scheduler; without one a LocalCluster runs the
+    graphs (``"threads"``: no cluster).
     ``alert`` (the triggering alert) goes into ``run.json``. Returns the run record.
     """
     reg = _region(region, region_name)
@@ -189,7 +194,7 @@ def regional_run_flow(
     log = get_run_logger()
     with dask_client(dask_address) as client:
         log.info("dask: %s", client if client is not None else "local threads")
-        result = cube_task(reg, window, stac_url, out, CubeConfig(max_cloud_cover=max_cloud), chunk, source)
+        result = cube_task(reg, window, stac_url, out, CubeConfig(max_cloud_cover=max_cloud, sar=sar, max_items=max_items), chunk, source)
         rain = rain_task(rain_intensity, rain_duration, precip, reg, window)
         recompute = overwrite or rain_changed(result, rain)
         log.info("rain: P=%s mm/h, D=%s d, R_m=%.3f (%s); rain-dependent stages %s", rain.intensity_mm_h,

@@ -84,6 +84,7 @@ def run_record(
             }
             for z in result.zones
         },
+        **({"skipped_zones": dict(result.skipped)} if result.skipped else {}),
         **(extra or {}),
     }
 

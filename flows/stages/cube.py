@@ -25,7 +25,7 @@ from pipeline.acquire.cube import (
 from pipeline.acquire.gdal import clear_http_cache, read_error, read_failure
 from pipeline.core.collections import COP_DEM, SENTINEL2
 from pipeline.core.config import CHUNKS_PER_TILE, DEFAULT_CHUNK, CubeConfig, RunSpec, Tile, TimeWindow, ZoneGrid
-from pipeline.core.errors import SlidewatchError, StoreError
+from pipeline.core.errors import EmptySearchError, NoValidDataError, SlidewatchError, StoreError
 from pipeline.core.layout import RunLayout, run_dir_for
 from pipeline.core.provenance import RunProvenance
 from pipeline.core.secrets import install_log_redaction
@@ -59,6 +59,8 @@ class RunResult:
     zones: list[ZoneResult] = field(default_factory=list)
     plans: list[ZonePlan] = field(default_factory=list)
     provenance: RunProvenance | None = None
+    #: Zones left out because they have no scenes or no valid pixel, with the reason.
+    skipped: dict[str, str] = field(default_factory=dict)
 
     @property
     def layout(self) -> RunLayout:
@@ -89,14 +91,25 @@ def cube_stage(
     src = source or StacApiSource.open(stac_url)
     run_dir = run_dir_for(out, region.slug, window.start, window.end, name=region.name)
     result = RunResult(run_dir=run_dir, provenance=RunProvenance.for_run(region.name, region.bbox, window))
+    first_error: SlidewatchError | None = None
     for grid in grids:
         emit("search", {"zone": grid.zone_name})
-        inputs = search_inputs(src, grid.lonlat_bounds, window, config)
-        emit("searched", {"zone": grid.zone_name, "counts": inputs.counts(), "notes": inputs.notes})
-        if dry_run:
-            result.plans.append(zone_plan(inputs, grid, config))
-            continue
-        result.zones.append(_write_zone(result, region, window, stac_url, grid, inputs, config, overwrite, emit))
+        try:
+            inputs = search_inputs(src, grid.lonlat_bounds, window, config)
+            emit("searched", {"zone": grid.zone_name, "counts": inputs.counts(), "notes": inputs.notes})
+            if dry_run:
+                result.plans.append(zone_plan(inputs, grid, config))
+                continue
+            result.zones.append(_write_zone(result, region, window, stac_url, grid, inputs, config, overwrite, emit))
+        except (EmptySearchError, NoValidDataError) as exc:
+            if len(grids) == 1:
+                raise
+            # one zone of several without scenes: the region goes on with the others
+            first_error = first_error or exc
+            result.skipped[grid.zone_name] = str(exc)
+            emit("zone-skipped", {"zone": grid.zone_name, "reason": str(exc)})
+    if first_error is not None and not (result.zones or result.plans):
+        raise first_error  # no zone of the region has data
     return result
 
 

@@ -15,6 +15,18 @@ SENTINEL1_RTC: Final = "sentinel-1-rtc"
 SENTINEL1_GRD: Final = "sentinel-1-grd"
 COP_DEM: Final = "cop-dem-glo-30"
 
+#: ``--sar``: ``auto`` (RTC when its token endpoint grants it, else GRD), ``rtc``, ``grd``, or
+#: ``none`` (no SAR: soil moisture from the NDMI proxy).
+SAR_MODES: Final = ("auto", "rtc", "grd", "none")
+#: The ``s1_collection`` of a run with ``--sar none``.
+NO_SAR: Final = "none"
+#: Where Planetary Computer keeps sentinel-1-rtc (``msft:storage_account``/``msft:container``
+#: of its collection, which also says ``msft:requires_account: true``): SAS tokens for it are
+#: granted only with a subscription key. Used when the collection document cannot be read.
+SENTINEL1_RTC_STORAGE: Final = ("sentinel1euwestrtc", "sentinel1-grd-rtc")
+#: The environment variable that carries a Planetary Computer subscription key.
+PC_KEY_ENV: Final = "PC_SDK_SUBSCRIPTION_KEY"
+
 #: All Sentinel-2 L2A band assets on Planetary Computer and their native resolution (m).
 S2_BAND_RESOLUTION: Final[dict[str, int]] = {
     "B01": 60, "B02": 10, "B03": 10, "B04": 10, "B05": 20, "B06": 20, "B07": 20,

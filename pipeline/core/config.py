@@ -13,8 +13,8 @@ from datetime import date, datetime
 
 import numpy as np
 
-from pipeline.core.collections import S2_CUBE_BANDS
-from pipeline.core.errors import TimeWindowError
+from pipeline.core.collections import S2_CUBE_BANDS, SAR_MODES
+from pipeline.core.errors import SlidewatchError, TimeWindowError
 
 #: Default pixel size of every grid, metres.
 DEFAULT_RESOLUTION = 10.0
@@ -169,12 +169,24 @@ class CubeConfig:
     #: Largest ``eo:cloud_cover`` (percent) of a Sentinel-2 scene to consider.
     max_cloud_cover: float = 60.0
     s2_bands: tuple[str, ...] = S2_CUBE_BANDS
-    #: Use ``sentinel-1-grd`` (uncalibrated, documented in README) when no RTC item is found.
+    #: With ``sar="auto"``: use ``sentinel-1-grd`` (uncalibrated, documented in README) when
+    #: no RTC item is found.
     s1_grd_fallback: bool = True
     #: Days before the window's start searched for the SAR reference history (SMI dry/wet).
     s1_reference_days: int = 180
-    #: Maximum items per collection per search; guards against runaway searches.
+    #: Most items one search may match (per collection and zone); a search that matches more
+    #: is refused (``--max-items`` raises it), never cut short.
     max_items: int = 2000
+    #: Which Sentinel-1 collection (``--sar``): ``auto`` (RTC when Planetary Computer's token
+    #: endpoint grants it or, on other STAC APIs, when RTC items exist; else GRD, with a note),
+    #: ``rtc``, ``grd`` or ``none`` (no SAR: soil moisture from the NDMI proxy).
+    sar: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.sar not in SAR_MODES:
+            raise SlidewatchError(f"--sar {self.sar!r} is not a SAR mode.", f"use one of {', '.join(SAR_MODES)}.")
+        if int(self.max_items) < 1:
+            raise SlidewatchError(f"--max-items {self.max_items} is below 1.", "give the most items one search may match, e.g. 2000.")
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)

@@ -21,7 +21,7 @@ from pipeline.acquire import catalog
 from pipeline.acquire.catalog import StacApiSource, load_items, save_items, search_inputs, sign_for_read, unsign_item
 from pipeline.core.collections import PLANETARY_COMPUTER_STAC
 from pipeline.core.config import CubeConfig, TimeWindow
-from pipeline.core.errors import CatalogError, EmptySearchError
+from pipeline.core.errors import CatalogError, EmptySearchError, SlidewatchError
 
 PC = "https://planetarycomputer.microsoft.com/api/stac/v1"
 
@@ -292,7 +292,22 @@ def test_recorded_grd_items_are_recognised_as_unprojected(shared_fixtures):  # t
 
 def test_unreachable_stac_api():
     with pytest.raises(CatalogError, match="Could not reach"):
-        StacApiSource.open("http://127.0.0.1:9/stac", timeout=2)
+        StacApiSource.open("http://127.0.0.1:9/stac", timeout=2, backoff=0.01)
+
+
+class _Many(_Empty):
+    """A source that returns everything it has, whatever ``max_items`` says."""
+
+    def search(self, collection, bbox, datetime, max_cloud_cover=None, max_items=None):  # type: ignore[no-untyped-def]
+        return super().search(collection, bbox, datetime) * 3
+
+
+def test_more_items_than_the_limit_are_refused_not_dropped():
+    win = TimeWindow(date(2024, 7, 1), date(2024, 7, 31))
+    with pytest.raises(SlidewatchError, match="sentinel-2-l2a.*more than 2 items.*--max-items") as err:
+        search_inputs(_Many(set()), (0, 0, 1, 1), win, CubeConfig(max_items=2))
+    assert not isinstance(err.value, CatalogError)  # not transient: flows do not retry it
+    assert len(search_inputs(_Many(set()), (0, 0, 1, 1), win, CubeConfig(max_items=3)).s2) == 3
 
 
 def test_saved_items_are_unsigned_and_reload(tmp_path):  # type: ignore[no-untyped-def]
