@@ -31,7 +31,7 @@ from flows.dask_context import dask_client
 from flows.stages import RunResult
 from pipeline.core.collections import PLANETARY_COMPUTER_STAC
 from pipeline.core.config import DEFAULT_CHUNK, CubeConfig, TimeWindow, check_max_cloud
-from pipeline.core.errors import CatalogError, SlidewatchError
+from pipeline.core.errors import AccountRequiredError, CatalogError, SlidewatchError
 from pipeline.core.layout import RunLayout, run_dir_for, write_run_json, zarr_attrs
 from pipeline.core.provenance import Rain
 from pipeline.plan.regions import Region, parse_region
@@ -62,7 +62,7 @@ def is_transient(exc: BaseException) -> bool:
     I/O or network error. Never a slidewatch error about the input (bad region, empty
     search, no valid pixels, a locked store, ...)."""
     if isinstance(exc, SlidewatchError):
-        return isinstance(exc, CatalogError)
+        return isinstance(exc, CatalogError) and not isinstance(exc, AccountRequiredError)
     return isinstance(exc, (OSError, TimeoutError))
 
 

@@ -53,6 +53,7 @@ from pipeline.core.collections import (
 )
 from pipeline.core.config import CubeConfig, TimeWindow
 from pipeline.core.errors import (
+    AccountRequiredError,
     CatalogError,
     EmptySearchError,
     InputDataError,
@@ -432,7 +433,7 @@ def sar_mode(source: ItemSource, config: CubeConfig) -> tuple[str, str | None]:
     if token is None or token.granted:
         return mode, None
     if mode == "rtc":
-        raise CatalogError(
+        raise AccountRequiredError(
             f"{token.reason()}.",
             f"set {PC_KEY_ENV} to your Planetary Computer subscription key, or use --sar grd "
             "(Sentinel-1 GRD needs no key) or --sar auto.",

@@ -35,6 +35,7 @@ from pipeline.core.collections import (
     SCL_VALID,
     SENTINEL1_GRD,
     COP_DEM,
+    NO_SAR,
 )
 from pipeline.core.config import CubeConfig, TimeWindow, ZoneGrid
 from pipeline.core.provenance import RunProvenance
@@ -331,7 +332,8 @@ def cube_attrs(
     prov: RunProvenance, window: TimeWindow, stac_url: str, grid: ZoneGrid, inputs: RunInputs, config: CubeConfig,
 ) -> dict:
     """The cube store's CF and provenance attributes."""
-    s1 = "Sentinel-1 GRD (uncalibrated, geocoded)" if inputs.s1_collection == SENTINEL1_GRD else "Sentinel-1 RTC"
+    s1 = {SENTINEL1_GRD: "Sentinel-1 GRD (uncalibrated, geocoded)", NO_SAR: "no Sentinel-1 (--sar none)"}.get(
+        inputs.s1_collection, "Sentinel-1 RTC")
     return {
         "title": f"slidewatch cube: {prov.region} {window.start}..{window.end} ({grid.zone_name})",
         "Conventions": "CF-1.8",

@@ -31,6 +31,10 @@ class CatalogError(SlidewatchError, ConnectionError):
     """The STAC API could not be reached or answered with an error."""
 
 
+class AccountRequiredError(CatalogError, PermissionError):
+    """The catalog refuses access without an account key (retrying cannot help)."""
+
+
 class EmptySearchError(SlidewatchError, LookupError):
     """A STAC search returned no items for a required collection."""
 

@@ -15,7 +15,7 @@ import xarray as xr
 from pyproj import Transformer
 from typer.testing import CliRunner
 
-from pipeline.core.errors import CatalogError, EmptySearchError, NoValidDataError, RegionError, SlidewatchError, StoreError
+from pipeline.core.errors import AccountRequiredError, CatalogError, EmptySearchError, NoValidDataError, RegionError, SlidewatchError, StoreError
 from pipeline.demo.storm import make_synthetic_storm, write_precipitation_zarr
 from pipeline.rain.events import rainfall_multiplier
 from pipeline.rain.sources import LocalZarrSource
@@ -238,6 +238,7 @@ def test_serve_builds_a_cron_deployment(tmp_path):  # type: ignore[no-untyped-de
 
 @pytest.mark.parametrize("exc,retried", [
     (CatalogError("STAC API unreachable."), True),
+    (AccountRequiredError("RTC needs an account."), False),
     (OSError("connection reset"), True),
     (TimeoutError("read timed out"), True),
     (RegionError("bad region."), False),
