@@ -19,12 +19,16 @@ from dataclasses import asdict, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
+import xarray as xr
+
 from pipeline import __version__
 from pipeline.core.config import INFERENCE_TILE, TimeWindow
 from pipeline.core.errors import StoreError
 from pipeline.core.layout import zarr_attrs
 from pipeline.core.provenance import Rain
+from pipeline.factors.layers import compute_factors
 from pipeline.factors.lsi import LsiParams
+from pipeline.factors.ranges import normalisation_ranges
 from pipeline.plan.regions import Region
 from pipeline.predict.inference import PredictorLike
 
@@ -46,12 +50,23 @@ def lsi_stage(
 ) -> list[Path]:
     """Factors and LSI of every zone (``lsi_<zone>.zarr`` + PNG); sets ``zone.lsi_path``."""
     emit = on_event or _quiet
+    cubes = [xr.open_zarr(z.cube_path, decode_coords="all") for z in result.zones]
+    computed: dict[str, dict] = {}
+
+    def region_ranges() -> dict:
+        """The normalisation ranges of all zones together, computed once (only when a store is written)."""
+        if "ranges" not in computed:
+            computed["ranges"] = normalisation_ranges([compute_factors(c) for c in cubes])
+        return computed["ranges"]
+
+    region_cubes = [c.attrs.get("slidewatch_fingerprint") for c in cubes]
     paths = []
     for z in result.zones:
         prov = result.provenance
         if prov is not None:
             prov = replace(prov, input_items=z.inputs.ids())
         path = write_lsi(z.cube_path, z.grid, params or LsiParams(), rain, provenance=prov, overwrite=overwrite,
+                         ranges=region_ranges if len(cubes) > 1 else None, region_cubes=region_cubes,
                          on_event=emit)
         png = write_lsi_quicklook(path)
         emit("lsi", {"zone": z.grid.zone_name, "path": str(path), "quicklook": str(png)})

@@ -23,6 +23,7 @@ from flows.dask_context import compute_context, tile_concurrency
 
 def write_lsi(
     cube_path: Path, grid: ZoneGrid, params: LsiParams, rain: Rain, *, provenance: RunProvenance | None = None,
+    ranges: Callable[[], dict] | None = None, region_cubes: list[str] | None = None,
     overwrite: bool = False, on_event: Callable[[str, dict], None] | None = None,
 ) -> Path:
     """Write the zone's LSI store next to its cube; reuse it when inputs are unchanged.
@@ -30,18 +31,20 @@ def write_lsi(
     The LSI store is derived (cheap next to the cube): when the cube, parameters or rain
     differ from the finished store's, it is recomputed and replaced. ``overwrite`` forces a
     recompute even when nothing changed. ``provenance`` (the run's region, window and
-    items) defaults to the cube store's.
+    items) defaults to the cube store's. ``ranges`` gives the region's normalisation ranges
+    (called only when the store is written; default: this cube's own), and
+    ``region_cubes`` the fingerprints of every zone's cube they come from, which key the store.
     """
     emit = on_event or (lambda kind, info: None)
     cube = xr.open_zarr(cube_path, decode_coords="all")
     path = RunLayout(cube_path.parent).lsi(grid.zone_name)
-    store = TileStore(path, lsi_fingerprint(cube.attrs.get("slidewatch_fingerprint"), params, rain))
+    store = TileStore(path, lsi_fingerprint(cube.attrs.get("slidewatch_fingerprint"), params, rain, region_cubes))
     if store.is_complete() and not overwrite:
         emit("reused", {"zone": grid.zone_name, "path": str(store.path)})
         return store.path
     with compute_context():
-        ranges = normalisation_ranges(compute_factors(cube))
-    ds = lsi_dataset(cube, ranges, params, rain.multiplier)
+        region_ranges = ranges() if ranges is not None else normalisation_ranges(compute_factors(cube))
+    ds = lsi_dataset(cube, region_ranges, params, rain.multiplier)
     variables = {name: str(v.dtype) for name, v in ds.data_vars.items()}
     attrs = {name: dict(v.attrs) for name, v in ds.data_vars.items()}
     prov = (provenance or RunProvenance.from_attrs(cube.attrs)).with_rain(rain)
@@ -49,7 +52,7 @@ def write_lsi(
     try:
         # a derived store: replaced when its inputs (cube, params, rain) change
         store.prepare(template(grid, variables, attrs),
-                      lsi_attrs(prov, grid.zone_name, str(cube_path), ranges, params, __version__), overwrite=True)
+                      lsi_attrs(prov, grid.zone_name, str(cube_path), region_ranges, params, __version__), overwrite=True)
         tiles = grid.tiles(CHUNKS_PER_TILE)
         emit("tiles", {"zone": f"{grid.zone_name} LSI", "stage": "LSI", "total": len(tiles), "done": len(store.done())})
 

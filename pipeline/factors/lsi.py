@@ -405,9 +405,14 @@ def lsi_dataset(cube: xr.Dataset, ranges: Mapping[str, Sequence[float]], params:
     return ds
 
 
-def lsi_fingerprint(cube_fingerprint: str | None, params: LsiParams, rain: Rain) -> str:
-    """The key of an LSI store: its cube, parameters, rain and :data:`LSI_LAYOUT`."""
-    return fingerprint({"cube": cube_fingerprint, "params": params.__dict__, "rain": rain.__dict__, "layout": LSI_LAYOUT})
+def lsi_fingerprint(cube_fingerprint: str | None, params: LsiParams, rain: Rain,
+                    region_cubes: Sequence[str | None] | None = None) -> str:
+    """The key of an LSI store: its cube, parameters, rain and :data:`LSI_LAYOUT`, and for a
+    region of several zones the cubes of all zones (their pixels set the shared ranges)."""
+    doc = {"cube": cube_fingerprint, "params": params.__dict__, "rain": rain.__dict__, "layout": LSI_LAYOUT}
+    if region_cubes is not None and len(region_cubes) > 1:
+        doc["region_cubes"] = sorted(str(c) for c in region_cubes)
+    return fingerprint(doc)
 
 
 def lsi_attrs(prov: RunProvenance, zone: str, cube_path: str, ranges: Mapping, params: LsiParams, version: str) -> dict:

@@ -73,7 +73,7 @@ def _percentile_from_counts(counts: np.ndarray, lo: float, hi: float, q: float) 
 
 
 def normalisation_ranges(
-    factors: xr.Dataset,
+    factors: xr.Dataset | Sequence[xr.Dataset],
     low: float = 2,
     high: float = 98,
     *,
@@ -82,8 +82,10 @@ def normalisation_ranges(
 ) -> dict[str, list[float]]:
     """Robust per-region ranges ``{factor: [p_low, p_high]}`` (plain floats, JSON-ready).
 
-    Percentiles come from exact fixed-bin histograms (:data:`HISTOGRAM_SPECS`)
-    summed over all chunks in one pass (``dask.compute`` once), interpolated
+    ``factors`` is one dataset or one per UTM zone of a region: the ranges are then those
+    of all zones' pixels together, so every zone is normalised alike (no step in the LSI at
+    a zone meridian). Percentiles come from exact fixed-bin histograms (:data:`HISTOGRAM_SPECS`)
+    summed over all chunks (and zones) in one pass (``dask.compute`` once), interpolated
     linearly within the bin; integer counts make the result identical for any
     chunking, and accurate to one bin width. NaN pixels are ignored.
 
@@ -97,14 +99,17 @@ def normalisation_ranges(
     if not (0 <= low < high <= 100):
         raise InputDataError(f"Percentiles low={low}, high={high} are invalid.", hint="Use 0 <= low < high <= 100.")
     specs = {**HISTOGRAM_SPECS, **(specs or {})}
-    names = list(names) if names is not None else [f for f in FACTORS if f in factors.data_vars]
+    zones = [factors] if isinstance(factors, xr.Dataset) else list(factors)
+    if not zones:
+        raise InputDataError("No factors to compute normalisation ranges from.", hint="Pass at least one zone's factors.")
+    names = list(names) if names is not None else [f for f in FACTORS if f in zones[0].data_vars]
     for name in names:
-        if name not in factors.data_vars:
+        if any(name not in z.data_vars for z in zones):
             raise MissingAssetError(f"Factor {name!r} is missing from the factors dataset.", hint="Compute it first (compute_factors).")
         if name not in specs:
             raise InputDataError(f"No histogram bins known for factor {name!r}.", hint="Pass specs={name: (low, high, nbins)}.")
-    hists = [_histogram(factors[n].data, *specs[n]) for n in names]
-    hists = dask.compute(*hists)
+    per_zone = dask.compute(*[_histogram(z[n].data, *specs[n]) for z in zones for n in names])
+    hists = [sum(np.asarray(per_zone[k * len(names) + i]) for k in range(len(zones))) for i in range(len(names))]
     out: dict[str, list[float]] = {}
     for name, counts in zip(names, hists):
         counts = np.asarray(counts)

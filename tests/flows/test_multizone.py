@@ -3,6 +3,7 @@ others have data; a region where no zone has any is refused as before."""
 
 from __future__ import annotations
 
+import json
 from datetime import date
 
 import pytest
@@ -49,3 +50,28 @@ def test_a_region_where_no_zone_has_scenes_is_refused(tmp_path, monkeypatch) -> 
     with pytest.raises(EmptySearchError):
         stages.cube_stage(tiny_region("nothing"), WINDOW, FakeSource.url, tmp_path / "out", CubeConfig(), chunk=64,
                           source=BBoxSource({}))
+
+
+def test_normalisation_ranges_are_shared_by_every_zone(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import xarray as xr
+
+    from pipeline.factors.layers import compute_factors
+    from pipeline.factors.ranges import normalisation_ranges
+
+    zones = []
+    for seed, name in ((7, "west"), (11, "east")):  # two zones' cubes with different pixels
+        part = stages.cube_stage(tiny_region(name), WINDOW, FakeSource.url, tmp_path / name, CubeConfig(), chunk=64,
+                                 source=FakeSource(make_tiny_region(tmp_path / f"cogs-{name}", seed=seed)))
+        zones += part.zones
+    result = stages.RunResult(run_dir=tmp_path / "run", zones=zones)
+    rain = Rain(None, None, 1.0, "none")
+    stages.lsi_stage(result, rain)
+    cubes = [xr.open_zarr(z.cube_path) for z in zones]
+    expected = normalisation_ranges([compute_factors(c) for c in cubes])
+    stored = [xr.open_zarr(z.lsi_path).attrs["normalisation_ranges"] for z in zones]
+    assert stored[0] == stored[1] == json.loads(json.dumps(expected))
+    assert stored[0] != normalisation_ranges(compute_factors(cubes[0]))  # not the first zone's own
+    # the shared ranges key each store: a rerun reuses both
+    events: list[str] = []
+    stages.lsi_stage(result, rain, on_event=lambda k, i: events.append(k))
+    assert events.count("reused") == 2

@@ -66,6 +66,22 @@ def test_ranges_match_numpy_percentiles_within_one_bin():
             assert v[max(int(k) - 1, 0)] - width <= got <= v[min(int(k) + 2, v.size - 1)] + width, (name, q)
 
 
+def test_ranges_over_several_zones_are_those_of_all_their_pixels():
+    west = compute_factors(synthetic_cube(seed=1)).compute()
+    east = compute_factors(synthetic_cube(seed=2)).compute()
+    east = east.assign(dem=east["dem"] + 800.0)  # a higher zone: per-zone ranges would differ
+    region = normalisation_ranges([west, east])
+    assert region != normalisation_ranges(west)
+    for name in FACTORS:
+        lo, hi, n = HISTOGRAM_SPECS[name]
+        width = (hi - lo) / n
+        v = np.concatenate([z[name].values.ravel() for z in (west, east)])
+        v = np.sort(v[np.isfinite(v)])
+        for q, got in zip((2, 98), region[name]):
+            k = q / 100 * (v.size - 1)
+            assert v[max(int(k) - 1, 0)] - width <= got <= v[min(int(k) + 2, v.size - 1)] + width, (name, q)
+
+
 def _tiny(values: dict[str, list[float]]) -> xr.Dataset:
     n = len(next(iter(values.values())))
     c = grid_coords(1, n)
