@@ -14,7 +14,7 @@ from flows.console import err_console, friendly_errors, show_error
 from flows.console import out_console as _out_console
 from pipeline import __version__
 from pipeline.core.collections import PLANETARY_COMPUTER_STAC
-from pipeline.core.config import DEFAULT_CHUNK, CubeConfig, TimeWindow, check_max_cloud
+from pipeline.core.config import CHUNKS_PER_TILE, DEFAULT_CHUNK, CubeConfig, TimeWindow, check_max_cloud
 from pipeline.core.errors import SlidewatchError
 from pipeline.core.layout import RunLayout
 from pipeline.plan.regions import parse_region
@@ -88,14 +88,22 @@ def _print_plan(result) -> None:  # type: ignore[no-untyped-def]
         out_console.print(f"zone {g.zone_name} (EPSG:{g.epsg})")
         out_console.print(f"  grid: {g.width}×{g.height} px at {g.resolution:g} m, {p.area_km2:,.1f} km², origin ({g.x0:.0f}, {g.y1:.0f})")
         out_console.print(f"  chunks: {cy}×{cx} = {cy * cx} of {g.chunk}×{g.chunk} px")
-        for name, count in p.items.items():
-            out_console.print(f"  items {name}: {count}")
-        out_console.print(f"  estimated bytes read: {_human_bytes(p.bytes_read)}")
-        out_console.print(f"  dask tasks: {p.tasks:,}")
+        out_console.print(f"  write tiles: {len(g.tiles(CHUNKS_PER_TILE))} of {CHUNKS_PER_TILE}×{CHUNKS_PER_TILE} chunks")
+        if p.offline is not None:
+            out_console.print(f"  items, bytes and the cube's tasks need the STAC API, which could not be reached: {p.offline}")
+            out_console.print(f"  dask tasks of the LSI stage: {p.tasks:,}")
+        else:
+            for name, count in p.items.items():
+                out_console.print(f"  items {name}: {count}")
+            out_console.print(f"  estimated bytes read: {_human_bytes(p.bytes_read)}")
+            out_console.print(f"  dask tasks: {p.tasks:,}")
         for note in p.notes:
             out_console.print(f"  note: {note}")
         total_bytes += p.bytes_read
         total_tasks += p.tasks
+    if any(p.offline is not None for p in result.plans):
+        out_console.print(f"total: {len(result.plans)} zone(s); items and bytes unknown without the STAC API")
+        return
     out_console.print(f"total: {len(result.plans)} zone(s), {_human_bytes(total_bytes)} to read, {total_tasks:,} dask tasks")
 
 

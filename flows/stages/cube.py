@@ -25,8 +25,9 @@ from pipeline.acquire.cube import (
 from pipeline.acquire.gdal import clear_http_cache, read_error, read_failure
 from pipeline.core.collections import COP_DEM, SENTINEL2
 from pipeline.core.config import CHUNKS_PER_TILE, DEFAULT_CHUNK, CubeConfig, RunSpec, Tile, TimeWindow, ZoneGrid
-from pipeline.core.errors import EmptySearchError, NoValidDataError, SlidewatchError, StoreError
+from pipeline.core.errors import CatalogError, EmptySearchError, NoValidDataError, SlidewatchError, StoreError
 from pipeline.core.layout import RunLayout, run_dir_for
+from pipeline.factors.lsi import lsi_stage_tasks
 from pipeline.core.provenance import RunProvenance
 from pipeline.core.secrets import install_log_redaction
 from pipeline.plan.estimate import ZonePlan
@@ -88,7 +89,14 @@ def cube_stage(
     info)`` reports progress to the caller."""
     emit = on_event or _quiet
     grids = plan_grids(region, chunk=chunk or DEFAULT_CHUNK)
-    src = source or StacApiSource.open(stac_url)
+    try:
+        src = source or StacApiSource.open(stac_url)
+    except CatalogError as exc:
+        if not dry_run:
+            raise
+        # the grid plan needs no catalog: show it, and say what needs the STAC API
+        return RunResult(run_dir=run_dir_for(out, region.slug, window.start, window.end, name=region.name),
+                         plans=[_offline_plan(g, config, str(exc)) for g in grids])
     run_dir = run_dir_for(out, region.slug, window.start, window.end, name=region.name)
     result = RunResult(run_dir=run_dir, provenance=RunProvenance.for_run(region.name, region.bbox, window))
     first_error: SlidewatchError | None = None
@@ -111,6 +119,11 @@ def cube_stage(
     if first_error is not None and not (result.zones or result.plans):
         raise first_error  # no zone of the region has data
     return result
+
+
+def _offline_plan(grid: ZoneGrid, config: CubeConfig, reason: str) -> ZonePlan:
+    return ZonePlan(grid=grid, items={}, bytes_read=0, offline=reason,
+                    tasks=lsi_stage_tasks(grid.shape, grid.chunk, config.s2_bands, grid.resolution))
 
 
 def _write_zone(

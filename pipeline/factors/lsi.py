@@ -63,6 +63,7 @@ __all__ = [
     "lsi_fingerprint",
     "lsi_kernel",
     "lsi_score",
+    "lsi_stage_tasks",
     "normalise",
     "risk_classes",
 ]
@@ -432,4 +433,15 @@ def lsi_score(lsi: xr.Dataset) -> xr.DataArray:
     """R_m · Σ wᵢxᵢ from an LSI store's contributions (what calibration fits)."""
     contrib = sum(lsi[v] for v in lsi.data_vars if str(v).startswith("contrib_"))
     return (contrib * float(lsi.attrs.get("rain_multiplier", 1.0))).astype(np.float32)
+
+
+def lsi_stage_tasks(shape: tuple[int, int], chunk: int, bands: Sequence[str], resolution: float = 10.0) -> int:
+    """Dask tasks of one zone's LSI stage on a grid of ``shape`` pixels in ``chunk`` chunks,
+    counted on a template cube (no pixels read): what a dry run can tell without the STAC API."""
+    names = [*bands, "s2_valid_count", "vv", "vh", "vv_dry", "vv_wet", "dem"]
+    coords = {"y": -resolution * np.arange(shape[0]), "x": resolution * np.arange(shape[1])}
+    cube = xr.Dataset({n: (("y", "x"), da.zeros(shape, chunks=chunk, dtype=np.float32)) for n in names}, coords=coords)
+    unit = {f: [0.0, 1.0] for f in FACTORS}
+    ds = lsi_dataset(cube, unit, LsiParams(), 1.0)
+    return len(ds.__dask_graph__())
 

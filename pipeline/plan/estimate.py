@@ -19,6 +19,9 @@ class ZonePlan:
     bytes_read: int
     tasks: int
     notes: list[str] = field(default_factory=list)
+    #: Why items, bytes and the cube's tasks are unknown (the STAC API could not be
+    #: reached); ``tasks`` then counts the LSI stage's graph only.
+    offline: str | None = None
 
     @property
     def area_km2(self) -> float:
