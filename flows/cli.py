@@ -107,11 +107,13 @@ def _print_plan(result) -> None:  # type: ignore[no-untyped-def]
     out_console.print(f"total: {len(result.plans)} zone(s), {_human_bytes(total_bytes)} to read, {total_tasks:,} dask tasks")
 
 
-def _lsi_stage(result, rain, progress, overwrite: bool = False) -> None:  # type: ignore[no-untyped-def]
+def _lsi_stage(result, rain, progress, overwrite: bool = False, params=None, calibration=None) -> None:  # type: ignore[no-untyped-def]
     from flows.stages import lsi_stage
 
     console.print(f"rainfall: P={rain.intensity_mm_h} mm/h, D={rain.duration_days} d, R_m={rain.multiplier:.3f} ({rain.source})")
-    lsi_stage(result, rain, overwrite=overwrite, on_event=progress)
+    if calibration:
+        console.print(f"LSI calibration: centre {params.centre:.4f}, steepness {params.steepness:.4f} from {calibration}")
+    lsi_stage(result, rain, params=params, calibration=calibration, overwrite=overwrite, on_event=progress)
     for z in result.zones:
         out_console.print(f"LSI {z.grid.zone_name}: {z.lsi_path}")
         out_console.print(f"quick look: {z.lsi_path.with_suffix('.png')}")
@@ -160,16 +162,19 @@ def run(
     dask_address: Annotated[Optional[str], typer.Option(envvar="SLIDEWATCH_DASK_ADDRESS", help="Dask scheduler address (tcp://host:8786); default: a local cluster.")] = None,
     sar: Annotated[str, typer.Option(help="Sentinel-1: auto (RTC when Planetary Computer grants it, i.e. with PC_SDK_SUBSCRIPTION_KEY; else GRD, noted), rtc (fail without access), grd, or none (NDMI proxy for soil moisture).")] = "auto",
     max_items: Annotated[int, typer.Option(min=1, help="Most items one search may match (per collection and zone); a search matching more is refused, never cut short.")] = 2000,
+    calibration: Annotated[Optional[Path], typer.Option(help="LSI calibration (calibration.json, e.g. from `slidewatch demo`) whose sigmoid centre and steepness the LSI uses.")] = None,
 ) -> None:
     """Run a region: cube (Zarr) → factors and LSI → U-Net risk mosaic and exports."""
     from flows.stages import cube_stage, run_record
     from pipeline.core.layout import write_run_json
+    from pipeline.factors.calibration import load_calibration
     from pipeline.rain.events import check_rain_options, resolve_rain
 
     reg = parse_region(region)
     window = TimeWindow.parse(start, end)
     config = CubeConfig(max_cloud_cover=check_max_cloud(max_cloud), sar=sar, max_items=max_items)
     check_rain_options(rain_intensity, rain_duration, precip)  # before any pixel is read
+    params, calibrated_by = load_calibration(calibration) if calibration is not None else (None, None)
     progress = _RunProgress()
     if dry_run:
         result = cube_stage(reg, window, stac_url, out, config, dry_run=True, on_event=progress, chunk=chunk)
@@ -189,7 +194,7 @@ def run(
             out_console.print(f"open with: xr.open_zarr({str(result.zones[0].cube_path)!r}, decode_coords='all')")
             return
         rain = resolve_rain(rain_intensity, rain_duration, precip, reg.bbox, window)
-        _lsi_stage(result, rain, progress, overwrite=overwrite)
+        _lsi_stage(result, rain, progress, overwrite=overwrite, params=params, calibration=calibrated_by)
         write_run_json(result.run_dir, run_record(reg, window, stac_url, result, rain,
                                                   extra={"checkpoint": str(checkpoint) if checkpoint else None}))
         _risk_stage(result, rain, checkpoint, progress, device=device, overwrite=overwrite)
@@ -212,7 +217,8 @@ def demo(
     from pipeline.core.layout import write_run_json
     from pipeline.demo import LocalStacServer, ensure_demo_data
     from pipeline.rain.events import resolve_rain
-    from pipeline.demo.calibration import demo_calibration
+    from pipeline.demo.calibration import DEMO_DATA_SET, demo_calibration
+    from pipeline.factors.calibration import format_report, load_calibration, save_calibration
     from pipeline.demo.generate import DEMO_WINDOW, generate
     from pipeline.plan.regions import DEMO_REGION
 
@@ -233,9 +239,16 @@ def demo(
     for z in result.zones:
         out_console.print(f"cube: {z.cube_path}")
     rain = resolve_rain(None, None, layout.precipitation if layout.precipitation.exists() else None, DEMO_REGION.bbox, DEMO_WINDOW)
-    _lsi_stage(result, rain, progress)  # reused when unchanged, recomputed when inputs change
-    for report in demo_calibration([z.lsi_path for z in result.zones], layout.truth_mask):
-        out_console.print(report)
+    # the LSI with the demo's saved calibration (defaults the first time), reused when unchanged
+    run_files = RunLayout(result.run_dir)
+    params, calibrated_by = load_calibration(run_files.calibration) if run_files.calibration.is_file() else (None, None)
+    _lsi_stage(result, rain, progress, params=params, calibration=calibrated_by)
+    fit = demo_calibration([z.lsi_path for z in result.zones], layout.truth_mask)[0]
+    out_console.print(format_report(fit, DEMO_DATA_SET))
+    if fit.to_params() != params:  # apply what was fitted: the LSI again with its centre and steepness
+        save_calibration(fit, run_files.calibration, DEMO_DATA_SET)
+        params, calibrated_by = load_calibration(run_files.calibration)
+        _lsi_stage(result, rain, progress, params=params, calibration=calibrated_by)
     out_console.print(f"ground truth (synthetic landslide scars): {layout.truth_mask}")
     if no_model:
         _print_outputs(result, False)

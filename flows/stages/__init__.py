@@ -45,10 +45,11 @@ def _quiet(kind: str, info: dict) -> None:
 
 
 def lsi_stage(
-    result: RunResult, rain: Rain, *, params: LsiParams | None = None, overwrite: bool = False,
-    on_event: Event | None = None,
+    result: RunResult, rain: Rain, *, params: LsiParams | None = None, calibration: str | None = None,
+    overwrite: bool = False, on_event: Event | None = None,
 ) -> list[Path]:
-    """Factors and LSI of every zone (``lsi_<zone>.zarr`` + PNG); sets ``zone.lsi_path``."""
+    """Factors and LSI of every zone (``lsi_<zone>.zarr`` + PNG); sets ``zone.lsi_path``.
+    ``calibration`` says where calibrated ``params`` come from (recorded in the stores)."""
     emit = on_event or _quiet
     cubes = [xr.open_zarr(z.cube_path, decode_coords="all") for z in result.zones]
     computed: dict[str, dict] = {}
@@ -67,7 +68,7 @@ def lsi_stage(
             prov = replace(prov, input_items=z.inputs.ids())
         path = write_lsi(z.cube_path, z.grid, params or LsiParams(), rain, provenance=prov, overwrite=overwrite,
                          ranges=region_ranges if len(cubes) > 1 else None, region_cubes=region_cubes,
-                         on_event=emit)
+                         calibration=calibration, on_event=emit)
         png = write_lsi_quicklook(path)
         emit("lsi", {"zone": z.grid.zone_name, "path": str(path), "quicklook": str(png)})
         z.lsi_path = path

@@ -23,7 +23,7 @@ from flows.dask_context import compute_context, tile_concurrency
 
 def write_lsi(
     cube_path: Path, grid: ZoneGrid, params: LsiParams, rain: Rain, *, provenance: RunProvenance | None = None,
-    ranges: Callable[[], dict] | None = None, region_cubes: list[str] | None = None,
+    ranges: Callable[[], dict] | None = None, region_cubes: list[str] | None = None, calibration: str | None = None,
     overwrite: bool = False, on_event: Callable[[str, dict], None] | None = None,
 ) -> Path:
     """Write the zone's LSI store next to its cube; reuse it when inputs are unchanged.
@@ -52,7 +52,7 @@ def write_lsi(
     try:
         # a derived store: replaced when its inputs (cube, params, rain) change
         store.prepare(template(grid, variables, attrs),
-                      lsi_attrs(prov, grid.zone_name, str(cube_path), region_ranges, params, __version__), overwrite=True)
+                      lsi_attrs(prov, grid.zone_name, str(cube_path), region_ranges, params, __version__, calibration), overwrite=True)
         tiles = grid.tiles(CHUNKS_PER_TILE)
         emit("tiles", {"zone": f"{grid.zone_name} LSI", "stage": "LSI", "total": len(tiles), "done": len(store.done())})
 

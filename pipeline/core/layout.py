@@ -9,6 +9,7 @@
         items/<zone>/<collection>.json       the STAC items read (tokens stripped)
         exports/                             COGs, quick-looks, the run's STAC item
         run.json                             parameters, rain, alert, zones
+        calibration.json                     the LSI calibration the demo fitted
         report.html                          ``slidewatch report``
 
 Every stage, the export, the report and the watch take their paths from
@@ -34,6 +35,7 @@ RUN_JSON = "run.json"
 EXPORTS = "exports"
 ITEMS = "items"
 REPORT = "report.html"
+CALIBRATION = "calibration.json"
 
 
 @dataclass(frozen=True)
@@ -82,6 +84,11 @@ class RunLayout:
     @property
     def report(self) -> Path:
         return self.run_dir / REPORT
+
+    @property
+    def calibration(self) -> Path:
+        """The LSI calibration a run fitted (``slidewatch demo``), for ``run --calibration``."""
+        return self.run_dir / CALIBRATION
 
 
 def run_dir_for(out: str | os.PathLike, slug: str, start: date, end: date, *, name: str | None = None) -> Path:

@@ -20,7 +20,11 @@ and ``c = -a / k``, which gives exactly the fitted model in LSI form.
 
 from __future__ import annotations
 
+import json
+import math
+import os
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -29,6 +33,7 @@ from scipy import optimize
 
 from pipeline.core.stats import roc_auc as core_roc_auc
 from pipeline.core.errors import InputDataError, NoValidDataError
+from pipeline.core.files import atomic_write_text
 from pipeline.factors.lsi import FACTORS, LsiParams
 
 __all__ = [
@@ -37,7 +42,9 @@ __all__ = [
     "calibrate",
     "fit_logistic",
     "format_report",
+    "load_calibration",
     "roc_auc",
+    "save_calibration",
 ]
 
 #: AUC reported by the source paper on its own study area and inventory.
@@ -216,3 +223,43 @@ def format_report(result: CalibrationResult, data_set: str = "this run's region 
         "  (different data sets, inventories and resolutions: the two AUCs are not directly comparable)",
     ]
     return "\n".join(lines)
+
+
+def save_calibration(result: CalibrationResult, path: str | os.PathLike, data_set: str) -> Path:
+    """Write a calibration as JSON (atomically) for ``slidewatch run --calibration FILE``."""
+    doc = {"centre": result.centre, "steepness": result.steepness, "weights": dict(result.weights or {}) or None,
+           "auc": result.auc, "n_samples": result.n_samples, "n_positive": result.n_positive,
+           "log_loss": result.log_loss, "converged": result.converged, "seed": result.seed, "data_set": data_set}
+    return atomic_write_text(path, json.dumps(doc, indent=2, sort_keys=True))
+
+
+def load_calibration(path: str | os.PathLike, base: LsiParams = LsiParams()) -> tuple[LsiParams, str]:
+    """The LSI parameters of a saved calibration, and a line saying where they come from;
+    InputDataError naming the file and the fix for anything else."""
+    path = Path(path)
+    fix = "give a calibration.json written by `slidewatch demo` or `save_calibration`."
+    try:
+        doc = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise InputDataError(f"Calibration file {path} does not exist.", fix) from None
+    except (OSError, ValueError) as exc:
+        raise InputDataError(f"Calibration file {path} is not readable JSON ({exc}).", fix) from None
+    if not isinstance(doc, dict):
+        raise InputDataError(f"Calibration file {path} holds {type(doc).__name__}, not an object.", fix)
+    try:
+        centre, steepness = float(doc["centre"]), float(doc["steepness"])
+        weights = doc.get("weights") or None
+        if weights is not None:
+            weights = {f: float(weights[f]) for f in FACTORS}
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InputDataError(f"Calibration file {path} lacks a numeric {exc}.", fix) from None
+    numbers = [centre, steepness, *(weights or {}).values()]
+    if not all(math.isfinite(v) for v in numbers) or steepness <= 0:
+        raise InputDataError(f"Calibration file {path} has a non-finite value or a steepness <= 0 ({steepness}).", fix)
+    result = CalibrationResult(centre=centre, steepness=steepness, auc=float(doc.get("auc", math.nan)),
+                               n_samples=int(doc.get("n_samples", 0)), n_positive=int(doc.get("n_positive", 0)),
+                               log_loss=float(doc.get("log_loss", math.nan)), converged=bool(doc.get("converged", True)),
+                               weights=weights)
+    auc = f", AUC {result.auc:.3f}" if math.isfinite(result.auc) else ""
+    return result.to_params(base), f"{path} (fitted on {doc.get('data_set', 'an unnamed data set')}{auc})"
+

@@ -416,8 +416,11 @@ def lsi_fingerprint(cube_fingerprint: str | None, params: LsiParams, rain: Rain,
     return fingerprint(doc)
 
 
-def lsi_attrs(prov: RunProvenance, zone: str, cube_path: str, ranges: Mapping, params: LsiParams, version: str) -> dict:
-    """The LSI store's CF and provenance attributes."""
+def lsi_attrs(prov: RunProvenance, zone: str, cube_path: str, ranges: Mapping, params: LsiParams, version: str,
+              calibration: str | None = None) -> dict:
+    """The LSI store's CF and provenance attributes (``lsi_calibration`` says where a
+    calibrated centre and steepness come from)."""
+    extra = {"lsi_calibration": calibration} if calibration else {}
     return {
         "title": f"slidewatch LSI: {prov.region} ({zone})",
         "Conventions": "CF-1.8",
@@ -426,6 +429,7 @@ def lsi_attrs(prov: RunProvenance, zone: str, cube_path: str, ranges: Mapping, p
         **prov.to_attrs("lsi"),
         "normalisation_ranges": dict(ranges),
         "lsi_params": params.__dict__,
+        **extra,
     }
 
 

@@ -97,6 +97,7 @@ def test_all_clouds_fail_cleanly(tmp_path):  # type: ignore[no-untyped-def]
     (["--region", "demo", "--start", "2024-03-01", "--end", "2024-02-01"], "before --start"),
     (["--region", "demo", "--start", "2024-01-01", "--end", "2024-02-01", "--max-cloud", "0"], "--max-cloud"),
     (["--region", "demo", "--start", "2024-01-01", "--end", "2024-02-01", "--stac-url", "http://127.0.0.1:9/stac"], "Could not reach"),
+    (["--region", "demo", "--start", "2024-01-01", "--end", "2024-02-01", "--calibration", "nope.json"], "does not exist"),
 ])
 def test_bad_input_gives_one_line_and_exit_2(args, needle, tmp_path):  # type: ignore[no-untyped-def]
     res = runner.invoke(app, ["run", *args, "--out", str(tmp_path)])

@@ -6,7 +6,16 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from pipeline.factors.calibration import PAPER_AUC, calibrate, fit_logistic, format_report, roc_auc
+from pipeline.factors.calibration import (
+    PAPER_AUC,
+    CalibrationResult,
+    calibrate,
+    fit_logistic,
+    format_report,
+    load_calibration,
+    roc_auc,
+    save_calibration,
+)
 from pipeline.core.errors import InputDataError, NoValidDataError
 from pipeline.factors.lsi import FACTORS, LsiParams
 
@@ -87,3 +96,31 @@ def test_report_labels_paper_auc_as_different_data():
     s, y = _synthetic(seed=4, n=5_000)
     txt = format_report(calibrate(xr.DataArray(s), xr.DataArray(y)), data_set="synthetic test")
     assert f"{PAPER_AUC:.3f}" in txt and "not directly comparable" in txt and "synthetic test" in txt
+
+
+def test_saved_calibration_gives_the_fitted_lsi_params(tmp_path):  # type: ignore[no-untyped-def]
+    fit = CalibrationResult(centre=0.5803, steepness=14.9547, auc=0.975, n_samples=200_000, n_positive=447,
+                            log_loss=0.0106, converged=True)
+    path = save_calibration(fit, tmp_path / "calibration.json", "the demo")
+    params, source = load_calibration(path)
+    assert (params.centre, params.steepness, params.mode) == (0.5803, 14.9547, "normalised")
+    assert params == fit.to_params() and params.w_slope == LsiParams().w_slope
+    assert str(path) in source and "the demo" in source and "AUC 0.975" in source
+
+
+@pytest.mark.parametrize("text,needle", [
+    (None, "does not exist"),
+    ("{oops", "not readable JSON"),
+    ("[1, 2]", "not an object"),
+    ('{"centre": 0.5}', "lacks a numeric"),
+    ('{"centre": 0.5, "steepness": -3}', "steepness <= 0"),
+    ('{"centre": NaN, "steepness": 3}', "non-finite"),
+])
+def test_bad_calibration_files_are_one_clear_error(tmp_path, text, needle):  # type: ignore[no-untyped-def]
+    path = tmp_path / "calibration.json"
+    if text is not None:
+        path.write_text(text)
+    with pytest.raises(InputDataError, match=needle) as err:
+        load_calibration(path)
+    assert "calibration.json" in str(err.value) and "Fix:" in str(err.value)
+
