@@ -14,6 +14,7 @@ recomputes only the rain-dependent stages.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import asdict, replace
 from datetime import datetime, timezone
@@ -26,14 +27,14 @@ from pipeline.core.config import INFERENCE_TILE, TimeWindow
 from pipeline.core.errors import StoreError
 from pipeline.core.layout import zarr_attrs
 from pipeline.core.provenance import Rain
-from pipeline.factors.layers import compute_factors
+from pipeline.factors.mask import inside_geometry
 from pipeline.factors.lsi import LsiParams
 from pipeline.factors.ranges import normalisation_ranges
 from pipeline.plan.regions import Region
 from pipeline.predict.inference import PredictorLike
 
 from flows.stages.cube import RunResult, ZoneResult, cube_stage
-from flows.stages.lsi import write_lsi, write_lsi_quicklook
+from flows.stages.lsi import factors_inside, write_lsi, write_lsi_quicklook
 
 Event = Callable[[str, dict], None]
 
@@ -52,12 +53,15 @@ def lsi_stage(
     ``calibration`` says where calibrated ``params`` come from (recorded in the stores)."""
     emit = on_event or _quiet
     cubes = [xr.open_zarr(z.cube_path, decode_coords="all") for z in result.zones]
+    geometry = result.region.geometry_json if result.region is not None else None
     computed: dict[str, dict] = {}
 
     def region_ranges() -> dict:
-        """The normalisation ranges of all zones together, computed once (only when a store is written)."""
+        """The normalisation ranges of all zones together (pixels inside the region's polygon),
+        computed once, and only when a store is written."""
         if "ranges" not in computed:
-            computed["ranges"] = normalisation_ranges([compute_factors(c) for c in cubes])
+            insides = [inside_geometry(json.loads(geometry), z.grid) if geometry else None for z in result.zones]
+            computed["ranges"] = normalisation_ranges([factors_inside(c, m) for c, m in zip(cubes, insides)])
         return computed["ranges"]
 
     region_cubes = [c.attrs.get("slidewatch_fingerprint") for c in cubes]
@@ -68,7 +72,7 @@ def lsi_stage(
             prov = replace(prov, input_items=z.inputs.ids())
         path = write_lsi(z.cube_path, z.grid, params or LsiParams(), rain, provenance=prov, overwrite=overwrite,
                          ranges=region_ranges if len(cubes) > 1 else None, region_cubes=region_cubes,
-                         calibration=calibration, on_event=emit)
+                         calibration=calibration, geometry=geometry, on_event=emit)
         png = write_lsi_quicklook(path)
         emit("lsi", {"zone": z.grid.zone_name, "path": str(path), "quicklook": str(png)})
         z.lsi_path = path

@@ -62,6 +62,8 @@ class RunResult:
     provenance: RunProvenance | None = None
     #: Zones left out because they have no scenes or no valid pixel, with the reason.
     skipped: dict[str, str] = field(default_factory=dict)
+    #: The region the run maps (its polygon masks the LSI and risk stores).
+    region: Region | None = None
 
     @property
     def layout(self) -> RunLayout:
@@ -98,7 +100,7 @@ def cube_stage(
         return RunResult(run_dir=run_dir_for(out, region.slug, window.start, window.end, name=region.name),
                          plans=[_offline_plan(g, config, str(exc)) for g in grids])
     run_dir = run_dir_for(out, region.slug, window.start, window.end, name=region.name)
-    result = RunResult(run_dir=run_dir, provenance=RunProvenance.for_run(region.name, region.bbox, window))
+    result = RunResult(run_dir=run_dir, provenance=RunProvenance.for_run(region.name, region.bbox, window), region=region)
     first_error: SlidewatchError | None = None
     for grid in grids:
         emit("search", {"zone": grid.zone_name})

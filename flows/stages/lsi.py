@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from pipeline.core.config import CHUNKS_PER_TILE, ZoneGrid
 from pipeline.core.layout import RunLayout
 from pipeline.core.provenance import Rain, RunProvenance
 from pipeline.factors.layers import compute_factors
+from pipeline.factors.mask import inside_geometry
 from pipeline.factors.lsi import LsiParams, lsi_attrs, lsi_dataset, lsi_fingerprint
 from pipeline.factors.ranges import normalisation_ranges
 from pipeline.products.quicklook import write_quicklook
@@ -24,6 +26,7 @@ from flows.dask_context import compute_context, tile_concurrency
 def write_lsi(
     cube_path: Path, grid: ZoneGrid, params: LsiParams, rain: Rain, *, provenance: RunProvenance | None = None,
     ranges: Callable[[], dict] | None = None, region_cubes: list[str] | None = None, calibration: str | None = None,
+    geometry: str | None = None,
     overwrite: bool = False, on_event: Callable[[str, dict], None] | None = None,
 ) -> Path:
     """Write the zone's LSI store next to its cube; reuse it when inputs are unchanged.
@@ -34,17 +37,19 @@ def write_lsi(
     items) defaults to the cube store's. ``ranges`` gives the region's normalisation ranges
     (called only when the store is written; default: this cube's own), and
     ``region_cubes`` the fingerprints of every zone's cube they come from, which key the store.
+    ``geometry`` (a GeoJSON region's polygon, lon/lat JSON) masks the pixels outside it.
     """
     emit = on_event or (lambda kind, info: None)
     cube = xr.open_zarr(cube_path, decode_coords="all")
     path = RunLayout(cube_path.parent).lsi(grid.zone_name)
-    store = TileStore(path, lsi_fingerprint(cube.attrs.get("slidewatch_fingerprint"), params, rain, region_cubes))
+    store = TileStore(path, lsi_fingerprint(cube.attrs.get("slidewatch_fingerprint"), params, rain, region_cubes, geometry))
     if store.is_complete() and not overwrite:
         emit("reused", {"zone": grid.zone_name, "path": str(store.path)})
         return store.path
+    inside = inside_geometry(json.loads(geometry), grid) if geometry is not None else None
     with compute_context():
-        region_ranges = ranges() if ranges is not None else normalisation_ranges(compute_factors(cube))
-    ds = lsi_dataset(cube, region_ranges, params, rain.multiplier)
+        region_ranges = ranges() if ranges is not None else normalisation_ranges(factors_inside(cube, inside))
+    ds = lsi_dataset(cube, region_ranges, params, rain.multiplier, inside)
     variables = {name: str(v.dtype) for name, v in ds.data_vars.items()}
     attrs = {name: dict(v.attrs) for name, v in ds.data_vars.items()}
     prov = (provenance or RunProvenance.from_attrs(cube.attrs)).with_rain(rain)
@@ -67,6 +72,12 @@ def write_lsi(
         store.release()
     emit("written", {"zone": f"{grid.zone_name} LSI", "stage": "LSI", "path": str(path)})
     return path
+
+
+def factors_inside(cube: xr.Dataset, inside: xr.DataArray | None) -> xr.Dataset:
+    """The cube's factors, NaN outside the region's polygon (what its ranges are taken from)."""
+    factors = compute_factors(cube)
+    return factors if inside is None else factors.where(inside)
 
 
 def write_lsi_quicklook(lsi_path: Path) -> Path:

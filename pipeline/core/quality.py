@@ -17,6 +17,7 @@ bit  name                 meaning
                           w6*NDBI was <= eps, so the LSI is NaN
 64   no_model             risk mosaic only: the U-Net was not run there (every input
                           channel missing, or one missing), so the probability is NaN
+128  outside_region       outside the region's polygon (a GeoJSON region): masked
 ===  ===================  ============================================================
 """
 
@@ -39,6 +40,7 @@ class QualityFlag(enum.IntFlag):
     READ_FAILURE = 16
     PAPER_DENOMINATOR = 32
     NO_MODEL = 64
+    OUTSIDE_REGION = 128
 
 
 def _members() -> list[QualityFlag]:

@@ -64,6 +64,7 @@ __all__ = [
     "lsi_kernel",
     "lsi_score",
     "lsi_stage_tasks",
+    "mask_outside",
     "normalise",
     "risk_classes",
 ]
@@ -393,9 +394,31 @@ def risk_classes(lsi: xr.DataArray, thresholds: tuple[float, float] = RISK_THRES
 LSI_LAYOUT = 2
 
 
-def lsi_dataset(cube: xr.Dataset, ranges: Mapping[str, Sequence[float]], params: LsiParams, rain_multiplier: float) -> xr.Dataset:
+def mask_outside(ds: xr.Dataset, inside: xr.DataArray) -> xr.Dataset:
+    """``ds`` with every pixel outside ``inside`` masked: NaN in float layers, class 255,
+    and :attr:`QualityFlag.OUTSIDE_REGION` in the quality layers (lazy; attributes kept)."""
+    out = ds.copy()
+    outside = np.uint8(QualityFlag.OUTSIDE_REGION)
+    for name, var in ds.data_vars.items():
+        if name in ("quality", "lsi_quality"):
+            masked = xr.where(inside, var, var | outside)
+        elif name == "risk_class":
+            masked = xr.where(inside, var, np.uint8(255))
+        elif var.dtype.kind == "f":
+            masked = var.where(inside)
+        else:
+            continue
+        masked = masked.astype(var.dtype)
+        masked.attrs, masked.encoding = dict(var.attrs), dict(var.encoding)
+        out[name] = masked
+    return out
+
+
+def lsi_dataset(cube: xr.Dataset, ranges: Mapping[str, Sequence[float]], params: LsiParams, rain_multiplier: float,
+                inside: xr.DataArray | None = None) -> xr.Dataset:
     """What an LSI store holds (lazy): the six factors, their quality, the LSI with its
-    contributions and quality, and the risk classes."""
+    contributions and quality, and the risk classes; pixels outside ``inside`` (a region's
+    polygon) masked and flagged."""
     factors = compute_factors(cube)
     out = landslide_susceptibility(factors, ranges, params, rain_multiplier)
     ds = xr.Dataset({name: factors[name] for name in FACTORS})
@@ -403,16 +426,19 @@ def lsi_dataset(cube: xr.Dataset, ranges: Mapping[str, Sequence[float]], params:
     for name, var in out.data_vars.items():
         ds[name] = var
     ds["risk_class"] = risk_classes(out["lsi"])
-    return ds
+    return mask_outside(ds, inside) if inside is not None else ds
 
 
 def lsi_fingerprint(cube_fingerprint: str | None, params: LsiParams, rain: Rain,
-                    region_cubes: Sequence[str | None] | None = None) -> str:
-    """The key of an LSI store: its cube, parameters, rain and :data:`LSI_LAYOUT`, and for a
-    region of several zones the cubes of all zones (their pixels set the shared ranges)."""
-    doc = {"cube": cube_fingerprint, "params": params.__dict__, "rain": rain.__dict__, "layout": LSI_LAYOUT}
+                    region_cubes: Sequence[str | None] | None = None, geometry: str | None = None) -> str:
+    """The key of an LSI store: its cube, parameters, rain and :data:`LSI_LAYOUT`, for a
+    region of several zones the cubes of all zones (their pixels set the shared ranges), and
+    the region's polygon when it has one (GeoJSON)."""
+    doc: dict = {"cube": cube_fingerprint, "params": params.__dict__, "rain": rain.__dict__, "layout": LSI_LAYOUT}
     if region_cubes is not None and len(region_cubes) > 1:
         doc["region_cubes"] = sorted(str(c) for c in region_cubes)
+    if geometry is not None:
+        doc["geometry"] = fingerprint(geometry)
     return fingerprint(doc)
 
 
