@@ -504,6 +504,11 @@ def search_inputs(
     return RunInputs(s2=s2, s1=s1, s1_history=s1_hist, dem=dem, s1_collection=s1_collection, notes=notes)
 
 
+#: How far (degrees) an item's bbox may reach past ±180° longitude: a few pixels of a
+#: raster whose edge pixels are centred on the antimeridian.
+BBOX_SLACK_DEG = 0.01
+
+
 def item_bbox(item: pystac.Item) -> tuple[float, float, float, float] | None:
     """An item's lon/lat bbox (2D), None when it has none; InputDataError when malformed."""
     bbox = item.bbox
@@ -518,7 +523,11 @@ def item_bbox(item: pystac.Item) -> tuple[float, float, float, float] | None:
     except (TypeError, ValueError):
         ok = False
     ok = ok and all(abs(v) < float("inf") for v in (w, s, e, n))
-    ok = ok and -180 <= w <= 180 and -180 <= e <= 180 and -90 <= s <= n <= 90
+    # bboxes of pixel-is-area rasters reach half a pixel past ±180° (Planetary Computer's
+    # Copernicus DEM tile at 180°W starts at -180.0014): accepted, then clamped
+    slack = BBOX_SLACK_DEG
+    ok = ok and -180 - slack <= w <= 180 + slack and -180 - slack <= e <= 180 + slack and -90 <= s <= n <= 90
+    w, e = min(max(w, -180.0), 180.0), min(max(e, -180.0), 180.0)
     if not ok:
         raise InputDataError(
             f"{item.collection_id} item {item.id!r} has an invalid bbox {bbox!r}.",

@@ -318,3 +318,17 @@ def test_saved_items_are_unsigned_and_reload(tmp_path):  # type: ignore[no-untyp
     assert "secret" not in text
     assert load_items(tmp_path / "items.json")[0].assets["B04"].href == "https://x.blob.core.windows.net/c/b04.tif"
     assert catalog.is_planetary_computer(PLANETARY_COMPUTER_STAC) and not catalog.is_planetary_computer("http://127.0.0.1:1")
+
+
+def test_recorded_dem_tile_at_the_antimeridian_is_accepted(shared_fixtures):  # type: ignore[no-untyped-def]
+    doc = json.loads((shared_fixtures / "planetary-computer" / "stac-geoparquet-items" / "items4"
+                      / "cop-dem-glo-30-pc.json").read_text())
+    feats = doc if isinstance(doc, list) else doc.get("features", [doc])
+    tile = next(pystac.Item.from_dict(f) for f in feats if f["id"] == "Copernicus_DSM_COG_10_S90_00_W180_00_DEM")
+    assert tile.bbox[0] < -180  # half a pixel past the antimeridian, as Planetary Computer records it
+    w, s, e, n = catalog.item_bbox(tile)
+    assert w == -180.0 and e == pytest.approx(-179.0013888888889)
+    bad = tile.clone()
+    bad.bbox = [-181.0, s, e, n]
+    with pytest.raises(SlidewatchError, match="invalid bbox"):
+        catalog.item_bbox(bad)
