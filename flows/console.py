@@ -13,8 +13,10 @@ from typing import TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from pipeline.core.errors import SlidewatchError
+from pipeline.core.secrets import redact
 
 __all__ = ["err_console", "friendly_errors", "out_console", "show_error"]
 
@@ -32,8 +34,9 @@ def err_console() -> Console:
 
 
 def show_error(exc: SlidewatchError) -> int:
-    """Print ``error: <cause> Fix: <fix>`` on one line (soft-wrapped); return the exit code."""
-    err_console().print(f"[bold red]error:[/] {exc}", soft_wrap=True)
+    """Print ``error: <cause> Fix: <fix>`` on one line (soft-wrapped, credentials redacted,
+    never read as markup); return the exit code."""
+    err_console().print(f"[bold red]error:[/] {escape(redact(str(exc)))}", soft_wrap=True)
     return int(getattr(exc, "exit_code", 2))
 
 

@@ -32,6 +32,7 @@ from flows.stages import RunResult
 from pipeline.core.collections import PLANETARY_COMPUTER_STAC
 from pipeline.core.config import DEFAULT_CHUNK, CubeConfig, TimeWindow, check_max_cloud
 from pipeline.core.errors import AccountRequiredError, CatalogError, SlidewatchError
+from pipeline.core.secrets import redact
 from pipeline.core.layout import RunLayout, run_dir_for, write_run_json, zarr_attrs
 from pipeline.core.provenance import Rain
 from pipeline.plan.regions import Region, parse_region
@@ -285,7 +286,7 @@ def rainfall_watch_flow(
                 alert=alert.as_dict(), chunk=chunk, max_cloud=max_cloud, device=device, source=source,
             )
         except Exception as exc:  # noqa: BLE001 - record the failure, go on with the other regions
-            ledger.update(alert.id, FAILED, run_dir, error=f"{type(exc).__name__}: {exc}")
+            ledger.update(alert.id, FAILED, run_dir, error=redact(f"{type(exc).__name__}: {exc}"))
             row["status"] = f"run failed: {exc}"
             log.error("%s: run for alert %s failed: %s", entry.name, alert.id, exc)
             continue

@@ -27,6 +27,7 @@ from pipeline.core.config import INFERENCE_TILE, TimeWindow
 from pipeline.core.errors import StoreError
 from pipeline.core.layout import zarr_attrs
 from pipeline.core.provenance import Rain
+from pipeline.core.secrets import unsigned_href
 from pipeline.factors.mask import inside_geometry
 from pipeline.factors.lsi import LsiParams
 from pipeline.factors.ranges import normalisation_ranges
@@ -91,7 +92,7 @@ def run_record(
         "region": region.name,
         "region_bbox": list(region.bbox),
         "time_window": [window.start.isoformat(), window.end.isoformat()],
-        "stac_url": stac_url,
+        "stac_url": unsigned_href(stac_url),
         "rain": asdict(rain),
         "alert": alert,
         "zones": {

@@ -29,7 +29,7 @@ from pipeline.core.errors import CatalogError, EmptySearchError, NoValidDataErro
 from pipeline.core.layout import RunLayout, run_dir_for
 from pipeline.factors.lsi import lsi_stage_tasks
 from pipeline.core.provenance import RunProvenance
-from pipeline.core.secrets import install_log_redaction
+from pipeline.core.secrets import install_log_redaction, unsigned_href
 from pipeline.plan.estimate import ZonePlan
 from pipeline.plan.grid import plan_grids
 from pipeline.plan.regions import Region
@@ -132,7 +132,7 @@ def _write_zone(
     result: RunResult, region: Region, window: TimeWindow, stac_url: str, grid: ZoneGrid,
     inputs: RunInputs, config: CubeConfig, overwrite: bool, emit: Event,
 ) -> ZoneResult:
-    spec = RunSpec(region=region.name, window=window, stac_url=stac_url, cube=config)
+    spec = RunSpec(region=region.name, window=window, stac_url=unsigned_href(stac_url), cube=config)
     fingerprint = spec.fingerprint(extra={"grid": grid.__dict__, "items": inputs.ids()})
     layout = result.layout
     store = TileStore(layout.cube(grid.zone_name), fingerprint)

@@ -557,10 +557,14 @@ def items_over(items: Sequence[pystac.Item], epsg: int, bounds: tuple[float, flo
 
 
 def unsign_item(item: pystac.Item) -> pystac.Item:
-    """A copy of ``item`` whose asset hrefs carry no SAS token (safe to save or log)."""
+    """A copy of ``item`` whose asset and link hrefs carry no token or key (safe to save or log)."""
     out = item.clone()
     for asset in out.assets.values():
         asset.href = unsigned_href(asset.href)
+    for link in out.links:
+        href = link.get_href(transform_href=False)
+        if href:
+            link.target = unsigned_href(href)
     return out
 
 

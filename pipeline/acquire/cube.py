@@ -44,7 +44,7 @@ from pipeline.core.stats import nanquantile_axis0
 from pipeline.factors.sar import align_tracks, orbit_track, sar_references
 from pipeline.core.errors import InputDataError, MissingAssetError, NoValidDataError
 from pipeline.acquire.gdal import clear_http_cache, crs_checked_reader, gdal_env, read_failure
-from pipeline.core.secrets import redact
+from pipeline.core.secrets import redact, unsigned_href
 from pipeline.acquire.sar_geocode import grd_stack
 
 S2_BAND_NAMES = {
@@ -342,7 +342,7 @@ def cube_attrs(
         "history": f"{datetime.now(timezone.utc).isoformat()} slidewatch {__version__} run",
         "slidewatch_version": __version__,
         **prov.to_attrs("cube"),
-        "stac_url": stac_url,
+        "stac_url": unsigned_href(stac_url),
         "query": {"datetime": window.stac_datetime(), "bbox": list(grid.lonlat_bounds), "max_cloud_cover": config.max_cloud_cover},
         "cube_config": config.as_dict(),
         "epsg": grid.epsg,
