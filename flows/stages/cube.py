@@ -91,15 +91,14 @@ def cube_stage(
     info)`` reports progress to the caller."""
     emit = on_event or _quiet
     grids = plan_grids(region, chunk=chunk or DEFAULT_CHUNK)
+    run_dir = run_dir_for(out, region.slug, window.start, window.end, name=region.name)  # a bad --out fails first
     try:
         src = source or StacApiSource.open(stac_url)
     except CatalogError as exc:
         if not dry_run:
             raise
         # the grid plan needs no catalog: show it, and say what needs the STAC API
-        return RunResult(run_dir=run_dir_for(out, region.slug, window.start, window.end, name=region.name),
-                         plans=[_offline_plan(g, config, str(exc)) for g in grids])
-    run_dir = run_dir_for(out, region.slug, window.start, window.end, name=region.name)
+        return RunResult(run_dir=run_dir, plans=[_offline_plan(g, config, str(exc)) for g in grids])
     result = RunResult(run_dir=run_dir, provenance=RunProvenance.for_run(region.name, region.bbox, window), region=region)
     first_error: SlidewatchError | None = None
     for grid in grids:

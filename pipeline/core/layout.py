@@ -94,9 +94,13 @@ class RunLayout:
 def run_dir_for(out: str | os.PathLike, slug: str, start: date, end: date, *, name: str | None = None) -> Path:
     """``OUT/<slug>/<start>_<end>`` as an absolute path; refuses (StoreError) any run folder
     that would resolve outside ``out`` (odd region names, symlinks under ``out``)."""
-    root = Path(out).expanduser().resolve()
-    run_dir = root / slug / f"{start:%Y%m%d}_{end:%Y%m%d}"
-    resolved = run_dir.resolve()
+    try:
+        root = Path(out).expanduser().resolve()
+        run_dir = root / slug / f"{start:%Y%m%d}_{end:%Y%m%d}"
+        resolved = run_dir.resolve()
+    except (RuntimeError, OSError) as exc:  # a symlink loop, an unreadable component
+        raise StoreError(f"The output folder {out} cannot be resolved: {exc}.",
+                         "give --out a plain folder (remove the symlink loop under it).") from None
     if resolved == root or not resolved.is_relative_to(root):
         raise StoreError(
             f"The run folder of region {name if name is not None else slug!r} resolves to {resolved}, "

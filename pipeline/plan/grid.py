@@ -28,6 +28,8 @@ from pipeline.plan.regions import BBox, Region, validate_bbox
 
 #: Refuse plans whose single zone grid exceeds this many pixels (~ 400,000 km² at 10 m).
 MAX_PIXELS_PER_ZONE = 4_000_000_000
+#: Largest chunk edge (px): a task holds a few dozen chunks of float32 layers in memory.
+MAX_CHUNK = 4096
 #: Refuse plans whose zone grids together exceed this many pixels (~ 400,000 km² at 10 m).
 MAX_PIXELS_PER_REGION = 4_000_000_000
 
@@ -101,6 +103,10 @@ def plan_grids(
         raise RegionError(f"Resolution {resolution} m is not positive.", "use e.g. 10.")
     if chunk < 16:
         raise RegionError(f"Chunk size {chunk} px is too small.", "use 256 to 2048.")
+    if chunk > MAX_CHUNK:
+        gib = chunk * chunk * 4 * 2**-30
+        raise RegionError(f"Chunk size {chunk} px is too large: one chunk of one float32 layer would be {gib:.1f} GiB "
+                          "and a task holds dozens.", f"use 256 to 2048 (at most {MAX_CHUNK}).")
     bbox = validate_bbox(region.bbox)
     north = (bbox[1] + bbox[3]) / 2.0 >= 0.0
     grids = [plan_zone_grid(utm_epsg(zone, north), part, resolution, chunk) for zone, part in zone_parts(bbox)]

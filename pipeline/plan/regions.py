@@ -139,13 +139,19 @@ def region_from_geojson(path: Path) -> Region:
         doc = json.loads(path.read_text())
     except FileNotFoundError:
         raise RegionError(f"GeoJSON file {path} does not exist.", "check the path.") from None
+    except RecursionError:
+        raise RegionError(f"GeoJSON file {path} is nested too deeply to be a region.", "check the file.") from None
     except (OSError, ValueError) as exc:
         raise RegionError(f"GeoJSON file {path} is not readable JSON ({exc}).", "check the file.") from None
     if not isinstance(doc, dict):
         raise RegionError(f"GeoJSON file {path} is not a JSON object.", "check the file.")
     kind = doc.get("type")
     if kind == "FeatureCollection":
-        geoms = [f.get("geometry") for f in doc.get("features", []) if f.get("geometry")]
+        features = doc.get("features")
+        if not isinstance(features, list) or not all(isinstance(f, dict) for f in features):
+            raise RegionError(f"GeoJSON file {path}: 'features' is not a list of Feature objects.",
+                              "write the FeatureCollection as {\"type\": \"FeatureCollection\", \"features\": [{...}]}.")
+        geoms = [f.get("geometry") for f in features if f.get("geometry")]
         if not geoms:
             raise RegionError(f"GeoJSON file {path} has no features with geometry.", "add a polygon.")
         geometry = geoms[0] if len(geoms) == 1 else {

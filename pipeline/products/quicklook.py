@@ -84,7 +84,7 @@ def write_quicklook(
         if ext is not None:
             ax2.ticklabel_format(style="plain", useOffset=False)
             ax2.tick_params(labelsize=7)
-    fig.suptitle(title)
+    fig.suptitle(title.replace("$", r"\$"))  # a region name is text, never mathtext
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
     return path

@@ -25,6 +25,7 @@ overflow or meaningless scores.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
@@ -66,6 +67,9 @@ D0_DAYS = 1.0
 R_M_CAP = 5.0
 #: A time step is wet when the rate is at or above this (mm/h).
 WET_THRESHOLD_MM_H = 0.1
+#: Largest event intensity and duration accepted: beyond them a value is a mistake (units?).
+MAX_INTENSITY_MM_H = 500.0
+MAX_DURATION_DAYS = 60.0
 #: Days before the end of a run's window whose precipitation defines its rainfall event.
 RAIN_LOOKBACK_DAYS = 3
 
@@ -198,6 +202,12 @@ def check_rain_options(intensity: float | None, duration: float | None, precip: 
     """Refuse (RainfallError) rain options that cannot make an event, before any pixel is read."""
     if (intensity is None) != (duration is None):
         raise RainfallError("--rain-intensity and --rain-duration go together.", "give both, or neither.")
+    if intensity is not None and not (math.isfinite(intensity) and 0 <= intensity <= MAX_INTENSITY_MM_H):
+        raise RainfallError(f"--rain-intensity {intensity} mm/h is outside [0, {MAX_INTENSITY_MM_H:g}] "
+                            "(the record hourly rainfalls are about 300 mm/h).", "give the event's mean intensity in mm/h.")
+    if duration is not None and not (math.isfinite(duration) and 0 < duration <= MAX_DURATION_DAYS):
+        raise RainfallError(f"--rain-duration {duration} days is outside (0, {MAX_DURATION_DAYS:g}]: an event lasts "
+                            "some time, and R_m would be 0 (an all-low map).", "give the event's duration in days, e.g. 2.")
     if precip is not None and not Path(precip).exists():
         raise RainfallError(f"--precip {precip} does not exist.", "give the path of an IMERG-layout Zarr store.")
 

@@ -9,6 +9,7 @@ import pickle
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import date, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -227,6 +228,12 @@ def symlink_escapes_out(c: Ctx) -> list[str]:
     return c.run(out=out)
 
 
+def out_symlink_loop(c: Ctx) -> list[str]:
+    loop = c.tmp / "loop"
+    loop.symlink_to(loop)  # resolving it never ends
+    return c.run(out=loop / "out")
+
+
 def _geojson(c: Ctx, name: str, doc: object) -> str:
     p = c.tmp / name
     p.write_text(doc if isinstance(doc, str) else json.dumps(doc))
@@ -309,10 +316,21 @@ CASES = [
     Case("geojson_not_json", lambda c: _run_args(c.world.out, c.end, _geojson(c, "bad.geojson", "{oops")), "not readable JSON"),
     Case("geojson_no_features", lambda c: _run_args(c.world.out, c.end, _geojson(
         c, "empty.geojson", {"type": "FeatureCollection", "features": []})), "has no features with geometry"),
+    Case("geojson_features_null", lambda c: _run_args(c.world.out, c.end, _geojson(
+        c, "null.geojson", {"type": "FeatureCollection", "features": None})), "is not a list of Feature objects"),
+    Case("geojson_features_not_objects", lambda c: _run_args(c.world.out, c.end, _geojson(
+        c, "ones.geojson", {"type": "FeatureCollection", "features": [1]})), "is not a list of Feature objects"),
+    Case("geojson_nested_deep", lambda c: _run_args(c.world.out, c.end, _geojson(
+        c, "deep.geojson", "[" * 100_000 + "]" * 100_000)), "nested too deeply"),
+    Case("chunk_huge", lambda c: c.run()[:-2] + ["60000", "--cube-only"], "Chunk size 60000 px is too large"),
+    Case("rain_duration_zero", lambda c: c.run("--rain-intensity", "5", "--rain-duration", "0"), "--rain-duration 0.0 days"),
+    Case("rain_intensity_absurd", lambda c: c.run("--rain-intensity", "1e30", "--rain-duration", "1"), "--rain-intensity 1e+30 mm/h"),
+    Case("rain_intensity_nan", lambda c: c.run("--rain-intensity", "nan", "--rain-duration", "1"), "--rain-intensity nan mm/h"),
     # output paths and existing outputs
     Case("out_is_a_file", out_is_a_file, "Cannot create the output folder"),
     Case("out_read_only", out_read_only, "choose a writable --out"),
     Case("symlink_escapes_out", symlink_escapes_out, "outside the output root"),
+    Case("out_symlink_loop", out_symlink_loop, "cannot be resolved"),
     Case("finished_store_other_inputs", finished_store_other_inputs, "finished store made with other inputs"),
     Case("store_locked_by_another_run", store_locked_by_another_run, f"(pid {os.getpid()}"),
     # input data
@@ -352,7 +370,7 @@ CASES = [
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_bad_input_is_refused_clearly_without_damage(case, world, tmp_path, monkeypatch):  # type: ignore[no-untyped-def]
     monkeypatch.setenv("SLIDEWATCH_DASK_ADDRESS", "threads")
-    ctx = Ctx(world, tmp_path, monkeypatch, f"2024-08-{1 + CASES.index(case):02d}")
+    ctx = Ctx(world, tmp_path, monkeypatch, (date(2024, 9, 1) + timedelta(days=CASES.index(case))).isoformat())
     before = snapshot(world.out)
     try:
         args = case.build(ctx)
