@@ -175,6 +175,10 @@ def run(
     config = CubeConfig(max_cloud_cover=check_max_cloud(max_cloud), sar=sar, max_items=max_items)
     check_rain_options(rain_intensity, rain_duration, precip)  # before any pixel is read
     params, calibrated_by = load_calibration(calibration) if calibration is not None else (None, None)
+    if checkpoint is not None:  # a missing or bad checkpoint is refused now, not after hours of cube and LSI
+        from models.checkpoint import read_metadata
+
+        read_metadata(checkpoint)
     progress = _RunProgress()
     if dry_run:
         result = cube_stage(reg, window, stac_url, out, config, dry_run=True, on_event=progress, chunk=chunk)

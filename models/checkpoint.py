@@ -31,6 +31,7 @@ import datetime as _dt
 import functools
 import hashlib
 import json
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -62,6 +63,12 @@ _META_KEY = "slidewatch"
 _MAX_HEADER = 100_000_000  # safetensors' own limit on the JSON header
 #: A pickle of protocol 2 and later starts with PROTO (0x80) and the protocol number.
 _PICKLE_PROTOCOLS = (b"\x02", b"\x03", b"\x04", b"\x05")
+
+
+#: The smallest per-channel std a checkpoint may normalise with (a factor's std is far larger).
+MIN_NORM_STD = 1e-6
+#: Sizes a checkpoint may ask the network to have (an absurd width allocates terabytes).
+HYPERPARAMETER_BOUNDS: dict[str, tuple[int, int]] = {"base_width": (1, 512), "depth": (1, 8), "num_classes": (1, 16)}
 
 
 @dataclass(frozen=True)
@@ -139,8 +146,20 @@ class CheckpointMetadata:
                 f"{source}: normalisation has {len(stats.mean)} means and {len(stats.std)} "
                 f"stds for {len(channels)} channels."
             )
-        if any(s <= 0 for s in stats.std):
-            raise CheckpointError(f"{source}: normalisation std must be > 0, got {stats.std}.")
+        values = (*stats.mean, *stats.std)
+        if not all(math.isfinite(v) for v in values) or any(s < MIN_NORM_STD for s in stats.std):
+            raise CheckpointError(
+                f"{source}: normalisation must be finite with every std >= {MIN_NORM_STD:g}, got mean {list(stats.mean)} "
+                f"std {list(stats.std)}; a NaN or tiny std would silently zero or blow up a channel.",
+                "retrain the model (slidewatch train) or restore the original checkpoint file.",
+            )
+        for key, (lo, hi) in HYPERPARAMETER_BOUNDS.items():
+            value = hp.get(key)
+            if value is not None and not (isinstance(value, int) and not isinstance(value, bool) and lo <= value <= hi):
+                raise CheckpointError(
+                    f"{source}: hyperparameter {key} = {value!r} is outside [{lo}, {hi}] (building it could exhaust memory).",
+                    "retrain the model (slidewatch train) or restore the original checkpoint file.",
+                )
         if d.get("output", "logit") != "logit":
             raise CheckpointError(f"{source}: unsupported output kind {d.get('output')!r}.")
         return cls(

@@ -256,6 +256,20 @@ def _tamper_channels(header: dict) -> None:
     header["__metadata__"]["slidewatch"] = json.dumps(meta)
 
 
+def _tamper_norm(std: float):  # type: ignore[no-untyped-def]
+    def edit(header: dict) -> None:
+        meta = json.loads(header["__metadata__"]["slidewatch"])
+        meta["normalisation"]["std"][0] = std
+        header["__metadata__"]["slidewatch"] = json.dumps(meta)
+    return edit
+
+
+def _tamper_width(header: dict) -> None:
+    meta = json.loads(header["__metadata__"]["slidewatch"])
+    meta["hyperparameters"]["base_width"] = 200000
+    header["__metadata__"]["slidewatch"] = json.dumps(meta)
+
+
 def _evaluate(c: Ctx, ckpt: Path, cube: Path | None = None) -> list[str]:
     return ["evaluate", "--checkpoint", str(ckpt), "--cube", str(cube or c.world.cube),
             "--inventory", str(c.tmp / "inv.geojson"), "--device", "cpu"]
@@ -351,6 +365,14 @@ CASES = [
     Case("checkpoint_header_length_tampered", _header_length, "bad header length"),
     Case("checkpoint_metadata_tampered", lambda c: _evaluate(c, _safetensors_tamper(
         c.world.ckpt, c.tmp / "model.safetensors", _tamper_channels)), "differ from channels"),
+    Case("checkpoint_std_nan", lambda c: _evaluate(c, _safetensors_tamper(
+        c.world.ckpt, c.tmp / "model.safetensors", _tamper_norm(float("nan")))), "normalisation must be finite"),
+    Case("checkpoint_std_tiny", lambda c: _evaluate(c, _safetensors_tamper(
+        c.world.ckpt, c.tmp / "model.safetensors", _tamper_norm(1e-30))), "every std >= 1e-06"),
+    Case("checkpoint_width_absurd", lambda c: _evaluate(c, _safetensors_tamper(
+        c.world.ckpt, c.tmp / "model.safetensors", _tamper_width)), "base_width = 200000 is outside"),
+    Case("run_with_missing_checkpoint", lambda c: c.run("--checkpoint", str(c.tmp / "nope.safetensors")),
+         "nope.safetensors"),
     Case("cube_lacks_a_checkpoint_channel", lambda c: _evaluate(c, c.world.ckpt, _factor_cube(
         c.tmp / "six.zarr", ("slope", "dem", "ndvi", "ndwi", "smi", "ndbi"))), "lacks variable(s) ['lsi']"),
     # landslide inventories
