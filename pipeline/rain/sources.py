@@ -221,7 +221,12 @@ def _subset(ds: xr.Dataset, layout: ImergLayout, bbox: BBox, start, end, name: s
             "Computer covers 2000-06-01..2021-05-31), or pass --rain-intensity/--rain-duration.",
         )
     sub = sub.isel({layout.time: keep}).assign_coords({layout.time: t[keep]})
-    factor = _RATE_UNITS.get(str(sub.attrs.get("units", layout.units)))
+    if "units" not in sub.attrs:  # never guessed: mm/h and kg m-2 s-1 differ 3600-fold
+        raise RainfallError(
+            f"{name}: {layout.variable!r} has no units attribute, so its rate cannot be read safely.",
+            hint="Set the variable's units attribute (mm/hr, mm/h or kg m-2 s-1).",
+        )
+    factor = _RATE_UNITS.get(str(sub.attrs["units"]))
     if factor is None:
         raise RainfallError(
             f"{name}: {layout.variable!r} has units {sub.attrs.get('units')!r}, not a precipitation rate.",

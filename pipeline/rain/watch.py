@@ -210,13 +210,36 @@ def parse_watchlist(doc: Any, base: Path | None = None, source: str = "watch lis
     return WatchList(tuple(entries))
 
 
+#: Largest watch-list file read (bytes).
+MAX_WATCHLIST_BYTES = 1_000_000
+
+
+def _no_alias_loader():  # type: ignore[no-untyped-def]
+    """yaml's SafeLoader refusing aliases (``*name``): an alias bomb expands a small file into
+    gigabytes, and a watch list never needs one."""
+    import yaml
+
+    class NoAliasLoader(yaml.SafeLoader):
+        def compose_node(self, parent, index):  # type: ignore[no-untyped-def]
+            if self.check_event(yaml.AliasEvent):
+                event = self.peek_event()
+                raise yaml.YAMLError(f"aliases are not allowed (line {event.start_mark.line + 1})")
+            return super().compose_node(parent, index)
+
+    return NoAliasLoader
+
+
 def load_watchlist(path: str | os.PathLike) -> WatchList:
     """Read and validate a watch-list YAML file (see the module docstring)."""
     import yaml
 
+    _NoAliasLoader = _no_alias_loader()
     path = Path(path)
     try:
-        doc = yaml.safe_load(path.read_text())
+        if path.stat().st_size > MAX_WATCHLIST_BYTES:
+            raise WatchListError(f"Watch list {path} is {path.stat().st_size:,} bytes, over {MAX_WATCHLIST_BYTES:,}.",
+                                 "a watch list names regions; keep it small (GeoJSON regions go in their own files).")
+        doc = yaml.load(path.read_text(), Loader=_NoAliasLoader)  # noqa: S506 - a SafeLoader without aliases
     except FileNotFoundError:
         raise WatchListError(f"Watch list {path} does not exist.", "check the path.") from None
     except (OSError, yaml.YAMLError) as exc:

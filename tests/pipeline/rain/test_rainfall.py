@@ -154,3 +154,13 @@ def test_bad_window_and_bbox(store):
         src.read(BBOX, END, START)
     with pytest.raises(RainfallError, match="outside"):
         src.read((100.0, 10.0, 101.0, 11.0), START, END)
+
+
+def test_a_store_without_units_is_refused_not_guessed(tmp_path, storm):  # type: ignore[no-untyped-def]
+    unitless = storm.copy()
+    for name in unitless.data_vars:
+        unitless[name].attrs = {k: v for k, v in unitless[name].attrs.items() if k.lower() != "units"}
+    path = write_precipitation_zarr(unitless, tmp_path / "unitless.zarr")
+    with pytest.raises(RainfallError, match="no units attribute") as err:
+        rain_event(LocalZarrSource(path), BBOX, START, END).compute()
+    assert "Fix:" in str(err.value)

@@ -271,3 +271,18 @@ def test_ledger_in_an_unwritable_out_is_a_store_error(tmp_path):
     (tmp_path / "out").write_text("a file, not a folder")
     with pytest.raises(StoreError, match="Cannot create the output folder"):
         AlertLedger(tmp_path / "out" / "alerts.jsonl").claim(_alert())
+
+
+def test_a_yaml_alias_bomb_is_refused_at_once(tmp_path):  # type: ignore[no-untyped-def]
+    import time
+
+    lines = ['a: &a ["x", "x", "x", "x", "x", "x", "x", "x", "x"]']
+    lines += [f"{c}: &{c} [{', '.join(['*' + p] * 9)}]" for p, c in zip("abcdefgh", "bcdefghi")]
+    (tmp_path / "bomb.yaml").write_text("\n".join(lines) + "\nregions: *i\n")  # 9**9 strings if expanded
+    t0 = time.monotonic()
+    with pytest.raises(WatchListError, match="aliases are not allowed"):
+        load_watchlist(tmp_path / "bomb.yaml")
+    assert time.monotonic() - t0 < 5
+    (tmp_path / "big.yaml").write_text("regions: []\n" + "#" * 1_100_000)
+    with pytest.raises(WatchListError, match="over 1,000,000"):
+        load_watchlist(tmp_path / "big.yaml")
