@@ -165,7 +165,7 @@ def run(
     calibration: Annotated[Optional[Path], typer.Option(help="LSI calibration (calibration.json, e.g. from `slidewatch demo`) whose sigmoid centre and steepness the LSI uses.")] = None,
 ) -> None:
     """Run a region: cube (Zarr) → factors and LSI → U-Net risk mosaic and exports."""
-    from flows.stages import cube_stage, run_record
+    from flows.stages import cube_stage, run_lock, run_record
     from pipeline.core.layout import write_run_json
     from pipeline.factors.calibration import load_calibration
     from pipeline.rain.events import check_rain_options, resolve_rain
@@ -187,7 +187,7 @@ def run(
         return
     from flows.dask_context import dask_client
 
-    with dask_client(dask_address):
+    with run_lock(out, reg, window), dask_client(dask_address):
         try:
             result = cube_stage(reg, window, stac_url, out, config, overwrite=overwrite, on_event=progress, chunk=chunk)
         finally:
@@ -216,13 +216,8 @@ def demo(
     retrain: Annotated[bool, typer.Option("--retrain", help="Retrain the demo model even if a cached one matches.")] = False,
 ) -> None:
     """Generate (once) the synthetic demo region, serve it as a local STAC API, and run it."""
-    from flows.stages import cube_stage, risk_stage, run_record
-    from models.demo import ensure_demo_model
-    from pipeline.core.layout import write_run_json
-    from pipeline.demo import LocalStacServer, ensure_demo_data
-    from pipeline.rain.events import resolve_rain
-    from pipeline.demo.calibration import DEMO_DATA_SET, demo_calibration
-    from pipeline.factors.calibration import format_report, load_calibration, save_calibration
+    from flows.stages import run_lock
+    from pipeline.demo import ensure_demo_data
     from pipeline.demo.generate import DEMO_WINDOW, generate
     from pipeline.plan.regions import DEMO_REGION
 
@@ -232,8 +227,24 @@ def demo(
     else:
         layout, made = ensure_demo_data(data, seed, progress=lambda m: console.print(f"  {m}"))
         console.print(("generated" if made else "reusing cached") + f" demo region in {layout.root}")
-    hrefs = [*layout.collection_files(), *layout.item_files()]
     progress = _RunProgress()
+    with run_lock(out, DEMO_REGION, DEMO_WINDOW):
+        _demo_run(layout, data, out, progress, no_model, retrain)
+
+
+def _demo_run(layout, data, out, progress, no_model, retrain) -> None:  # type: ignore[no-untyped-def]
+    """The demo region through every stage (under the run's lock)."""
+    from flows.stages import cube_stage, risk_stage, run_record
+    from models.demo import ensure_demo_model
+    from pipeline.core.layout import write_run_json
+    from pipeline.demo import LocalStacServer
+    from pipeline.demo.calibration import DEMO_DATA_SET, demo_calibration
+    from pipeline.demo.generate import DEMO_WINDOW
+    from pipeline.factors.calibration import format_report, load_calibration, save_calibration
+    from pipeline.plan.regions import DEMO_REGION
+    from pipeline.rain.events import resolve_rain
+
+    hrefs = [*layout.collection_files(), *layout.item_files()]
     with LocalStacServer(hrefs) as url:
         console.print(f"local STAC API (rustac serve) at {url}")
         try:

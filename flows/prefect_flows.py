@@ -193,7 +193,7 @@ def regional_run_flow(
     check_max_cloud(max_cloud, "max_cloud")
     out = Path(out)
     log = get_run_logger()
-    with dask_client(dask_address) as client:
+    with stages.run_lock(out, reg, window), dask_client(dask_address) as client:
         log.info("dask: %s", client if client is not None else "local threads")
         result = cube_task(reg, window, stac_url, out, CubeConfig(max_cloud_cover=max_cloud, sar=sar, max_items=max_items), chunk, source)
         rain = rain_task(rain_intensity, rain_duration, precip, reg, window)

@@ -14,8 +14,9 @@ recomputes only the rain-dependent stages.
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -25,7 +26,8 @@ import xarray as xr
 from pipeline import __version__
 from pipeline.core.config import INFERENCE_TILE, TimeWindow
 from pipeline.core.errors import StoreError
-from pipeline.core.layout import zarr_attrs
+from pipeline.core.layout import RunLayout, run_dir_for, zarr_attrs
+from pipeline.core.locking import WriterLock
 from pipeline.core.provenance import Rain
 from pipeline.core.secrets import unsigned_href
 from pipeline.factors.mask import inside_geometry
@@ -39,7 +41,7 @@ from flows.stages.lsi import factors_inside, write_lsi, write_lsi_quicklook
 
 Event = Callable[[str, dict], None]
 
-__all__ = ["RunResult", "ZoneResult", "cube_stage", "load_predictor", "lsi_stage", "risk_stage", "run_record"]
+__all__ = ["RunResult", "ZoneResult", "cube_stage", "load_predictor", "lsi_stage", "risk_stage", "run_lock", "run_record"]
 
 
 def _quiet(kind: str, info: dict) -> None:
@@ -79,6 +81,20 @@ def lsi_stage(
         z.lsi_path = path
         paths.append(path)
     return paths
+
+
+@contextlib.contextmanager
+def run_lock(out: Path, region: Region, window: TimeWindow) -> Iterator[None]:
+    """Hold the lock of a run folder (taken without waiting) for the whole run: a second run
+    on the same folder, with whatever parameters, is refused up front naming the first one,
+    instead of rebuilding stores the first is still reading."""
+    run_dir = run_dir_for(out, region.slug, window.start, window.end, name=region.name)
+    lock = WriterLock(RunLayout(run_dir).lock, target=run_dir)
+    lock.acquire(wait_s=0.0)
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def run_record(

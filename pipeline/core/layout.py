@@ -86,6 +86,12 @@ class RunLayout:
         return self.run_dir / REPORT
 
     @property
+    def lock(self) -> Path:
+        """The run's lock, held by the one run that writes its rain-dependent stores and
+        ``run.json`` (beside the folder, so taking it creates nothing inside)."""
+        return self.run_dir.with_name(self.run_dir.name + ".lock")
+
+    @property
     def calibration(self) -> Path:
         """The LSI calibration a run fitted (``slidewatch demo``), for ``run --calibration``."""
         return self.run_dir / CALIBRATION
