@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from models.checkpoint import save_checkpoint, sha256
+from models.checkpoint import HYPERPARAMETER_BOUNDS, save_checkpoint, sha256
 from models.data import (
     IGNORE,
     BlockSplit,
@@ -101,7 +101,12 @@ class TrainConfig:
                 "use blocks at least one chip wide.",
             )
         if self.epochs < 1 or self.batch_size < 1:
-            raise InputDataError("epochs and batch_size must be >= 1.")
+            raise InputDataError("epochs and batch_size must be >= 1.", "give positive numbers.")
+        for key, (lo, hi) in HYPERPARAMETER_BOUNDS.items():
+            value = getattr(self, key, None)
+            if value is not None and not lo <= value <= hi:
+                raise InputDataError(f"{key} {value} is outside [{lo}, {hi}] (a network that size would not fit in memory).",
+                                     f"use a {key} between {lo} and {hi}; the default width is 16, depth 4.")
 
 
 @dataclass

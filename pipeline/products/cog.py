@@ -347,6 +347,9 @@ def write_cogs(zone_ds: xr.Dataset, out_dir: str | os.PathLike, zone: str, *, bl
     except OSError as exc:
         raise StoreError(f"Cannot create the export folder {out}: {exc}.", "choose a writable output folder.") from exc
     finals = {kind: out / name for kind, name in cog_names(zone).items()}
+    for final in finals.values():  # temporaries an earlier, killed export left behind
+        for stale in out.glob(f".{final.name}.*.tif"):
+            _unlink_quietly(stale)
     done: dict[str, Path] = {}
     try:
         for kind, arr in (("probability", prob), ("class", cls)):

@@ -371,6 +371,8 @@ CASES = [
         c.world.ckpt, c.tmp / "model.safetensors", _tamper_norm(1e-30))), "every std >= 1e-06"),
     Case("checkpoint_width_absurd", lambda c: _evaluate(c, _safetensors_tamper(
         c.world.ckpt, c.tmp / "model.safetensors", _tamper_width)), "base_width = 200000 is outside"),
+    Case("train_width_absurd", lambda c: _train(c, str(c.tmp / "inv.geojson")) + ["--width", "200000"],
+         "base_width 200000 is outside [1, 512]"),
     Case("run_with_missing_checkpoint", lambda c: c.run("--checkpoint", str(c.tmp / "nope.safetensors")),
          "nope.safetensors"),
     Case("cube_lacks_a_checkpoint_channel", lambda c: _evaluate(c, c.world.ckpt, _factor_cube(

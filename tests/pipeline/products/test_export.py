@@ -213,6 +213,18 @@ def test_failed_write_leaves_no_partial_file(tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["risk_utm48n_class.tif", "risk_utm48n_probability.tif"]
 
 
+def test_temporaries_of_a_killed_export_are_removed_by_the_next(tmp_path):
+    stale = [tmp_path / ".risk_utm48n_class.tif.0123456789ab.gtiff.tif",
+             tmp_path / ".risk_utm48n_probability.tif.ba9876543210.cog.tif"]
+    for p in stale:
+        p.write_bytes(b"half a file")
+    unrelated = tmp_path / ".risk_utm47n_class.tif.0123456789ab.gtiff.tif"  # another zone's: left alone
+    unrelated.write_bytes(b"x")
+    write_cogs(make_zone(chunks=None), tmp_path, "utm48n", blocksize=64)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [unrelated.name, "risk_utm48n_class.tif",
+                                                          "risk_utm48n_probability.tif"]
+
+
 def test_invalid_cog_is_refused(tmp_path, monkeypatch):
     monkeypatch.setattr(export, "cog_validate", lambda *a, **k: (False, ["The file is not tiled"], []))
     with pytest.raises(StoreError, match="does not validate: The file is not tiled"):
