@@ -160,6 +160,7 @@ def run(
     checkpoint: Annotated[Optional[Path], typer.Option(help="U-Net checkpoint (model.safetensors from `slidewatch train`); without it the run stops after the LSI.")] = None,
     device: Annotated[str, typer.Option(help="Inference device: auto (CUDA when present), cpu or cuda.")] = "auto",
     dask_address: Annotated[Optional[str], typer.Option(envvar="SLIDEWATCH_DASK_ADDRESS", help="Dask scheduler address (tcp://host:8786); default: a local cluster.")] = None,
+    dashboard: Annotated[bool, typer.Option("--dashboard", help="Serve the local Dask cluster's dashboard on 127.0.0.1 (its URL is printed); off by default.")] = False,
     sar: Annotated[str, typer.Option(help="Sentinel-1: auto (RTC when Planetary Computer grants it, i.e. with PC_SDK_SUBSCRIPTION_KEY; else GRD, noted), rtc (fail without access), grd, or none (NDMI proxy for soil moisture).")] = "auto",
     max_items: Annotated[int, typer.Option(min=1, help="Most items one search may match (per collection and zone); a search matching more is refused, never cut short.")] = 2000,
     calibration: Annotated[Optional[Path], typer.Option(help="LSI calibration (calibration.json, e.g. from `slidewatch demo`) whose sigmoid centre and steepness the LSI uses.")] = None,
@@ -175,6 +176,9 @@ def run(
     config = CubeConfig(max_cloud_cover=check_max_cloud(max_cloud), sar=sar, max_items=max_items)
     check_rain_options(rain_intensity, rain_duration, precip)  # before any pixel is read
     params, calibrated_by = load_calibration(calibration) if calibration is not None else (None, None)
+    from flows.dask_context import check_scheduler_address
+
+    check_scheduler_address(dask_address)
     if checkpoint is not None:  # a missing or bad checkpoint is refused now, not after hours of cube and LSI
         from models.checkpoint import read_metadata
 
@@ -185,9 +189,12 @@ def run(
         progress.stop()
         _print_plan(result)
         return
-    from flows.dask_context import dask_client
+    from flows.dask_context import dashboard_url, dask_client
 
-    with run_lock(out, reg, window), dask_client(dask_address):
+    with run_lock(out, reg, window), dask_client(dask_address, dashboard=dashboard) as client:
+        if dashboard:
+            url = dashboard_url(client) if client is not None else None
+            console.print(f"dashboard: {url}" if url else "dashboard: none (no distributed client)")
         try:
             result = cube_stage(reg, window, stac_url, out, config, overwrite=overwrite, on_event=progress, chunk=chunk)
         finally:
@@ -323,14 +330,37 @@ def _bound_malloc() -> None:
         pass
 
 
+#: Loggers quieted without ``-v`` (level while quiet): GDAL's per-request retry notices, one
+#: line per HTTP retry, relayed by rasterio; slidewatch's own warnings say what matters.
+_QUIET_LOGGERS = {"rasterio._env": logging.ERROR}
+
+
 @app.callback()
 def main_options(
+    ctx: typer.Context,
     version: Annotated[Optional[bool], typer.Option("--version", callback=version_callback, is_eager=True, help="Show the version.")] = None,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log library details.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log library details (Dask's and GDAL's logs included).")] = False,
 ) -> None:
     """slidewatch: landslide risk from STAC imagery."""
+    from flows.dask_context import dask_logging
+    from pipeline.core.secrets import install_handler_redaction
+
     _bound_malloc()
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    # Without -v a failed run prints its one-line error and a few warnings above it, not
+    # Dask's tracebacks; every record is stripped of credentials whichever logger made it.
+    restore_dask = dask_logging(verbose)
+    quieted = {} if verbose else {n: logging.getLogger(n).level for n in _QUIET_LOGGERS}
+    for name in quieted:
+        logging.getLogger(name).setLevel(_QUIET_LOGGERS[name])
+    install_handler_redaction()
+
+    def restore() -> None:  # in-process callers (tests, notebooks) get their logging back
+        restore_dask()
+        for name, level in quieted.items():
+            logging.getLogger(name).setLevel(level)
+
+    ctx.call_on_close(restore)
 
 
 def main() -> None:

@@ -5,13 +5,23 @@ Default: the threaded scheduler of this process. When a distributed ``Client`` i
 caller started), graphs go to it instead. Every stage computes inside
 :func:`compute_context`, so the choice is made in this one place; :func:`dask_client`
 opens (and closes) the client a run or flow works in.
+
+The local cluster listens on 127.0.0.1 only and starts no dashboard unless asked
+(``slidewatch run --dashboard``: on 127.0.0.1, see :func:`dashboard_url`); without it the
+scheduler's and worker's HTTP servers answer only ``/health``. What distributed logs is
+set by :func:`dask_logging` (the CLI: nothing but CRITICAL by default, everything with
+``-v``) and always passes the credential filter, on the workers too.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
+import logging
 import os
-from collections.abc import Iterator
+import sys
+import warnings
+from collections.abc import Callable, Iterator
 
 import dask
 
@@ -81,14 +91,28 @@ ADDRESS_ENV = "SLIDEWATCH_DASK_ADDRESS"
 THREADS = "threads"
 
 
-def _local_cluster(n_workers: int | None, threads_per_worker: int | None, processes: bool) -> object:
-    """A LocalCluster sized for this machine.
+#: Where ``--dashboard`` asks the local scheduler to serve its dashboard (another free port
+#: on 127.0.0.1 when that one is taken).
+DASHBOARD_ADDRESS = "127.0.0.1:8787"
+#: HTTP routes of the local scheduler and workers without a dashboard: a health check only
+#: (distributed's info pages show task exceptions, i.e. signed URLs).
+_HEALTH_ONLY = ["distributed.http.health"]
+
+
+def _local_cluster(n_workers: int | None, threads_per_worker: int | None, processes: bool,
+                   dashboard: bool = False) -> object:
+    """A LocalCluster sized for this machine, reachable from this machine only.
 
     Default: one in-process worker (``processes=False``) with one thread per core. The
     run's work is GDAL reads and numpy kernels that release the GIL, so threads already
     keep every core busy, nothing is pickled between processes and no process has to
     start (``docs/scaling.md`` has the measured comparison). ``processes=True`` gives one
     single-threaded process per core, for GIL-bound work or to cap memory per worker.
+
+    Every socket it opens is on 127.0.0.1: comms (``tcp://127.0.0.1`` between processes,
+    ``inproc://`` in one), and the scheduler's and workers' HTTP servers, which distributed
+    would otherwise open on all interfaces. Without ``dashboard`` those serve ``/health``
+    only; with it the scheduler serves its dashboard at :data:`DASHBOARD_ADDRESS`.
     """
     from distributed import LocalCluster
 
@@ -99,15 +123,159 @@ def _local_cluster(n_workers: int | None, threads_per_worker: int | None, proces
     else:
         n_workers = n_workers or 1
         threads_per_worker = threads_per_worker or cores
-    extra = {"host": "127.0.0.1"} if processes else {}  # in-process clusters talk over inproc://
-    return LocalCluster(
-        n_workers=n_workers,
-        threads_per_worker=threads_per_worker,
-        processes=processes,
-        dashboard_address=None,
-        silence_logs=40,  # logging.ERROR
-        **extra,
-    )
+    extra: dict[str, object] = {"host": "127.0.0.1"} if processes else {"worker_class": _loopback_worker_class()}
+    config: dict[str, object] = {"distributed.worker.http.routes": _HEALTH_ONLY}
+    if not dashboard:
+        config["distributed.scheduler.http.routes"] = _HEALTH_ONLY
+    with dask.config.set(config), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Port .* is already in use")  # another port is taken
+        return LocalCluster(
+            n_workers=n_workers,
+            threads_per_worker=threads_per_worker,
+            processes=processes,
+            dashboard_address=None,
+            scheduler_kwargs={"dashboard": dashboard,
+                              "dashboard_address": DASHBOARD_ADDRESS if dashboard else "127.0.0.1:0"},
+            silence_logs=_silence_level(),
+            **extra,
+        )
+
+
+@functools.cache
+def _loopback_worker_class() -> type:
+    from distributed import Worker
+
+    class LoopbackWorker(Worker):
+        """An in-process worker whose HTTP server listens on 127.0.0.1 (distributed takes the
+        host of an ``inproc://`` address, i.e. all interfaces, otherwise)."""
+
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            if not kwargs.get("dashboard"):
+                kwargs["dashboard_address"] = "127.0.0.1:0"
+            super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+
+    return LoopbackWorker
+
+
+def dashboard_url(client: object) -> str | None:
+    """The URL of the dashboard of ``client``'s scheduler: on 127.0.0.1 for a local cluster
+    (whatever address distributed advertises for an ``inproc://`` scheduler), the
+    scheduler's own link for a remote one; None when it has none."""
+    try:
+        cluster = getattr(client, "cluster", None)
+        server = getattr(getattr(cluster, "scheduler", None), "http_server", None)
+        if server is not None and getattr(server, "port", None):
+            return f"http://{getattr(server, 'address', None) or '127.0.0.1'}:{server.port}/status"
+        return str(client.dashboard_link) or None  # type: ignore[attr-defined]
+    except Exception:  # noqa: BLE001 - a link is a convenience
+        return None
+
+
+# ------------------------------------------------------------------------------ logging
+#: distributed's log level chosen by :func:`dask_logging` (None: as distributed configures it).
+_DASK_LOG_LEVEL: int | None = None
+#: Loggers whose level :func:`dask_logging` sets (distributed gives some of them their own).
+_DASK_LOGGERS = ("distributed", "distributed.client", "distributed.gc", "distributed.scheduler",
+                 "distributed.worker", "distributed.nanny", "bokeh", "tornado", "tornado.application")
+
+
+def dask_logging(verbose: bool) -> Callable[[], None]:
+    """Quiet (default) or verbose Dask logs in this process, for the CLI; returns a function
+    that puts things back as they were (the CLI calls it when the command ends).
+
+    Quiet: distributed, tornado and bokeh log nothing below CRITICAL; a failed task is
+    reported once, by slidewatch's own one-line error, instead of a traceback per task
+    and retry, and a good run prints no ``INFO distributed`` lines. Verbose (``-v``):
+    everything from INFO. Both: the credential filter on distributed's loggers and on the
+    handlers that write them. Applied now, and again when a cluster or client is made
+    (importing distributed resets its loggers' levels).
+    """
+    global _DASK_LOG_LEVEL
+    before = (_DASK_LOG_LEVEL, dask.config.get("distributed.logging", None),
+              {n: logging.getLogger(n).level for n in _DASK_LOGGERS})
+    _DASK_LOG_LEVEL = logging.INFO if verbose else logging.CRITICAL
+    if not verbose:  # what distributed applies when it is imported later
+        dask.config.set({"distributed.logging": {n: "critical" for n in _DASK_LOGGERS}})
+    _apply_dask_logging()
+
+    def restore() -> None:
+        global _DASK_LOG_LEVEL
+        _DASK_LOG_LEVEL, config, levels = before
+        if config is not None:
+            dask.config.set({"distributed.logging": config})
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
+
+    return restore
+
+
+def _silence_level() -> int | bool:
+    """``silence_logs`` for a LocalCluster: the chosen level, else distributed's ERROR."""
+    if _DASK_LOG_LEVEL is None:
+        return logging.ERROR
+    return False if _DASK_LOG_LEVEL <= logging.INFO else _DASK_LOG_LEVEL
+
+
+def _apply_dask_logging() -> None:
+    from pipeline.core.secrets import install_handler_redaction, install_log_redaction
+
+    if _DASK_LOG_LEVEL is not None and "distributed" in sys.modules:
+        for name in _DASK_LOGGERS:
+            logger = logging.getLogger(name)
+            if _DASK_LOG_LEVEL > logging.INFO or name == "distributed":
+                logger.setLevel(_DASK_LOG_LEVEL)
+    install_log_redaction()
+    install_handler_redaction()
+
+
+def _redact_worker_logs(client: object) -> None:
+    """Put the credential filter on the loggers of every worker of ``client``, present and
+    future (a worker plugin): their "Compute Failed" records carry signed URLs."""
+
+    def setup() -> None:
+        from pipeline.core.secrets import install_handler_redaction, install_log_redaction
+
+        install_log_redaction()
+        install_handler_redaction()
+
+    try:
+        from distributed.diagnostics.plugin import WorkerPlugin
+
+        class RedactLogs(WorkerPlugin):
+            name = "slidewatch-redact-logs"
+
+            def setup(self, worker: object) -> None:
+                setup()
+
+        client.register_plugin(RedactLogs())  # type: ignore[attr-defined]
+    except Exception as err:  # noqa: BLE001 - a worker without slidewatch; its own logs stay its own
+        logging.getLogger(__name__).debug("could not install log redaction on the workers: %s", err)
+
+
+#: Scheduler address schemes distributed speaks.
+SCHEMES = ("tcp", "tls", "ws", "wss", "ucx", "inproc")
+
+
+def check_scheduler_address(address: str | None) -> None:
+    """Refuse (one line, before any connection) an address that is not ``threads`` or
+    ``scheme://host:port`` with a scheme distributed speaks and a port in 1..65535."""
+    from urllib.parse import urlsplit
+
+    from pipeline.core.errors import InputDataError
+
+    text = (address or os.environ.get(ADDRESS_ENV) or "").strip()
+    if not text or text == THREADS:
+        return
+    fix = "give the scheduler as tcp://host:8786 (or 'threads' for no cluster)."
+    try:
+        parts = urlsplit(text)
+        port = parts.port
+    except ValueError as exc:
+        raise InputDataError(f"--dask-address {text!r} is not an address ({exc}).", fix) from None
+    if parts.scheme == "inproc":
+        return
+    if parts.scheme not in SCHEMES or not parts.hostname or port is None or not 0 < port < 65536:
+        raise InputDataError(f"--dask-address {text!r} is not scheme://host:port with a scheme of {', '.join(SCHEMES)}.", fix)
 
 
 @contextlib.contextmanager
@@ -118,13 +286,15 @@ def dask_client(
     n_workers: int | None = None,
     threads_per_worker: int | None = None,
     timeout: float = 30.0,
+    dashboard: bool = False,
 ) -> Iterator[object | None]:
     """Run the body with a distributed ``Client`` active, and close what was started here.
 
     ``address`` (else the ``SLIDEWATCH_DASK_ADDRESS`` environment variable) names a running
     scheduler (``tcp://host:8786``, ``dask scheduler``, dask-kubernetes, dask-gateway):
     connect to it. Without one, start a ``LocalCluster`` (threads in this process by
-    default, see :func:`_local_cluster`). ``"threads"`` uses no distributed client at all
+    default, see :func:`_local_cluster`; with ``dashboard`` it serves its dashboard on
+    127.0.0.1, see :func:`dashboard_url`). ``"threads"`` uses no distributed client at all
     (the threaded scheduler; yields ``None``). When a client is already active (a flow
     nested in another) and no other address is asked for, that client is reused and left
     open. Every compute inside goes to the client through :func:`compute_context`.
@@ -145,9 +315,10 @@ def dask_client(
 
     from distributed import Client
 
+    _apply_dask_logging()  # importing distributed has just reset its loggers
     cluster = None
     if address is None:
-        cluster = _local_cluster(n_workers, threads_per_worker, processes)
+        cluster = _local_cluster(n_workers, threads_per_worker, processes, dashboard)
         client = Client(cluster, set_as_default=True)
     else:
         try:
@@ -158,6 +329,8 @@ def dask_client(
                 f"start it (`dask scheduler`) or check the address; unset {ADDRESS_ENV} or drop "
                 "--dask-address to run on a local cluster.",
             ) from None
+    _apply_dask_logging()
+    _redact_worker_logs(client)
     try:
         yield client
     finally:

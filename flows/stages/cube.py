@@ -22,7 +22,7 @@ from pipeline.acquire.cube import (
     tile_inputs,
     zone_plan,
 )
-from pipeline.acquire.gdal import clear_http_cache, read_error, read_failure
+from pipeline.acquire.gdal import ReadRetryBudget, clear_http_cache, read_error, read_failure
 from pipeline.core.collections import COP_DEM, SENTINEL2
 from pipeline.core.config import CHUNKS_PER_TILE, DEFAULT_CHUNK, CubeConfig, RunSpec, Tile, TimeWindow, ZoneGrid
 from pipeline.core.errors import CatalogError, EmptySearchError, NoValidDataError, SlidewatchError, StoreError
@@ -173,7 +173,14 @@ def _write_zone(
                 return blank(sub, variables)
             return build_cube(signed, sub, config.s2_bands)
 
+        budget = ReadRetryBudget()  # SLIDEWATCH_READ_RETRY_SECONDS per tile; a 403 is re-signed once
+
         def on_retry(tile: Tile, attempt: int, exc: BaseException) -> None:
+            pause = min(_store.TILE_RETRY_DELAY_S * 2 ** (attempt - 1), getattr(_store, "TILE_RETRY_MAX_DELAY_S", 60.0))
+            if budget.stop(read_failure(exc), tile.key, pause) is not None:
+                exc.slidewatch_retried_s = budget.elapsed_s(tile.key)  # type: ignore[attr-defined]
+                exc.slidewatch_stopped_after = attempt  # type: ignore[attr-defined]  # (tenacity counts one ahead here)
+                raise exc  # no further attempt; reported as the read error below
             reason = prepare_read_retry(exc, stac_url)
             client = active_client()
             if client is not None:  # the dask workers' GDAL caches too
@@ -198,9 +205,12 @@ def _write_zone(
                 if failure is None:
                     raise
                 tile = getattr(exc, "slidewatch_tile", current["tile"])
-                attempts = getattr(exc, "slidewatch_attempts", current["attempts"])
-                raise read_error(failure, grid.zone_name, getattr(tile, "key", "?"), int(attempts),  # type: ignore[call-overload]
-                                 len(store.done()), len(tiles)) from None
+                attempts = getattr(exc, "slidewatch_stopped_after", None) or getattr(exc, "slidewatch_attempts", current["attempts"])
+                key = getattr(tile, "key", "?")
+                raise read_error(failure, grid.zone_name, key, int(attempts),  # type: ignore[call-overload]
+                                 len(store.done()), len(tiles),
+                                 retried_s=getattr(exc, "slidewatch_retried_s", budget.elapsed_s(key)),
+                                 budget_s=budget.seconds) from None
         check_cube_has_data(store.has_data, grid, window, config, inputs)
         path = store.finalize({"completed": datetime.now(timezone.utc).isoformat()})
     finally:

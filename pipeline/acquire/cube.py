@@ -5,7 +5,8 @@
 - Sentinel-1 RTC: VV and VH gamma0 → dB, median over the window; with the GRD fallback the
   values are relative dB of uncalibrated DN (documented in the README), and GRD scenes in radar
   geometry are geocoded through their GCPs and the DEM (:mod:`pipeline.acquire.sar_geocode`).
-- Copernicus DEM (EPSG:4326 tiles): bilinear onto the grid, tiles mosaicked.
+- Copernicus DEM (EPSG:4326 tiles): tiles mosaicked, then bilinear onto the grid
+  (:mod:`pipeline.acquire.dem`).
 
 Nothing is computed here; ``pipeline.store.tiles`` writes the result tile by tile.
 """
@@ -26,7 +27,6 @@ from pipeline import __version__
 from pipeline.acquire.catalog import RunInputs, has_map_projection, items_over, refresh_signatures, sign_for_read
 from pipeline.core.collections import (
     DEM_ASSET,
-    DEM_VALID_ABOVE,
     S1_VALID_ABOVE,
     S2_BOA_OFFSET,
     S2_OFFSET_BASELINE,
@@ -46,6 +46,7 @@ from pipeline.core.errors import InputDataError, MissingAssetError, NoValidDataE
 from pipeline.acquire.gdal import clear_http_cache, crs_checked_reader, gdal_env, read_failure
 from pipeline.core.secrets import redact, unsigned_href
 from pipeline.acquire.sar_geocode import grd_stack
+from pipeline.acquire.dem import dem_mosaic, dem_tiles
 
 S2_BAND_NAMES = {
     "B01": "coastal aerosol", "B02": "blue", "B03": "green", "B04": "red",
@@ -244,14 +245,22 @@ def s1_history_db(
     return _to_db(s1_power(items, "vv", grid, collection, dem))
 
 
+def _grid_coords(grid: ZoneGrid) -> dict[str, np.ndarray]:
+    """Pixel-centre coordinates exactly as ``stackstac.stack(..., xy_coords="center")`` makes
+    them, so variables built without stackstac align with those built with it."""
+    minx, miny, maxx, maxy = grid.bounds
+    half = grid.resolution / 2
+    return {"y": np.linspace(maxy - half, miny - half, grid.height, endpoint=False),
+            "x": np.linspace(minx + half, maxx + half, grid.width, endpoint=False)}
+
+
 def dem_on_grid(items: Sequence[pystac.Item], grid: ZoneGrid) -> xr.DataArray:
-    """Copernicus DEM tiles, bilinear onto the grid, first valid tile wins where they overlap."""
+    """Copernicus DEM tiles mosaicked in their own grid, then bilinear onto the grid, lazily, one
+    task per chunk (:mod:`pipeline.acquire.dem`): no seams at tile borders. Where tiles overlap,
+    the later item wins; elevations at or below ``DEM_VALID_ABOVE`` are NaN."""
     _check_assets(items, [DEM_ASSET], "cop-dem-glo-30")
-    arr = _stack(items, [DEM_ASSET], grid, dtype="float32", fill_value=np.nan,
-                 resampling=Resampling.bilinear, time_chunk=1).isel(band=0, drop=True)
-    arr = arr.where(arr > DEM_VALID_ABOVE)
-    dem = stackstac.mosaic(arr, dim="time") if arr.sizes["time"] > 1 else arr.isel(time=0)
-    return dem.astype("float32").drop_vars([c for c in dem.coords if c not in ("x", "y")])
+    data = dem_mosaic(dem_tiles(items, DEM_ASSET), grid, env=gdal_env())
+    return xr.DataArray(data, dims=("y", "x"), coords=_grid_coords(grid))
 
 
 def build_cube(inputs: RunInputs, grid: ZoneGrid, bands: Sequence[str]) -> xr.Dataset:
@@ -378,17 +387,21 @@ def check_cube_has_data(
 
 
 def is_transient_read(exc: BaseException) -> bool:
-    """A pixel read worth retrying: a remote read that did not fail with a permanent status."""
+    """A pixel read worth retrying: a remote read that did not fail with a permanent status
+    (404/410 and other 4xx but 403 are permanent; the status of a failed open is found by
+    :func:`~pipeline.acquire.gdal.read_failure`, which asks the server once when GDAL's
+    message lacks it)."""
     failure = read_failure(exc)
     return failure is not None and failure.transient
 
 
 def prepare_read_retry(exc: BaseException, stac_url: str) -> str:
     """Before retrying a failed tile read: re-sign after a 403 (usually an expired SAS token)
-    and make this process's GDAL forget the failed URLs. Returns the reason, redacted."""
+    and make this process's GDAL forget the failed URLs. Returns the reason with its HTTP
+    status, redacted."""
     failure = read_failure(exc)
     if failure is not None and failure.expired:
         refresh_signatures(stac_url)
     clear_http_cache()
-    return redact(str(failure.reason if failure else exc))
+    return redact(failure.described if failure is not None else str(exc))
 

@@ -4,7 +4,8 @@
 (saved items, provenance), :func:`redact` strips them, and secret environment values such
 as the Planetary Computer subscription key, from any text (error messages), and
 :func:`install_log_redaction` attaches :class:`RedactingFilter` to the loggers that may
-print signed URLs. Foundation: imports nothing else of ours.
+print signed URLs (:func:`install_handler_redaction` to the handlers that write them).
+Foundation: imports nothing else of ours.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ import re
 from collections.abc import Sequence
 from urllib.parse import parse_qsl, urlencode, urlparse, urlunparse
 
-__all__ = ["LOG_PREFIXES", "SECRET_ENV_VARS", "RedactingFilter", "install_log_redaction", "redact", "unsigned_href"]
+__all__ = ["HANDLER_LOGGERS", "LOG_PREFIXES", "SECRET_ENV_VARS", "RedactingFilter", "install_handler_redaction",
+           "install_log_redaction", "redact", "unsigned_href"]
 
 _BLOB_DOMAIN = ".blob.core.windows.net"
 
@@ -86,9 +88,15 @@ class RedactingFilter(logging.Filter):
 
 _REDACTOR = RedactingFilter()
 #: Logger name prefixes that may print signed URLs: GDAL messages (through rasterio), readers,
-#: HTTP clients, and slidewatch itself.
+#: HTTP clients, Dask's distributed scheduler and workers (their "Compute Failed" records and
+#: pickled exceptions carry the failing task's signed href), the event loop and web server
+#: they run on, Prefect's task logs, and slidewatch itself.
 LOG_PREFIXES = ("rasterio", "stackstac", "urllib3", "requests", "pystac_client", "planetary_computer",
+                "distributed", "dask", "tornado", "bokeh", "asyncio", "prefect",
                 "pipeline", "flows", "models")
+#: Loggers whose handlers get the filter too (:func:`install_handler_redaction`): the root's
+#: (where records of every logger end up) and distributed's own stream handler.
+HANDLER_LOGGERS = ("", "distributed")
 
 
 def install_log_redaction(prefixes: Sequence[str] = LOG_PREFIXES) -> None:
@@ -103,3 +111,17 @@ def install_log_redaction(prefixes: Sequence[str] = LOG_PREFIXES) -> None:
         lg = logging.getLogger(name)
         if _REDACTOR not in lg.filters:
             lg.addFilter(_REDACTOR)
+
+
+def install_handler_redaction(loggers: Sequence[str] = HANDLER_LOGGERS) -> None:
+    """Attach :class:`RedactingFilter` to every handler of ``loggers`` (idempotent).
+
+    A handler's filter sees every record the handler writes, whichever logger made it, also
+    loggers created after this call; so filtering the root's handlers (and distributed's own
+    stream handler, which does not propagate) covers what :func:`install_log_redaction`
+    cannot: loggers that do not exist yet. Call again after adding handlers.
+    """
+    for name in loggers:
+        for handler in logging.getLogger(name or None).handlers:
+            if _REDACTOR not in handler.filters:
+                handler.addFilter(_REDACTOR)

@@ -161,3 +161,60 @@ def test_dask_client_env_address_that_cannot_be_reached(monkeypatch):  # type: i
             pass
     assert "tcp://127.0.0.1:9" in str(info.value) and "Fix:" in str(info.value)
     assert active_client() is None
+
+
+def _listening() -> set[tuple[str, int]]:
+    """(address, port) of every listening socket of this process and its children."""
+    import psutil
+
+    me = psutil.Process()
+    found = set()
+    for proc in [me, *me.children(recursive=True)]:
+        try:
+            conns = proc.net_connections(kind="inet")
+        except psutil.Error:
+            continue
+        found |= {(c.laddr.ip, c.laddr.port) for c in conns if c.status == psutil.CONN_LISTEN}
+    return found
+
+
+def _http_status(url: str) -> int:
+    from urllib.error import HTTPError
+    from urllib.request import urlopen
+
+    try:
+        with urlopen(url, timeout=10) as resp:
+            return int(resp.status)
+    except HTTPError as err:
+        return int(err.code)
+
+
+@pytest.mark.parametrize("processes", [False, True], ids=["threads", "processes"])
+def test_local_cluster_listens_on_loopback_only_without_a_dashboard(monkeypatch, processes):  # type: ignore[no-untyped-def]
+    from flows.dask_context import dashboard_url
+
+    monkeypatch.delenv(ADDRESS_ENV, raising=False)
+    before = _listening()
+    with dask_client(processes=processes, n_workers=1) as client:
+        assert client.submit(sum, [1, 2]).result() == 3
+        opened = _listening() - before
+        url = dashboard_url(client)
+        assert url is not None and url.startswith("http://127.0.0.1:")
+        assert _http_status(url.replace("/status", "/health")) == 200
+        for page in ("/status", "/info/main/workers.html", "/json/counts.json"):  # no dashboard, no info pages
+            assert _http_status(url.replace("/status", page)) == 404, page
+    assert opened, "the cluster opened no socket at all?"
+    assert {ip for ip, _ in opened} == {"127.0.0.1"}, f"listening beyond loopback: {sorted(opened)}"
+
+
+def test_dashboard_when_asked_is_served_on_loopback(monkeypatch):  # type: ignore[no-untyped-def]
+    from flows.dask_context import dashboard_url
+
+    monkeypatch.delenv(ADDRESS_ENV, raising=False)
+    before = _listening()
+    with dask_client(dashboard=True) as client:
+        opened = _listening() - before
+        url = dashboard_url(client)
+        assert url is not None and url.startswith("http://127.0.0.1:") and url.endswith("/status")
+        assert _http_status(url) == 200
+    assert {ip for ip, _ in opened} == {"127.0.0.1"}, f"listening beyond loopback: {sorted(opened)}"

@@ -14,7 +14,9 @@ same plan injects the same faults whatever order the client's threads ask in:
 * tokens: when ``require_token`` is set, a request must carry ``?token=<current>``; any other
   token (an "expired" signature) gets ``403``. :meth:`FaultServer.rotate_token` expires
   the current one; :meth:`FaultServer.issue_token` is what a test signer calls to sign;
-* ``always_fail``: paths (substrings) that always answer ``always_status``;
+* ``always_fail``: paths (substrings) that always answer ``always_status``, for the methods
+  in ``always_methods`` (``("GET",)`` lets GDAL's ``HEAD`` pass and fails the ranged ``GET``
+  of the file's header, so GDAL's open reports no HTTP status);
 * ``latency_s``: every request waits that long before it is answered (object storage's
   round trip, for benchmarks).
 
@@ -50,6 +52,7 @@ class FaultPlan:
     require_token: bool = False
     always_fail: tuple[str, ...] = ()
     always_status: int = 503
+    always_methods: tuple[str, ...] = ("GET", "HEAD")
     latency_s: float = 0.0
 
 
@@ -116,7 +119,7 @@ class FaultServer:
         class Handler(_Handler):
             srv = server
 
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._httpd = _QuietServer(("127.0.0.1", 0), Handler)
         self._httpd.daemon_threads = True
         t = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
         t.start()
@@ -148,7 +151,7 @@ class FaultServer:
             if len(self.log) >= self.max_requests:
                 return "over_budget"
             for needle in plan.always_fail:
-                if needle in path:
+                if needle in path and method in plan.always_methods:
                     return "always"
             if plan.require_token and token != str(self._token):
                 return "expired"
@@ -168,6 +171,16 @@ class FaultServer:
             full = len(self.log) >= self.max_requests
         if full:
             threading.Thread(target=self.stop, daemon=True).start()
+
+
+class _QuietServer(ThreadingHTTPServer):
+    """No traceback on stderr when a client drops a connection (GDAL and probes do)."""
+
+    def handle_error(self, request, client_address) -> None:  # type: ignore[no-untyped-def]
+        import sys
+
+        if not isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
+            super().handle_error(request, client_address)
 
 
 def _unit(seed: int, salt: str, key: str) -> float:

@@ -188,3 +188,38 @@ def ledger_tiles(store_path: Path) -> list[str]:
         return list(json.loads(ledger.read_text()).get("tiles", []))
     except (OSError, ValueError):
         return []
+
+
+def stac_api_files(items: dict[str, list[pystac.Item]], root: Path) -> list[Path]:
+    """Collection and item files for :class:`pipeline.demo.server.LocalStacServer` (a real
+    local STAC API) serving ``items`` as they are (hrefs unchanged)."""
+    root.mkdir(parents=True, exist_ok=True)
+    files: list[Path] = []
+    for cid, its in items.items():
+        coll = {"type": "Collection", "stac_version": "1.0.0", "id": cid, "description": cid, "license": "CC0-1.0",
+                "extent": {"spatial": {"bbox": [[-180, -90, 180, 90]]}, "temporal": {"interval": [[None, None]]}},
+                "links": []}
+        (root / f"{cid}.collection.json").write_text(json.dumps(coll))
+        fc = {"type": "FeatureCollection", "features": [it.to_dict(transform_hrefs=False) for it in its]}
+        (root / f"{cid}.items.json").write_text(json.dumps(fc))
+        files += [root / f"{cid}.collection.json", root / f"{cid}.items.json"]
+    return files
+
+
+CLIRUN = Path(__file__).resolve().parent / "clirun.py"
+REPO = Path(__file__).resolve().parents[2]
+
+
+def run_cli(args: list[str], *, token: str = "PLANTED-TOKEN-0", env: dict[str, str] | None = None,
+            timeout: float = 240.0):  # type: ignore[no-untyped-def]
+    """The ``slidewatch`` CLI in a subprocess (``clirun.py``: a signer appending
+    ``?token=<token>`` is registered for ``--stac-url``); a ``CompletedProcess`` with text
+    stdout/stderr. Killed after ``timeout`` seconds (``subprocess.run`` kills its child)."""
+    import os
+    import subprocess
+    import sys
+
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "COLUMNS": "200", **(env or {})}
+    full_env.pop("SLIDEWATCH_DASK_ADDRESS", None)
+    return subprocess.run([sys.executable, str(CLIRUN), token, *args], cwd=REPO, stdin=subprocess.DEVNULL,
+                          capture_output=True, text=True, env=full_env, timeout=timeout)

@@ -373,6 +373,8 @@ CASES = [
         c.world.ckpt, c.tmp / "model.safetensors", _tamper_width)), "base_width = 200000 is outside"),
     Case("train_width_absurd", lambda c: _train(c, str(c.tmp / "inv.geojson")) + ["--width", "200000"],
          "base_width 200000 is outside [1, 512]"),
+    Case("dask_address_not_an_address", lambda c: c.run("--dask-address", "foo"), "--dask-address 'foo' is not"),
+    Case("dask_address_bad_ipv6", lambda c: c.run("--dask-address", "tcp://[::1"), "is not an address"),
     Case("run_with_missing_checkpoint", lambda c: c.run("--checkpoint", str(c.tmp / "nope.safetensors")),
          "nope.safetensors"),
     Case("cube_lacks_a_checkpoint_channel", lambda c: _evaluate(c, c.world.ckpt, _factor_cube(

@@ -56,7 +56,17 @@ def _arrays(run_dir: Path) -> dict[str, np.ndarray]:
     return {k: v.values for k, v in ds.data_vars.items()}
 
 
-def test_sigkill_during_inference_then_resume(lsi_store, tmp_path) -> None:  # type: ignore[no-untyped-def]
+@pytest.fixture
+def one_torch_thread():  # type: ignore[no-untyped-def]
+    """One torch thread here, as in the killed process (crashrisk.py): CPU convolutions sum in
+    a thread-count dependent order, and earlier tests may have changed this process's count."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_sigkill_during_inference_then_resume(lsi_store, tmp_path, one_torch_thread) -> None:  # type: ignore[no-untyped-def]
     root, grid, lsi_path, ckpt = lsi_store
     pred = Predictor.from_checkpoint(ckpt, device="cpu")
     write_risk(tmp_path / "ref", [(grid, lsi_path)], pred, region="tiny", tile=32)

@@ -8,6 +8,7 @@ and its ledger for a resume, never a store that looks complete.
 from __future__ import annotations
 
 import logging
+import time
 
 import pytest
 
@@ -171,3 +172,93 @@ def test_concurrent_tiles_heal_fail_clearly_and_resume(tiny, tmp_path, monkeypat
         r.server.plan.always_fail = ()
         res = r.run(tmp_path / "broken")
     assert_same_store(res.zones[0].cube_path, ref, ignore_attrs=URL_ATTRS)
+
+
+# ------------------------------------------------------------------ failures of the header read
+# GDAL's HEAD answers, the ranged GET of the file's header fails: GDAL's open then says only
+# "not recognized as being in a supported file format", and the status has to be found.
+HEADER = ("GET",)
+
+
+def test_permanent_404_on_the_header_is_not_retried_and_named_gone(tiny, tmp_path):  # type: ignore[no-untyped-def]
+    events: list = []
+    plan = FaultPlan(always_fail=("s2/1/B04.tif",), always_status=404, always_methods=HEADER)
+    with HttpRun(tiny.cogs, tiny.items, plan) as r:
+        with pytest.raises(CatalogError) as err:
+            r.run(tmp_path, events=events)
+        heads = sum(1 for q in r.server.log if q.path.endswith("s2/1/B04.tif") and q.method == "HEAD")
+    msg = str(err.value)
+    assert "404" in msg and "s2/1/B04.tif" in msg and "token=" not in msg and "Fix:" in msg
+    assert "gone" in msg and "reprocessed" in msg and "network" not in msg
+    assert not any(k == "retry" for k, _ in events)  # permanent: no tile retry ...
+    assert heads <= 1  # ... so GDAL never opened it a second time
+    assert not list(tmp_path.rglob("cube_utm48n.zarr"))
+
+
+def test_persistent_403_is_resigned_once_then_names_the_account(tiny, tmp_path):  # type: ignore[no-untyped-def]
+    events: list = []
+    plan = FaultPlan(always_fail=("s2/1/B04.tif",), always_status=403, always_methods=HEADER)
+    with HttpRun(tiny.cogs, tiny.items, plan) as r:
+        with pytest.raises(CatalogError) as err:
+            r.run(tmp_path, events=events)
+        refreshes, fetches = r.signer.refreshes, r.signer.fetches
+    msg = str(err.value)
+    assert "403" in msg and "s2/1/B04.tif" in msg and "token=" not in msg
+    assert "PC_SDK_SUBSCRIPTION_KEY" in msg and "network" not in msg
+    retries = [i for k, i in events if k == "retry"]
+    assert len(retries) == 1 and "403" in retries[0]["reason"]  # re-signed once, then given up
+    assert "after 2 attempts" in msg
+    assert refreshes == 1 and fetches == 2  # a fresh token was fetched for that one retry
+    assert not list(tmp_path.rglob("cube_utm48n.zarr"))
+
+
+def test_persistent_503_fails_within_the_retry_time_bound_naming_503(tiny, tmp_path, monkeypatch):  # type: ignore[no-untyped-def]
+    from pipeline.acquire.gdal import READ_RETRY_ENV
+
+    bound_s = 3.0
+    monkeypatch.setenv(READ_RETRY_ENV, str(bound_s))
+    monkeypatch.setattr(pipeline.store.tiles, "TILE_RETRIES", 30)  # the time bound, not the count, stops it
+    events: list = []
+    plan = FaultPlan(always_fail=("s2/1/B04.tif",), always_status=503, always_methods=HEADER)
+    with HttpRun(tiny.cogs, tiny.items, plan) as r:
+        t0 = time.monotonic()
+        with pytest.raises(CatalogError) as err:
+            r.run(tmp_path, events=events)
+        took = time.monotonic() - t0
+    msg = str(err.value)
+    assert "503" in msg and "s2/1/B04.tif" in msg and "token=" not in msg and READ_RETRY_ENV in msg
+    retries = sum(1 for k, _ in events if k == "retry")
+    assert 1 <= retries < 30
+    # the bound, plus the first failing attempt and the last one (GDAL's own short retries here)
+    assert took < bound_s + 12, f"took {took:.1f} s for a {bound_s} s bound ({retries} retries)"
+
+
+def test_read_retry_seconds_from_the_environment(caplog):  # type: ignore[no-untyped-def]
+    from pipeline.acquire.gdal import DEFAULT_READ_RETRY_S, READ_RETRY_ENV, read_retry_seconds
+
+    assert read_retry_seconds({}) == DEFAULT_READ_RETRY_S
+    assert read_retry_seconds({READ_RETRY_ENV: "600"}) == 600.0
+    assert read_retry_seconds({READ_RETRY_ENV: "0"}) == 0.0  # no retry at all
+    with caplog.at_level(logging.WARNING):
+        assert read_retry_seconds({READ_RETRY_ENV: "soon"}) == DEFAULT_READ_RETRY_S
+        assert read_retry_seconds({READ_RETRY_ENV: "-5"}) == DEFAULT_READ_RETRY_S
+    assert READ_RETRY_ENV in caplog.text
+
+
+def test_read_retry_budget_counts_per_tile_and_foresees_the_next_attempt():  # type: ignore[no-untyped-def]
+    from pipeline.acquire.gdal import ReadFailure, ReadRetryBudget
+
+    now = [0.0]
+    budget = ReadRetryBudget(60, clock=lambda: now[0])
+    busy = ReadFailure("http://x/a.tif", 503, "HTTP response code: 503", True)
+    assert budget.stop(busy, "t1", pause_s=2) is None  # first failure at t=0: retry after 2 s
+    now[0] = 22.0  # that retry took 20 s and failed again
+    assert budget.stop(busy, "t1", pause_s=4) is None  # 22 + 4 + 20 = 46 <= 60
+    now[0] = 44.0  # it took 18 s
+    assert budget.stop(busy, "t1", pause_s=8) == "time"  # 44 + 8 + 20 (the longest) > 60: it would end late
+    assert budget.stop(busy, "t2", pause_s=2) is None  # another tile has its own clock
+    assert budget.elapsed_s("t1") == 44.0 and budget.elapsed_s("t2") == 0.0
+    denied = ReadFailure("http://x/a.tif", 403, "HTTP response code: 403", True)
+    assert budget.stop(denied, "t3") is None  # re-signed once ...
+    assert budget.stop(denied, "t3") == "resigned"  # ... a fresh token refused too: stop
+    assert ReadRetryBudget(0, clock=lambda: now[0]).stop(busy, "t4", pause_s=0.1) == "time"  # 0: no retries
