@@ -56,8 +56,8 @@ _EXPORTS: dict[str, str] = {
     # acquire
     "StacApiSource": "pipeline.acquire.catalog",
     "search_inputs": "pipeline.acquire.catalog",
-    "save_items": "pipeline.acquire.catalog",
-    "load_items": "pipeline.acquire.catalog",
+    "save_items": "pipeline.acquire.items",
+    "load_items": "pipeline.acquire.items",
     "build_cube": "pipeline.acquire.cube",
     # factors
     "compute_factors": "pipeline.factors.layers",

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import xarray as xr
 
-from pipeline.acquire.catalog import ItemSource, RunInputs, StacApiSource, item_bbox, save_items, search_inputs
+from pipeline.acquire.catalog import ItemSource, RunInputs, StacApiSource, search_inputs
+from pipeline.acquire.items import item_bbox, save_items
 from pipeline.acquire.cube import (
     VARIABLE_ATTRS,
     build_cube,
@@ -22,7 +23,8 @@ from pipeline.acquire.cube import (
     tile_inputs,
     zone_plan,
 )
-from pipeline.acquire.gdal import ReadRetryBudget, clear_http_cache, read_error, read_failure
+from pipeline.acquire.gdal import clear_http_cache
+from pipeline.acquire.failures import ReadRetryBudget, read_error, read_failure
 from pipeline.core.collections import COP_DEM, SENTINEL2
 from pipeline.core.config import CHUNKS_PER_TILE, DEFAULT_CHUNK, CubeConfig, RunSpec, Tile, TimeWindow, ZoneGrid
 from pipeline.core.errors import CatalogError, EmptySearchError, NoValidDataError, SlidewatchError, StoreError

@@ -24,7 +24,8 @@ import xarray as xr
 from rasterio.enums import Resampling
 
 from pipeline import __version__
-from pipeline.acquire.catalog import RunInputs, has_map_projection, items_over, refresh_signatures, sign_for_read
+from pipeline.acquire.catalog import RunInputs, has_map_projection
+from pipeline.acquire.items import items_over, refresh_signatures, sign_for_read
 from pipeline.core.collections import (
     DEM_ASSET,
     S1_VALID_ABOVE,
@@ -43,7 +44,8 @@ from pipeline.plan.estimate import ZonePlan, estimate_bytes, graph_tasks
 from pipeline.core.stats import nanquantile_axis0
 from pipeline.factors.sar import align_tracks, orbit_track, sar_references
 from pipeline.core.errors import InputDataError, MissingAssetError, NoValidDataError
-from pipeline.acquire.gdal import clear_http_cache, crs_checked_reader, gdal_env, read_failure
+from pipeline.acquire.gdal import clear_http_cache, crs_checked_reader, gdal_env
+from pipeline.acquire.failures import read_failure
 from pipeline.core.secrets import redact, unsigned_href
 from pipeline.acquire.sar_geocode import grd_stack
 from pipeline.acquire.dem import dem_mosaic, dem_tiles
@@ -389,7 +391,7 @@ def check_cube_has_data(
 def is_transient_read(exc: BaseException) -> bool:
     """A pixel read worth retrying: a remote read that did not fail with a permanent status
     (404/410 and other 4xx but 403 are permanent; the status of a failed open is found by
-    :func:`~pipeline.acquire.gdal.read_failure`, which asks the server once when GDAL's
+    :func:`~pipeline.acquire.failures.read_failure`, which asks the server once when GDAL's
     message lacks it)."""
     failure = read_failure(exc)
     return failure is not None and failure.transient

@@ -304,7 +304,7 @@ def _shifted_item(item, ix: int, iy: int, vrt_root: Path):  # type: ignore[no-un
 
 def make_mosaic(tmp: Path) -> tuple[Region, Path]:
     """2×2 mosaic of the demo items (VRTs + items under ``tmp``) and a region 4× the demo's."""
-    from pipeline.acquire.catalog import save_items
+    from pipeline.acquire.items import save_items
     from pyproj import Transformer
 
     items = load_item_dir(DEMO_ROOT / "items")
@@ -387,7 +387,7 @@ def run_child(kind: str, items_dir: Path, out: Path, region: Region) -> dict:
 
 
 def peak_rss() -> dict[str, dict]:
-    from pipeline.acquire.catalog import items_over
+    from pipeline.acquire.items import items_over
 
     results: dict[str, dict] = {}
     with tempfile.TemporaryDirectory(prefix="bench_cube_") as td:

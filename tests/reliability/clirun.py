@@ -36,7 +36,7 @@ class StaticTokenSigner:
 
 def main() -> None:
     token, args = sys.argv[1], sys.argv[2:]
-    from pipeline.acquire.catalog import register_signer
+    from pipeline.acquire.items import register_signer
 
     if "--stac-url" in args:
         register_signer(args[args.index("--stac-url") + 1], StaticTokenSigner(token))

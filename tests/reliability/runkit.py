@@ -14,7 +14,7 @@ import xarray as xr
 import zarr
 
 from faultserver import FaultServer
-from pipeline.acquire.catalog import load_items, register_signer, save_items
+from pipeline.acquire.items import load_items, register_signer, save_items
 from pipeline.core.config import TimeWindow
 from pipeline.plan.regions import Region
 from tests.tinyregion import FakeSource, inner_bbox, tiny_region

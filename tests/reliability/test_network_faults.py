@@ -213,7 +213,7 @@ def test_persistent_403_is_resigned_once_then_names_the_account(tiny, tmp_path):
 
 
 def test_persistent_503_fails_within_the_retry_time_bound_naming_503(tiny, tmp_path, monkeypatch):  # type: ignore[no-untyped-def]
-    from pipeline.acquire.gdal import READ_RETRY_ENV
+    from pipeline.acquire.failures import READ_RETRY_ENV
 
     bound_s = 3.0
     monkeypatch.setenv(READ_RETRY_ENV, str(bound_s))
@@ -234,7 +234,7 @@ def test_persistent_503_fails_within_the_retry_time_bound_naming_503(tiny, tmp_p
 
 
 def test_read_retry_seconds_from_the_environment(caplog):  # type: ignore[no-untyped-def]
-    from pipeline.acquire.gdal import DEFAULT_READ_RETRY_S, READ_RETRY_ENV, read_retry_seconds
+    from pipeline.acquire.failures import DEFAULT_READ_RETRY_S, READ_RETRY_ENV, read_retry_seconds
 
     assert read_retry_seconds({}) == DEFAULT_READ_RETRY_S
     assert read_retry_seconds({READ_RETRY_ENV: "600"}) == 600.0
@@ -246,7 +246,7 @@ def test_read_retry_seconds_from_the_environment(caplog):  # type: ignore[no-unt
 
 
 def test_read_retry_budget_counts_per_tile_and_foresees_the_next_attempt():  # type: ignore[no-untyped-def]
-    from pipeline.acquire.gdal import ReadFailure, ReadRetryBudget
+    from pipeline.acquire.failures import ReadFailure, ReadRetryBudget
 
     now = [0.0]
     budget = ReadRetryBudget(60, clock=lambda: now[0])

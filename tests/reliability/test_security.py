@@ -17,7 +17,7 @@ import zarr
 import pipeline.acquire.cube
 import pipeline.store.tiles
 from faultserver import FaultPlan
-from pipeline.acquire.catalog import PlanetaryComputerSigner, refresh_signatures, sign_for_read, unsign_item
+from pipeline.acquire.items import PlanetaryComputerSigner, refresh_signatures, sign_for_read, unsign_item
 from pipeline.core.secrets import redact, unsigned_href
 from pipeline.core.collections import PLANETARY_COMPUTER_STAC
 from pipeline.core.errors import CatalogError, CheckpointError, StoreError

@@ -17,8 +17,9 @@ import pystac
 import numpy as np
 import pytest
 
-from pipeline.acquire import catalog
-from pipeline.acquire.catalog import StacApiSource, load_items, save_items, search_inputs, sign_for_read, unsign_item
+from pipeline.acquire import catalog, items
+from pipeline.acquire.catalog import StacApiSource, search_inputs
+from pipeline.acquire.items import load_items, save_items, sign_for_read, unsign_item
 from pipeline.core.collections import PLANETARY_COMPUTER_STAC
 from pipeline.core.config import CubeConfig, TimeWindow
 from pipeline.core.errors import CatalogError, EmptySearchError, SlidewatchError
@@ -317,7 +318,7 @@ def test_saved_items_are_unsigned_and_reload(tmp_path):  # type: ignore[no-untyp
     text = (tmp_path / "items.json").read_text()
     assert "secret" not in text
     assert load_items(tmp_path / "items.json")[0].assets["B04"].href == "https://x.blob.core.windows.net/c/b04.tif"
-    assert catalog.is_planetary_computer(PLANETARY_COMPUTER_STAC) and not catalog.is_planetary_computer("http://127.0.0.1:1")
+    assert items.is_planetary_computer(PLANETARY_COMPUTER_STAC) and not items.is_planetary_computer("http://127.0.0.1:1")
 
 
 def test_recorded_dem_tile_at_the_antimeridian_is_accepted(shared_fixtures):  # type: ignore[no-untyped-def]
@@ -326,9 +327,9 @@ def test_recorded_dem_tile_at_the_antimeridian_is_accepted(shared_fixtures):  # 
     feats = doc if isinstance(doc, list) else doc.get("features", [doc])
     tile = next(pystac.Item.from_dict(f) for f in feats if f["id"] == "Copernicus_DSM_COG_10_S90_00_W180_00_DEM")
     assert tile.bbox[0] < -180  # half a pixel past the antimeridian, as Planetary Computer records it
-    w, s, e, n = catalog.item_bbox(tile)
+    w, s, e, n = items.item_bbox(tile)
     assert w == -180.0 and e == pytest.approx(-179.0013888888889)
     bad = tile.clone()
     bad.bbox = [-181.0, s, e, n]
     with pytest.raises(SlidewatchError, match="invalid bbox"):
-        catalog.item_bbox(bad)
+        items.item_bbox(bad)

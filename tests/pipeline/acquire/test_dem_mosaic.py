@@ -24,7 +24,7 @@ from rasterio.transform import Affine
 from rasterio.warp import transform_bounds
 
 from pipeline.acquire.cube import dem_on_grid
-from pipeline.acquire.gdal import read_failure
+from pipeline.acquire.failures import read_failure
 from pipeline.core.config import ZoneGrid
 from pipeline.factors.terrain import slope
 

@@ -110,7 +110,7 @@ def _check_all(items: list[pystac.Item]) -> int:
 
 def test_the_tiny_region_and_the_demo_items_match_their_files(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     import pipeline.demo.generate as gen
-    from pipeline.acquire.catalog import load_items
+    from pipeline.acquire.items import load_items
 
     tiny = make_tiny_region(tmp_path / "tiny")
     assert _check_all([it for its in tiny.values() for it in its]) == 3 * 7 + 3 * 2 + 1

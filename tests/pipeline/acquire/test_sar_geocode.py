@@ -20,7 +20,7 @@ from pipeline.acquire.catalog import has_map_projection, search_inputs
 from pipeline.core.config import CubeConfig, TimeWindow
 from pipeline.acquire.cube import build_cube
 from pipeline.core.errors import InputDataError
-from pipeline.acquire.gdal import read_failure
+from pipeline.acquire.failures import read_failure
 from pipeline.acquire.sar_geocode import GrdScene, geocode_chunk, grd_scene, incidence_across_swath
 from tests import sar_scene as sim
 from tests.tinyregion import BANDS, GRID, FakeSource, make_tiny_region

@@ -15,12 +15,8 @@ from datetime import date
 
 import pytest
 
-from pipeline.acquire.catalog import (
-    PlanetaryComputerSigner,
-    StacApiSource,
-    register_signer,
-    search_inputs,
-)
+from pipeline.acquire.catalog import StacApiSource, search_inputs
+from pipeline.acquire.items import PlanetaryComputerSigner, register_signer
 from pipeline.core.config import CubeConfig, TimeWindow
 from pipeline.core.errors import CatalogError, SlidewatchError
 from tests.pipeline.acquire.fakepc import RTC_ACCOUNT, FakePC
