@@ -27,7 +27,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 import xarray as xr
 
-from pipeline.core.config import DEFAULT_CHUNK
+from pipeline.core.config import DEFAULT_CHUNK, INFERENCE_TILE
 from pipeline.core.errors import InputDataError
 
 __all__ = [
@@ -179,7 +179,7 @@ class TilePlan:
 
 
 def make_plan(
-    predictor: Any, tile: int = 256, overlap: int | None = None, margin: int | None = None
+    predictor: Any, tile: int = INFERENCE_TILE, overlap: int | None = None, margin: int | None = None
 ) -> TilePlan:
     """Resolve the tiling for ``predictor`` (defaults in the module docstring).
 
@@ -406,7 +406,7 @@ def predict_window(
     x: np.ndarray,
     predictor: PredictorLike,
     *,
-    tile: int = 256,
+    tile: int = INFERENCE_TILE,
     overlap: int | None = None,
     margin: int | None = None,
     batch_size: int = 8,
@@ -534,7 +534,7 @@ def predict_chunk(
     predictor: PredictorLike,
     *,
     channels: Sequence[str] | None = None,
-    tile: int = 256,
+    tile: int = INFERENCE_TILE,
     overlap: int | None = None,
     margin: int | None = None,
     batch_size: int = 8,
@@ -606,7 +606,7 @@ def iter_chunk_predictions(
     *,
     channels: Sequence[str] | None = None,
     windows: Iterable[tuple[slice, slice]] | None = None,
-    tile: int = 256,
+    tile: int = INFERENCE_TILE,
     overlap: int | None = None,
     margin: int | None = None,
     batch_size: int = 8,
@@ -677,7 +677,7 @@ def predict_dataset(
     chunks: int | tuple[int, int] | None = None,
     *,
     channels: Sequence[str] | None = None,
-    tile: int = 256,
+    tile: int = INFERENCE_TILE,
     overlap: int | None = None,
     margin: int | None = None,
     batch_size: int = 8,
