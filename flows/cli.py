@@ -57,6 +57,8 @@ class _RunProgress:
             console.print(f"  items: {counts}")
             for note in info.get("notes", []):
                 console.print(f"  [yellow]note:[/] {note}")
+        elif kind == "note":
+            console.print(f"[yellow]note:[/] {info['text']}")
         elif kind == "zone-skipped":
             console.print(f"[yellow]note:[/] zone {zone} left out (the rest of the region goes on): {info['reason']}")
         elif kind == "reused":
@@ -107,25 +109,29 @@ def _print_plan(result) -> None:  # type: ignore[no-untyped-def]
     out_console.print(f"total: {len(result.plans)} zone(s), {_human_bytes(total_bytes)} to read, {total_tasks:,} dask tasks")
 
 
-def _lsi_stage(result, rain, progress, overwrite: bool = False, params=None, calibration=None) -> None:  # type: ignore[no-untyped-def]
+def _lsi_stage(result, rain, progress, overwrite: bool = False, params=None, calibration=None,  # type: ignore[no-untyped-def]
+               hazard: str = "decoupled") -> None:
     from flows.stages import lsi_stage
 
-    console.print(f"rainfall: P={rain.intensity_mm_h} mm/h, D={rain.duration_days} d, R_m={rain.multiplier:.3f} ({rain.source})")
+    where = "the hazard step (the LSI and the model are rain-free)" if hazard == "decoupled" else "the LSI (paper mode)"
+    console.print(f"rainfall: P={rain.intensity_mm_h} mm/h, D={rain.duration_days} d, R_m={rain.multiplier:.3f} "
+                  f"({rain.source}); enters {where}")
     if calibration:
         console.print(f"LSI calibration: centre {params.centre:.4f}, steepness {params.steepness:.4f} from {calibration}")
-    lsi_stage(result, rain, params=params, calibration=calibration, overwrite=overwrite, on_event=progress)
+    lsi_stage(result, rain, params=params, calibration=calibration, overwrite=overwrite, on_event=progress, hazard=hazard)
     for z in result.zones:
         out_console.print(f"LSI {z.grid.zone_name}: {z.lsi_path}")
         out_console.print(f"quick look: {z.lsi_path.with_suffix('.png')}")
 
 
-def _risk_stage(result, rain, checkpoint, progress, device: str = "auto", overwrite: bool = False) -> None:  # type: ignore[no-untyped-def]
+def _risk_stage(result, rain, checkpoint, progress, device: str = "auto", overwrite: bool = False,  # type: ignore[no-untyped-def]
+                record: dict | None = None, **options) -> None:
     from flows.stages import risk_stage
 
     if checkpoint is None:
         console.print("[yellow]note:[/] no --checkpoint given: the run stops after the LSI (train one with `slidewatch train`).")
         return
-    risk_stage(result, rain, checkpoint, device=device, overwrite=overwrite, on_event=progress)
+    risk_stage(result, rain, checkpoint, device=device, overwrite=overwrite, on_event=progress, record=record, **options)
 
 
 def _print_outputs(result, with_risk: bool) -> None:  # type: ignore[no-untyped-def]
@@ -164,10 +170,12 @@ def run(
     sar: Annotated[str, typer.Option(help="Sentinel-1: auto (RTC when Planetary Computer grants it, i.e. with PC_SDK_SUBSCRIPTION_KEY; else GRD, noted), rtc (fail without access), grd, or none (NDMI proxy for soil moisture).")] = "auto",
     max_items: Annotated[int, typer.Option(min=1, help="Most items one search may match (per collection and zone); a search matching more is refused, never cut short.")] = 2000,
     calibration: Annotated[Optional[Path], typer.Option(help="LSI calibration (calibration.json, e.g. from `slidewatch demo`) whose sigmoid centre and steepness the LSI uses.")] = None,
+    hazard: Annotated[str, typer.Option(help="Where the rain enters: decoupled (the model maps rain-free susceptibility; the event's hazard = 1-(1-s)^R_m afterwards) or paper (the source paper: rain-scaled LSI fed to the model).")] = "decoupled",
+    uncertainty: Annotated[bool, typer.Option("--uncertainty/--no-uncertainty", help="Run the model on 4 flips of every tile and write their spread as `uncertainty` (4x the model time).")] = True,
+    strict: Annotated[bool, typer.Option("--strict", help="Refuse to map when a model input lies far outside its training range (default: say so and record it).")] = False,
 ) -> None:
     """Run a region: cube (Zarr) → factors and LSI → U-Net risk mosaic and exports."""
-    from flows.stages import cube_stage, run_lock, run_record
-    from pipeline.core.layout import write_run_json
+    from flows.stages import cube_stage, finish_run, run_lock, run_record
     from pipeline.factors.calibration import load_calibration
     from pipeline.rain.events import check_rain_options, resolve_rain
 
@@ -179,10 +187,14 @@ def run(
     from flows.dask_context import check_scheduler_address
 
     check_scheduler_address(dask_address)
+    from pipeline.predict.hazard import check_hazard_mode
+
+    check_hazard_mode(hazard)
     if checkpoint is not None:  # a missing or bad checkpoint is refused now, not after hours of cube and LSI
+        from flows.stages import check_model_inputs
         from models.checkpoint import read_metadata
 
-        read_metadata(checkpoint)
+        check_model_inputs(read_metadata(checkpoint).channels, config, checkpoint)
     progress = _RunProgress()
     if dry_run:
         result = cube_stage(reg, window, stac_url, out, config, dry_run=True, on_event=progress, chunk=chunk)
@@ -205,10 +217,12 @@ def run(
             out_console.print(f"open with: xr.open_zarr({str(result.zones[0].cube_path)!r}, decode_coords='all')")
             return
         rain = resolve_rain(rain_intensity, rain_duration, precip, reg.bbox, window)
-        _lsi_stage(result, rain, progress, overwrite=overwrite, params=params, calibration=calibrated_by)
-        write_run_json(result.run_dir, run_record(reg, window, stac_url, result, rain,
-                                                  extra={"checkpoint": str(checkpoint) if checkpoint else None}))
-        _risk_stage(result, rain, checkpoint, progress, device=device, overwrite=overwrite)
+        _lsi_stage(result, rain, progress, overwrite=overwrite, params=params, calibration=calibrated_by, hazard=hazard)
+        record = run_record(reg, window, stac_url, result, rain,
+                            extra={"checkpoint": str(checkpoint) if checkpoint else None, "hazard_mode": hazard})
+        _risk_stage(result, rain, checkpoint, progress, device=device, overwrite=overwrite, record=record,
+                    hazard=hazard, uncertainty=uncertainty, strict=strict)
+        finish_run(result.run_dir, record)  # run.json, last and under the run's lock
     _print_outputs(result, checkpoint is not None)
 
 
@@ -241,9 +255,8 @@ def demo(
 
 def _demo_run(layout, data, out, progress, no_model, retrain) -> None:  # type: ignore[no-untyped-def]
     """The demo region through every stage (under the run's lock)."""
-    from flows.stages import cube_stage, risk_stage, run_record
+    from flows.stages import cube_stage, finish_run, risk_stage, run_record
     from models.demo import ensure_demo_model
-    from pipeline.core.layout import write_run_json
     from pipeline.demo import LocalStacServer
     from pipeline.demo.calibration import DEMO_DATA_SET, demo_calibration
     from pipeline.demo.generate import DEMO_WINDOW
@@ -279,9 +292,10 @@ def _demo_run(layout, data, out, progress, no_model, retrain) -> None:  # type: 
     console.print("[cyan]model[/]: the demo U-Net is trained on the demo region's SYNTHETIC scars (cached after the first run)")
     ckpt = ensure_demo_model(lsi_path, layout.truth_mask, data / "model", retrain=retrain, on_event=progress)
     out_console.print(f"demo checkpoint: {ckpt}")
-    write_run_json(result.run_dir, run_record(DEMO_REGION, DEMO_WINDOW, "local demo STAC (rustac serve)", result, rain,
-                                              extra={"checkpoint": str(ckpt), "model_note": "trained on synthetic demo scars"}))
-    risk_stage(result, rain, ckpt, on_event=progress)  # reused when current, replaced when stale
+    record = run_record(DEMO_REGION, DEMO_WINDOW, "local demo STAC (rustac serve)", result, rain,
+                        extra={"checkpoint": str(ckpt), "model_note": "trained on synthetic demo scars"})
+    risk_stage(result, rain, ckpt, on_event=progress, record=record)  # reused when current, replaced when stale
+    finish_run(result.run_dir, record)  # run.json, once every output is written
     _print_outputs(result, True)
 
 
@@ -291,7 +305,7 @@ def _register_optional_commands() -> None:
     import importlib
 
     for module, names in (
-        ("flows.model_commands", ("train", "evaluate", "ablate")),
+        ("flows.model_commands", ("train", "prepare", "evaluate", "ablate")),
         ("flows.report_command", ("report",)),
         ("flows.watch_commands", ("watch", "serve")),
     ):

@@ -278,6 +278,58 @@ def check_scheduler_address(address: str | None) -> None:
         raise InputDataError(f"--dask-address {text!r} is not scheme://host:port with a scheme of {', '.join(SCHEMES)}.", fix)
 
 
+#: Seconds a ``tcp://`` scheduler has to send its greeting (it does so at once on connect).
+PROBE_TIMEOUT_S = 10.0
+#: A scheduler's greeting (its handshake message) is a few hundred bytes; anything claiming
+#: more than this in its 8-byte length header is not one.
+_MAX_GREETING_BYTES = 1 << 20
+
+
+def probe_scheduler(address: str, timeout: float = PROBE_TIMEOUT_S) -> None:
+    """Refuse, in one line, a ``tcp://`` address where no Dask scheduler answers.
+
+    A scheduler greets every new connection at once with its handshake, framed by an
+    8-byte little-endian length. A web server (the dashboard's port, say) waits for a
+    request instead, and one that answers ``HTTP/1.1 …`` would have distributed read those
+    bytes as a frame length and try to allocate exabytes. So read the greeting first, on a
+    plain socket, and check that its length is sane. Other schemes (``tls://``, ``ws://``)
+    are left to distributed.
+    """
+    import socket
+    import struct
+    from urllib.parse import urlsplit
+
+    from pipeline.core.errors import SlidewatchError
+
+    parts = urlsplit(address)
+    if parts.scheme != "tcp" or not parts.hostname or parts.port is None:
+        return
+    fix = (f"give the scheduler's own address (`dask scheduler` prints it, port 8786 by default; "
+           f"8787 is its dashboard), or unset {ADDRESS_ENV} / drop --dask-address to run on a local cluster.")
+    try:
+        with socket.create_connection((parts.hostname, parts.port), timeout=timeout) as sock:
+            sock.settimeout(timeout)
+            head = b""
+            while len(head) < 8:
+                chunk = sock.recv(8 - len(head))
+                if not chunk:
+                    break
+                head += chunk
+    except TimeoutError:
+        raise SlidewatchError(f"{address} accepted a connection but sent no Dask greeting in {timeout:g} s: "
+                              "it is not a Dask scheduler (a web server?).", fix) from None
+    except OSError as exc:
+        raise SlidewatchError(f"Could not reach the Dask scheduler at {address} ({type(exc).__name__}: {exc}).",
+                              f"start it (`dask scheduler`) or check the address; {fix}") from None
+    if len(head) < 8:
+        raise SlidewatchError(f"{address} closed the connection without a Dask greeting: it is not a Dask scheduler.", fix)
+    (length,) = struct.unpack("<Q", head)
+    if not 0 < length <= _MAX_GREETING_BYTES:
+        shown = head.decode("ascii", "replace") if head.isascii() else head.hex()
+        raise SlidewatchError(f"{address} answered {shown!r}, not a Dask greeting: it is not a Dask scheduler "
+                              "(a web server?).", fix)
+
+
 @contextlib.contextmanager
 def dask_client(
     address: str | None = None,
@@ -321,6 +373,7 @@ def dask_client(
         cluster = _local_cluster(n_workers, threads_per_worker, processes, dashboard)
         client = Client(cluster, set_as_default=True)
     else:
+        probe_scheduler(address, min(timeout, PROBE_TIMEOUT_S))
         try:
             client = Client(address, timeout=timeout, set_as_default=True)
         except (OSError, TimeoutError) as exc:

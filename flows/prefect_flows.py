@@ -33,7 +33,7 @@ from pipeline.core.collections import PLANETARY_COMPUTER_STAC
 from pipeline.core.config import DEFAULT_CHUNK, CubeConfig, TimeWindow, check_max_cloud
 from pipeline.core.errors import AccountRequiredError, CatalogError, SlidewatchError
 from pipeline.core.secrets import redact
-from pipeline.core.layout import RunLayout, run_dir_for, write_run_json, zarr_attrs
+from pipeline.core.layout import RunLayout, run_dir_for, zarr_attrs
 from pipeline.core.provenance import Rain
 from pipeline.plan.regions import Region, parse_region
 from pipeline.rain.events import resolve_rain
@@ -95,18 +95,20 @@ def _logger_events() -> Callable[[str, dict], None]:
 
 
 def rain_changed(result: RunResult, rain: Rain) -> bool:
-    """True when a zone's finished LSI store was made with other rainfall than ``rain``
-    (so the rain-dependent stages must be recomputed with ``overwrite=True``)."""
+    """True when a zone's finished LSI store or mosaic group was made with other rainfall
+    than ``rain`` (so the rain-dependent stages must be recomputed with ``overwrite=True``).
+    Stores that record no rain (the rain-free LSI) do not depend on it."""
+    layout = RunLayout(result.run_dir)
     for z in result.zones:
-        path = RunLayout(result.run_dir).lsi(z.grid.zone_name)
-        if not path.exists():
-            continue
-        try:
-            stored = Rain.from_attrs(zarr_attrs(path))
-        except Exception:  # noqa: BLE001 - unreadable: let the stage rewrite it
-            return True
-        if stored != rain:
-            return True
+        for path in (layout.lsi(z.grid.zone_name), layout.risk / z.grid.zone_name):
+            if not path.exists():
+                continue
+            try:
+                stored = Rain.from_attrs(zarr_attrs(path))
+            except Exception:  # noqa: BLE001 - unreadable: let the stage rewrite it
+                return True
+            if stored is not None and stored != rain:
+                return True
     return False
 
 
@@ -131,17 +133,18 @@ def rain_task(intensity: float | None, duration: float | None, precip: Path | No
 
 
 @task(name="lsi", cache_policy=NO_CACHE, persist_result=False)
-def lsi_task(result: RunResult, rain: Rain, overwrite: bool) -> list[Path]:
-    """Factors and LSI of every zone (rain-dependent)."""
-    return stages.lsi_stage(result, rain, overwrite=overwrite, on_event=_logger_events())
+def lsi_task(result: RunResult, rain: Rain, overwrite: bool, hazard: str = "decoupled") -> list[Path]:
+    """Factors and LSI of every zone (rain-free unless ``hazard="paper"``)."""
+    return stages.lsi_stage(result, rain, overwrite=overwrite, on_event=_logger_events(), hazard=hazard)
 
 
 @task(name="risk", cache_policy=NO_CACHE, persist_result=False)
 def risk_task(result: RunResult, rain: Rain, checkpoint: Path | None, overwrite: bool,
-              device: str) -> Path | None:
-    """U-Net inference → ``risk.zarr`` + exports (skipped without a checkpoint)."""
+              device: str, record: dict | None = None, hazard: str = "decoupled") -> Path | None:
+    """U-Net inference → ``risk.zarr`` (susceptibility, hazard for ``rain``) + exports
+    (skipped without a checkpoint)."""
     return stages.risk_stage(result, rain, checkpoint, overwrite=overwrite, on_event=_logger_events(),
-                             device=device)
+                             device=device, record=record, hazard=hazard)
 
 
 @task(name="check-region", retries=2, retry_delay_seconds=[5, 30], retry_condition_fn=retry_transient,
@@ -175,8 +178,10 @@ def regional_run_flow(
     sar: Literal["auto", "rtc", "grd", "none"] = "auto",
     max_items: int = 2000,
     source: Any = None,
+    hazard: Literal["decoupled", "paper"] = "decoupled",
 ) -> dict:
     """One regional run: cube (reused when finished) → rain → LSI → risk; writes ``run.json``.
+    ``hazard``: where the rain enters (``decoupled``: after the model, default; ``paper``: in the LSI).
 
     ``region`` is a built-in name, a bbox ``w,s,e,n`` or a GeoJSON path (``region_name``
     renames it, e.g. the watch list's name); ``start``/``end`` are ISO days; rainfall is
@@ -200,15 +205,13 @@ def regional_run_flow(
         recompute = overwrite or rain_changed(result, rain)
         log.info("rain: P=%s mm/h, D=%s d, R_m=%.3f (%s); rain-dependent stages %s", rain.intensity_mm_h,
                  rain.duration_days, rain.multiplier, rain.source, "recomputed" if recompute else "reused if finished")
-        lsi_task(result, rain, recompute)
-        risk = risk_task(result, rain, checkpoint, recompute, device)
-    record = stages.run_record(reg, window, stac_url, result, rain, alert=alert, extra={
-        "checkpoint": str(checkpoint) if checkpoint else None,
-        "risk": str(risk) if risk else None,
-        "run_dir": str(result.run_dir),
-        "dask_address": dask_address,
-    })
-    write_run_json(result.run_dir, record)
+        lsi_task(result, rain, recompute and hazard == "paper", hazard)
+        extra = {"checkpoint": str(checkpoint) if checkpoint else None, "run_dir": str(result.run_dir),
+                 "dask_address": dask_address, "hazard_mode": hazard}
+        record = stages.run_record(reg, window, stac_url, result, rain, alert=alert, extra=extra)
+        risk = risk_task(result, rain, checkpoint, recompute, device, record, hazard)
+        record["risk"] = str(risk) if risk else None
+        stages.finish_run(result.run_dir, record)  # under the run's lock, once every output is written
     return record
 
 
@@ -314,16 +317,23 @@ def train_flow(
     seed: int = 0,
     device: str = "auto",
     num_threads: int | None = None,
+    label_values: str | None = None,
+    label_field: str | None = None,
+    outside: str | None = None,
+    split_buffer: int = 0,
+    split_file: str | None = None,
 ) -> str:
-    """Train a U-Net on a factor cube and an inventory (see ``slidewatch train``); returns
-    the checkpoint path."""
+    """Train a U-Net on a factor cube and an inventory (see ``slidewatch train``; the label
+    convention and split options are its ``--label-values``, ``--label-field``,
+    ``--outside``, ``--split-buffer`` and ``--split-file``); returns the checkpoint path."""
     from models.training import TrainConfig
     from models.training import train as run_train
 
     kwargs: dict[str, Any] = dict(arch=arch, base_width=base_width, depth=depth, batch_size=batch_size,
                                   chip_size=chip_size, block_size=block_size, epochs=epochs, lr=lr,
                                   patience=patience, chips_per_epoch=chips_per_epoch, seed=seed, device=device,
-                                  num_threads=num_threads)
+                                  num_threads=num_threads, label_values=label_values, label_field=label_field,
+                                  outside=outside, split_buffer=split_buffer, split_file=split_file)
     if channels:
         kwargs["channels"] = tuple(channels)
     path = run_train(cube, inventory, out, TrainConfig(**kwargs), progress=False)

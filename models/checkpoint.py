@@ -85,6 +85,12 @@ class CheckpointMetadata:
     output: str = "logit"
     created: str = ""
     format_version: int = FORMAT_VERSION
+    #: class thresholds calibrated on validation data (:mod:`models.calibration`); {} when none
+    calibration: dict = field(default_factory=dict)
+    #: per-channel training ranges, raw units: {"ranges": {channel: [lo, hi]}, "quantiles": [q, q]}
+    inputs: dict = field(default_factory=dict)
+    #: what the training store said of itself: factor ranges, LSI parameters, rain, hazard mode, region
+    world: dict = field(default_factory=dict)
 
     def to_json(self) -> dict:
         return {
@@ -99,6 +105,9 @@ class CheckpointMetadata:
             "metrics": self.metrics,
             "software": self.software,
             "created": self.created,
+            "calibration": self.calibration,
+            "inputs": self.inputs,
+            "world": self.world,
         }
 
     @classmethod
@@ -162,6 +171,9 @@ class CheckpointMetadata:
                 )
         if d.get("output", "logit") != "logit":
             raise CheckpointError(f"{source}: unsupported output kind {d.get('output')!r}.")
+        calibration, inputs, world = (_object(d, key, source) for key in ("calibration", "inputs", "world"))
+        _check_calibration(calibration, source)
+        _check_inputs(inputs, channels, source)
         return cls(
             architecture=arch,
             hyperparameters={**hp, "channels": list(channels)},
@@ -173,7 +185,41 @@ class CheckpointMetadata:
             output="logit",
             created=d.get("created", ""),
             format_version=version,
+            calibration=calibration,
+            inputs=inputs,
+            world=world,
         )
+
+
+def _object(d: dict, key: str, source: str) -> dict:
+    value = d.get(key) or {}
+    if not isinstance(value, dict):
+        raise CheckpointError(f"{source}: metadata {key!r} must be a JSON object, not {type(value).__name__}.",
+                              "retrain the model (slidewatch train) or restore the original checkpoint file.")
+    return value
+
+
+def _finite(v: object) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _check_calibration(cal: dict, source: str) -> None:
+    t = cal.get("class_thresholds")
+    if t is None:
+        return
+    if not (isinstance(t, list) and len(t) == 2 and all(_finite(v) for v in t) and 0 <= t[0] < t[1] <= 1):
+        raise CheckpointError(f"{source}: calibrated class thresholds {t!r} must be two numbers 0 <= t1 < t2 <= 1.",
+                              "retrain the model (slidewatch train) or restore the original checkpoint file.")
+
+
+def _check_inputs(inputs: dict, channels: list, source: str) -> None:
+    ranges = inputs.get("ranges") or {}
+    bad = [c for c, r in ranges.items() if c not in channels or not (
+        isinstance(r, list) and len(r) == 2 and all(_finite(v) for v in r) and r[0] <= r[1])] \
+        if isinstance(ranges, dict) else ["(not an object)"]
+    if bad:
+        raise CheckpointError(f"{source}: training input ranges of {bad} are not [low, high] pairs of model channels.",
+                              "retrain the model (slidewatch train) or restore the original checkpoint file.")
 
 
 def sha256(path: str | Path) -> str:
@@ -212,8 +258,12 @@ def save_checkpoint(
     *,
     provenance: dict | None = None,
     metrics: dict | None = None,
+    calibration: dict | None = None,
+    inputs: dict | None = None,
+    world: dict | None = None,
 ) -> Path:
-    """Write ``model`` (weights) and its metadata to ``path`` atomically; return the path."""
+    """Write ``model`` (weights) and its metadata to ``path`` atomically; return the path.
+    ``calibration``, ``inputs`` and ``world`` as :class:`CheckpointMetadata` describes."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     hp = model.config()
@@ -226,6 +276,9 @@ def save_checkpoint(
         metrics=metrics or {},
         software={"slidewatch": pipeline.__version__, "torch": torch.__version__.split("+")[0]},
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        calibration=calibration or {},
+        inputs=inputs or {},
+        world=world or {},
     )
     # validate what we write with the same code that reads it
     CheckpointMetadata.from_json(json.loads(json.dumps(meta.to_json())), str(path))

@@ -9,7 +9,12 @@
   feature), or a mask GeoTIFF
   (aligned with nearest-neighbour resampling when its grid differs). Labels are uint8:
   1 landslide, 0 background, :data:`IGNORE` (255) unknown (mask nodata, outside the mask
-  raster, or cube pixels where every channel is NaN).
+  raster, or cube pixels where every channel is NaN); a
+  :class:`~models.labels.LabelValues` convention maps mask values and polygon classes.
+* :func:`open_store` / :func:`label_store` do the same for a factor cube or a chip store
+  (``slidewatch prepare``: chips on their own grids and CRSs, laid side by side with NaN
+  gutters, see :class:`ChipLayout`); :func:`check_channels` refuses missing channels
+  cheaply.
 * :func:`block_split` cuts the grid into square blocks and assigns whole blocks to
   train/val/test (seeded, stratified so blocks with landslides are spread over the splits),
   so no chip of one split ever shares a pixel with another split.
@@ -38,29 +43,38 @@ from pyproj import Transformer
 from rasterio.crs import CRS
 from rasterio.enums import Resampling
 
+from models.labels import IGNORE, MASK_DEFAULT, NEGATIVE, POSITIVE, LabelValues
 from models.networks import DEFAULT_CHANNELS
 from pipeline.core.errors import InputDataError
 
 __all__ = [
+    "CHIP_GUTTER",
     "IGNORE",
     "SPLITS",
     "Block",
     "BlockSplit",
+    "ChipLayout",
     "ChipSampler",
     "Grid",
+    "LabelValues",
     "NormStats",
+    "Store",
     "augment_batch",
     "block_split",
+    "check_channels",
     "compute_norm_stats",
     "extract_chip",
+    "label_store",
     "normalise",
     "open_cube",
+    "open_store",
     "rasterize_inventory",
+    "read_features",
     "read_polygons",
+    "store_variables",
     "tile_windows",
 ]
 
-IGNORE = 255
 SPLITS = ("train", "val", "test")
 
 
@@ -101,6 +115,13 @@ def open_cube(
     path = Path(path)
     if not path.exists():
         raise InputDataError(f"factor cube {path} does not exist.", "pass the path of a Zarr store.")
+    from pipeline.acquire.rasters import chip_store_info
+
+    if chip_store_info(path) is not None:
+        raise InputDataError(
+            f"{path} is a chip store (slidewatch prepare), not one grid.",
+            "read it with models.data.open_store, which lays its chips side by side.",
+        )
     try:
         with warnings.catch_warnings():
             # stores without consolidated metadata are fine; don't nag about them
@@ -133,6 +154,221 @@ def open_cube(
     return x, Grid(CRS.from_user_input(crs), transform, (h, w)), channels
 
 
+# ----------------------------------------------------------------------------- stores
+#: NaN columns left between chips laid side by side (at least evaluate's default context).
+CHIP_GUTTER = 32
+
+
+@dataclass(frozen=True)
+class ChipLayout:
+    """Chips of a chip store laid side by side in one ``(cell, n * cell)`` array.
+
+    Chip ``i`` starts at row 0, column ``i * cell``; ``cell`` is the largest chip side
+    plus :data:`CHIP_GUTTER`, so NaN gutters at least that wide separate chips, and each
+    chip is exactly one ``cell``-sized block of the split.
+    """
+
+    names: tuple[str, ...]
+    grids: tuple[Grid, ...]
+    sources: tuple[str, ...]
+    cell: int
+    gutter: int = CHIP_GUTTER
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.cell, self.cell * len(self.names)
+
+    def window(self, i: int) -> tuple[int, int, int, int]:
+        """``(r0, r1, c0, c1)`` of chip ``i``'s pixels in the laid-out array."""
+        h, w = self.grids[i].shape
+        return 0, h, i * self.cell, i * self.cell + w
+
+    def to_json(self) -> dict:
+        return {
+            "cell": self.cell,
+            "gutter": self.gutter,
+            "chips": [
+                {
+                    "name": n,
+                    "source": s,
+                    "block": f"r0c{i}",
+                    "crs": g.crs.to_string(),
+                    "transform": list(g.transform)[:6],
+                    "shape": list(g.shape),
+                }
+                for i, (n, g, s) in enumerate(zip(self.names, self.grids, self.sources, strict=True))
+            ],
+        }
+
+
+@dataclass
+class Store:
+    """A training store in memory: a factor cube (``grid``) or a chip store (``chips``)."""
+
+    path: Path
+    x: np.ndarray  # (C, H, W) float32, NaN where there is no data (and in chip gutters)
+    channels: tuple[str, ...]
+    grid: Grid | None = None
+    chips: ChipLayout | None = None
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(self.x.shape[1:])  # type: ignore[return-value]
+
+
+def _open_zarr(path: Path, group: str | None = None):
+    import rioxarray  # noqa: F401  (registers the .rio accessor)
+    import xarray as xr
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*consolidated metadata.*")
+        return xr.open_zarr(path, group=group, decode_coords="all")
+
+
+def store_variables(path: str | Path) -> tuple[tuple[str, ...], dict | None]:
+    """The ``(y, x)`` variables a store offers as channels, and its chip-store attributes
+    (None for a factor cube). Reads metadata only."""
+    from pipeline.acquire.rasters import chip_store_info
+
+    path = Path(path)
+    if not path.exists():
+        raise InputDataError(f"store {path} does not exist.", "pass the path of a Zarr store (slidewatch run or prepare).")
+    info = chip_store_info(path)
+    if info is not None:
+        return tuple(info.get("channels") or ()), info
+    try:
+        ds = _open_zarr(path)
+    except Exception as exc:  # noqa: BLE001 - zarr raises many types
+        raise InputDataError(f"cannot open {path} as a Zarr store: {exc}") from exc
+    return tuple(str(v) for v in ds.data_vars if ds[v].dims == ("y", "x")), None
+
+
+def check_channels(path: str | Path, channels: Sequence[str] | None = None) -> tuple[str, ...]:
+    """``channels`` as the store spells them (``NDVI`` → ``ndvi``, ``B4`` → ``B04``), or one
+    :class:`InputDataError` line naming those it lacks. ``None`` gives the default: the
+    factors + LSI (:data:`~models.networks.DEFAULT_CHANNELS`) for a factor cube, every
+    channel of a chip store."""
+    from pipeline.acquire.rasters import resolve_channels
+
+    have, info = store_variables(path)
+    if channels is None:
+        channels = have if info is not None else DEFAULT_CHANNELS
+    resolved = resolve_channels(channels, have)
+    missing = [c for c, r in zip(channels, resolved, strict=True) if r not in have]
+    if missing:
+        raise InputDataError(
+            f"store {path} lacks channel(s) {', '.join(missing)}; it has {', '.join(have) or 'none'}.",
+            "train with --channels naming variables of the store (slidewatch prepare --channels computes "
+            "ndvi, ndwi, ndbi and slope).",
+        )
+    return tuple(resolved)
+
+
+def open_store(path: str | Path, channels: Sequence[str] | None = None) -> Store:
+    """Read a factor cube (as :func:`open_cube`) or a chip store (``slidewatch prepare``;
+    chips laid out by :class:`ChipLayout`) into a :class:`Store`. ``channels`` as in
+    :func:`check_channels`."""
+    path = Path(path)
+    chans = check_channels(path, channels)
+    _, info = store_variables(path)
+    if info is None:
+        x, grid, chans = open_cube(path, chans)
+        return Store(path, x, chans, grid=grid)
+    chips = info.get("chips") or []
+    if not chips:
+        raise InputDataError(f"chip store {path} holds no chips.", "prepare it again from a folder of GeoTIFFs.")
+    arrays, grids = [], []
+    for c in chips:
+        ds = _open_zarr(path, c["group"])
+        crs = ds.rio.crs
+        if crs is None:
+            raise InputDataError(f"chip {c['name']!r} of {path} has no CRS.", "prepare the store again.")
+        h, w = ds.sizes["y"], ds.sizes["x"]
+        grids.append(Grid(CRS.from_user_input(crs), ds.rio.transform(), (h, w)))
+        arrays.append(np.stack([np.asarray(ds[ch].values, dtype=np.float32) for ch in chans]))
+    cell = max(max(g.shape) for g in grids) + CHIP_GUTTER
+    layout = ChipLayout(
+        tuple(c["name"] for c in chips), tuple(grids), tuple(str(c.get("source", "")) for c in chips), cell
+    )
+    x = np.full((len(chans), *layout.shape), np.nan, dtype=np.float32)
+    for i, a in enumerate(arrays):
+        r0, r1, c0, c1 = layout.window(i)
+        x[:, r0:r1, c0:c1] = a
+    return Store(path, x, chans, chips=layout)
+
+
+_MASK_SUFFIXES = ("", "_mask", "_label", "_labels")
+
+
+def _chip_mask(folder: Path, name: str, source: str) -> Path | None:
+    stems = [name] + ([Path(source).stem] if source and Path(source).stem != name else [])
+    for stem in stems:
+        for suffix in _MASK_SUFFIXES:
+            for ext in (".tif", ".tiff"):
+                p = folder / f"{stem}{suffix}{ext}"
+                if p.is_file():
+                    return p
+    return None
+
+
+def label_store(
+    store: Store,
+    inventory: str | Path,
+    *,
+    labels: LabelValues | None = None,
+    label_field: str | None = None,
+    layer: str | None = None,
+) -> np.ndarray:
+    """uint8 labels ``(H, W)`` for a :class:`Store` (1 / 0 / :data:`IGNORE`; see
+    :func:`rasterize_inventory`); pixels where every channel is NaN are :data:`IGNORE`.
+
+    For a chip store the inventory is burnt per chip on the chip's own grid and CRS:
+    polygons, one mask raster (warped onto each chip) or a folder of per-chip masks named
+    like the chips (``a.tif`` ↔ ``masks/a.tif`` or ``masks/a_mask.tif``; a tiled chip
+    ``a_r0c1`` also finds its source's mask ``masks/a.tif``). Gutters are :data:`IGNORE`.
+    """
+    inventory = Path(inventory)
+    if store.chips is None:
+        if inventory.is_dir():
+            raise InputDataError(
+                f"inventory {inventory} is a folder; per-chip masks go with a chip store (slidewatch prepare).",
+                "pass one mask GeoTIFF or a polygon file for a factor cube.",
+            )
+        assert store.grid is not None
+        y = rasterize_inventory(inventory, store.grid, layer=layer, labels=labels, label_field=label_field)
+    else:
+        lay = store.chips
+        y = np.full(store.shape, IGNORE, dtype=np.uint8)
+        feats_by_crs: dict[str, list] = {}
+        missing = []
+        if inventory.is_dir():
+            _no_field_for_masks(label_field, inventory)
+        for i, (name, grid, source) in enumerate(zip(lay.names, lay.grids, lay.sources, strict=True)):
+            if inventory.is_dir():
+                mask = _chip_mask(inventory, name, source)
+                if mask is None:
+                    missing.append(name)
+                    continue
+                lab = _read_mask_tif(mask, grid, labels)
+            elif inventory.suffix.lower() in (".tif", ".tiff"):
+                lab = rasterize_inventory(inventory, grid, labels=labels, label_field=label_field)
+            else:
+                key = grid.crs.to_wkt()
+                if key not in feats_by_crs:
+                    feats_by_crs[key] = read_features(inventory, grid.crs, layer=layer, field=label_field)
+                lab = _burn(feats_by_crs[key], grid, labels, label_field, inventory.name)
+            r0, r1, c0, c1 = lay.window(i)
+            y[r0:r1, c0:c1] = lab
+        if missing:
+            shown = ", ".join(missing[:8]) + (f" (+{len(missing) - 8} more)" if len(missing) > 8 else "")
+            raise InputDataError(
+                f"no mask in {inventory} for chip(s) {shown}.",
+                "name each mask like its chip (chips/a.tif -> masks/a.tif or masks/a_mask.tif).",
+            )
+    y[np.all(~np.isfinite(store.x), axis=0)] = IGNORE
+    return y
+
+
 # ----------------------------------------------------------------------------- inventory
 def _label(props: dict | None, index: int) -> str:
     props = props or {}
@@ -142,7 +378,7 @@ def _label(props: dict | None, index: int) -> str:
     return f"feature #{index}"
 
 
-def _read_geojson(path: Path) -> tuple[list[tuple[str, object]], CRS]:
+def _read_geojson(path: Path) -> tuple[list[tuple[str, object, dict]], CRS]:
     try:
         doc = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
@@ -170,18 +406,21 @@ def _read_geojson(path: Path) -> tuple[list[tuple[str, object]], CRS]:
             geom = shapely.geometry.shape(g)
         except Exception as exc:  # noqa: BLE001
             raise InputDataError(f"{label} in {path} has an unreadable geometry: {exc}") from exc
-        out.append((label, geom))
+        out.append((label, geom, f.get("properties") or {}))
     return out, crs
 
 
 _GPKG_HINT = "export the inventory again as a GeoPackage (QGIS, ogr2ogr -f GPKG) or as GeoJSON."
 
 
-def _read_gpkg(path: Path, layer: str | None) -> tuple[list[tuple[str, object]], CRS]:
+def _read_gpkg(
+    path: Path, layer: str | None, field: str | None = None
+) -> tuple[list[tuple[str, object, dict]], CRS]:
     """Read the polygons of one feature layer of a GeoPackage with pyogrio (GDAL).
 
     ``layer`` defaults to the first layer with a geometry column; attribute-only tables
     never count. GDAL returns NULL and unreadable geometry blobs alike as ``None``.
+    ``field`` (an attribute column) is read along, as each feature's properties.
     """
     import pyogrio
     from pyogrio.errors import (
@@ -226,12 +465,22 @@ def _read_gpkg(path: Path, layer: str | None) -> tuple[list[tuple[str, object]],
             f"GeoPackage {path}: layer {table!r} has no defined CRS.",
             "assign the CRS the coordinates are in (QGIS 'Assign projection', ogr2ogr -a_srs) and save again.",
         )
+    columns: list[str] = []
+    if field is not None:
+        names = [str(n) for n in info.get("fields", [])]
+        if field not in names:
+            raise InputDataError(
+                f"GeoPackage {path}: layer {table!r} has no attribute {field!r}; it has {names}.",
+                "pass --label-field naming the column that holds each polygon's class.",
+            )
+        columns = [field]
     try:
-        _, fids, blobs, _ = pyogrio.raw.read(path, layer=table, columns=[], return_fids=True)
+        _, fids, blobs, values = pyogrio.raw.read(path, layer=table, columns=columns, return_fids=True)
     except errors as exc:
         raise InputDataError(f"cannot read layer {table!r} of GeoPackage {path}: {exc}", _GPKG_HINT) from exc
+    column = values[0] if columns else [None] * len(fids)
     out = []
-    for fid, blob in zip(fids, blobs, strict=True):
+    for fid, blob, value in zip(fids, blobs, column, strict=True):
         label = f"feature fid={fid} of layer {table!r}"
         if blob is None:
             raise InputDataError(
@@ -242,7 +491,7 @@ def _read_gpkg(path: Path, layer: str | None) -> tuple[list[tuple[str, object]],
             geom = shapely.from_wkb(blob)
         except Exception as exc:  # noqa: BLE001
             raise InputDataError(f"{label} in {path} has an unreadable geometry: {exc}") from exc
-        out.append((label, geom))
+        out.append((label, geom, {field: value.item() if hasattr(value, "item") else value} if field else {}))
     return out, crs
 
 
@@ -255,14 +504,29 @@ def read_polygons(
     :class:`InputDataError` naming the feature for missing, non-polygonal or invalid
     geometries.
     """
+    return [(label, geom) for label, geom, _ in read_features(path, crs, layer)]
+
+
+def read_features(
+    path: str | Path, crs: CRS | str | None = None, layer: str | None = None, field: str | None = None
+) -> list[tuple[str, object, object]]:
+    """Like :func:`read_polygons`, with each feature's value of attribute ``field``:
+    ``(label, geometry, value)`` triples (value None without a field or where it is
+    missing). Raises :class:`InputDataError` when no feature has the attribute."""
     path = Path(path)
     if not path.exists():
         raise InputDataError(f"inventory {path} does not exist.")
     suffix = path.suffix.lower()
     if suffix in (".geojson", ".json"):
         feats, src_crs = _read_geojson(path)
+        if field is not None and feats and not any(field in props for _, _, props in feats):
+            names = sorted({k for _, _, props in feats for k in props})
+            raise InputDataError(
+                f"no feature in {path} has the attribute {field!r}; they have {names}.",
+                "pass --label-field naming the property that holds each polygon's class.",
+            )
     elif suffix == ".gpkg":
-        feats, src_crs = _read_gpkg(path, layer)
+        feats, src_crs = _read_gpkg(path, layer, field)
     else:
         raise InputDataError(
             f"unsupported inventory format {path.name!r}.",
@@ -276,7 +540,7 @@ def read_polygons(
                 ProjCRS.from_wkt(src_crs.to_wkt()), ProjCRS.from_wkt(dst.to_wkt()), always_xy=True
             )
     out = []
-    for label, geom in feats:
+    for label, geom, props in feats:
         if geom is None or geom.is_empty:
             continue
         if geom.geom_type not in ("Polygon", "MultiPolygon"):
@@ -293,11 +557,14 @@ def read_polygons(
             geom = shapely.transform(
                 geom, lambda xy: np.column_stack(transformer.transform(xy[:, 0], xy[:, 1]))
             )
-        out.append((label, geom))
+        out.append((label, geom, props.get(field) if field is not None else None))
     return out
 
 
-def _read_mask_tif(path: Path, grid: Grid) -> np.ndarray:
+def _read_mask_tif(path: Path, grid: Grid, labels: LabelValues | None = None) -> np.ndarray:
+    """A mask raster's values mapped by ``labels`` (default :data:`MASK_DEFAULT`), aligned
+    onto ``grid`` with nearest-neighbour resampling (:data:`IGNORE` outside the mask)."""
+    labels = labels or MASK_DEFAULT
     try:
         src = rasterio.open(path)
     except rasterio.errors.RasterioIOError as exc:
@@ -307,11 +574,10 @@ def _read_mask_tif(path: Path, grid: Grid) -> np.ndarray:
             raise InputDataError(f"mask raster {path} has no CRS.", "assign one (gdal_edit.py -a_srs).")
         data = src.read(1)
         nodata = src.nodata
-        lab = np.where(data > 0, 1, 0).astype(np.uint8)
-        if nodata is not None:
-            lab[data == nodata] = IGNORE
-        if np.issubdtype(data.dtype, np.floating):
-            lab[np.isnan(data)] = IGNORE
+        valid = np.ones(data.shape, bool)
+        if nodata is not None and not np.isnan(nodata):
+            valid &= data != nodata  # NaN pixels are unknown anyway (LabelValues.map_array)
+        lab = labels.map_array(data, valid, source=f"mask raster {path.name}")
         if src.crs == grid.crs and src.transform == grid.transform and src.shape == grid.shape:
             return lab
         out = np.full(grid.shape, IGNORE, dtype=np.uint8)
@@ -330,164 +596,70 @@ def _read_mask_tif(path: Path, grid: Grid) -> np.ndarray:
 
 
 def rasterize_inventory(
-    path: str | Path, grid: Grid, *, layer: str | None = None, all_touched: bool = False
+    path: str | Path,
+    grid: Grid,
+    *,
+    layer: str | None = None,
+    all_touched: bool = False,
+    labels: LabelValues | None = None,
+    label_field: str | None = None,
 ) -> np.ndarray:
     """Burn an inventory onto ``grid``: uint8 ``(H, W)`` with 1 / 0 / :data:`IGNORE`.
 
-    Polygons use pixel-centre rule (``all_touched=False``) like ``rasterio.features.rasterize``.
+    A mask GeoTIFF's values are mapped by ``labels`` (default :data:`MASK_DEFAULT`: 0
+    negative, 1 positive, nodata unknown, other values refused). Polygons are all
+    landslides unless ``label_field`` names the attribute holding each polygon's class,
+    mapped by ``labels``; the area outside every polygon is ``labels.outside`` (negative
+    by default). Where polygons overlap, positive beats ignore beats negative. Polygons
+    use the pixel-centre rule (``all_touched=False``) like ``rasterio.features.rasterize``.
     """
     path = Path(path)
     if path.suffix.lower() in (".tif", ".tiff"):
         if not path.exists():
             raise InputDataError(f"inventory {path} does not exist.")
-        return _read_mask_tif(path, grid)
-    polys = read_polygons(path, grid.crs, layer=layer)
-    if not polys:
-        return np.zeros(grid.shape, dtype=np.uint8)
+        _no_field_for_masks(label_field, path)
+        return _read_mask_tif(path, grid, labels)
+    feats = read_features(path, grid.crs, layer=layer, field=label_field)
+    return _burn(feats, grid, labels, label_field, path.name, all_touched)
+
+
+def _no_field_for_masks(label_field: str | None, path: Path) -> None:
+    if label_field is not None:
+        raise InputDataError(
+            f"--label-field {label_field} names a polygon attribute, but {path} holds mask rasters.",
+            "drop --label-field; map mask values with --label-values (e.g. positive=2,negative=1,ignore=0).",
+        )
+
+
+def _burn(
+    feats: list, grid: Grid, labels: LabelValues | None, label_field: str | None, source: str,
+    all_touched: bool = False,
+) -> np.ndarray:
+    """Rasterise ``(label, geometry, value)`` features already in the grid CRS."""
+    labels = labels or LabelValues()
+    fill = NEGATIVE if labels.outside == "negative" else IGNORE
+    if label_field is None:
+        shapes = [(g, POSITIVE) for _, g, _ in feats]
+    else:
+        labels.refuse([v for _, _, v in feats], f"attribute {label_field!r} of {source}")
+        order = {NEGATIVE: 0, IGNORE: 1, POSITIVE: 2}  # later burns win
+        coded = sorted(((labels.code_of(v), g) for _, g, v in feats), key=lambda cg: order[cg[0]])
+        shapes = [(g, c) for c, g in coded]
+    if not shapes:
+        return np.full(grid.shape, fill, dtype=np.uint8)
     return rasterio.features.rasterize(
-        ((g, 1) for _, g in polys),
+        shapes,
         out_shape=grid.shape,
         transform=grid.transform,
-        fill=0,
+        fill=fill,
         all_touched=all_touched,
         dtype=np.uint8,
     )
 
 
 # ----------------------------------------------------------------------------- splits
-@dataclass(frozen=True)
-class Block:
-    """One block of the split grid: its index and pixel window ``[r0:r1, c0:c1]``."""
-
-    row: int
-    col: int
-    r0: int
-    r1: int
-    c0: int
-    c1: int
-
-    @property
-    def id(self) -> str:
-        return f"r{self.row}c{self.col}"
-
-
-@dataclass(frozen=True)
-class BlockSplit:
-    """Whole blocks of ``block_size`` px assigned to train (0), val (1) or test (2)."""
-
-    shape: tuple[int, int]
-    block_size: int
-    assignment: tuple[tuple[int, ...], ...]
-    seed: int = 0
-
-    @property
-    def grid_shape(self) -> tuple[int, int]:
-        return len(self.assignment), len(self.assignment[0])
-
-    def block(self, row: int, col: int) -> Block:
-        h, w = self.shape
-        b = self.block_size
-        return Block(row, col, row * b, min((row + 1) * b, h), col * b, min((col + 1) * b, w))
-
-    def blocks(self, split: str | None = None) -> list[Block]:
-        """Blocks of one split (``train``/``val``/``test``), or all blocks when ``None``."""
-        k = None if split is None else SPLITS.index(split)
-        nr, nc = self.grid_shape
-        return [
-            self.block(r, c)
-            for r in range(nr)
-            for c in range(nc)
-            if k is None or self.assignment[r][c] == k
-        ]
-
-    def mask(self, split: str) -> np.ndarray:
-        """Boolean ``(H, W)`` mask of the pixels of one split."""
-        m = np.zeros(self.shape, dtype=bool)
-        for b in self.blocks(split):
-            m[b.r0 : b.r1, b.c0 : b.c1] = True
-        return m
-
-    def to_json(self) -> dict:
-        return {
-            "shape": list(self.shape),
-            "block_size": self.block_size,
-            "seed": self.seed,
-            "assignment": [list(r) for r in self.assignment],
-            "codes": {str(i): s for i, s in enumerate(SPLITS)},
-        }
-
-    @classmethod
-    def from_json(cls, d: dict) -> BlockSplit:
-        return cls(
-            tuple(d["shape"]),
-            int(d["block_size"]),
-            tuple(tuple(int(v) for v in r) for r in d["assignment"]),
-            int(d.get("seed", 0)),
-        )
-
-
-def _quotas(n: int, fractions: Sequence[float]) -> list[int]:
-    f = np.asarray(fractions, dtype=float)
-    f = f / f.sum()
-    raw = f * n
-    q = np.floor(raw).astype(int)
-    for i in np.argsort(-(raw - q), kind="stable")[: n - q.sum()]:
-        q[i] += 1
-    # every split with a positive fraction gets at least one block when possible
-    for i in range(len(q)):
-        if f[i] > 0 and q[i] == 0 and n >= np.count_nonzero(f):
-            j = int(np.argmax(q))
-            q[j] -= 1
-            q[i] += 1
-    return [int(v) for v in q]
-
-
-def block_split(
-    shape: tuple[int, int],
-    block_size: int = 512,
-    fractions: Sequence[float] = (0.6, 0.2, 0.2),
-    seed: int = 0,
-    positives: np.ndarray | None = None,
-) -> BlockSplit:
-    """Spatially blocked train/val/test split.
-
-    The ``(H, W)`` grid is cut into ``block_size`` squares (edge blocks may be smaller);
-    whole blocks are assigned to splits in proportion to ``fractions`` (exact quotas,
-    largest remainder). With ``positives`` (a label array ``(H, W)``) blocks containing
-    landslides are dealt first, so each split gets its share of them. Seeded.
-    """
-    h, w = shape
-    if block_size < 1:
-        raise ValueError(f"block_size must be >= 1, got {block_size}")
-    nr, nc = -(-h // block_size), -(-w // block_size)
-    n = nr * nc
-    if len(fractions) != 3:
-        raise ValueError(f"fractions must be (train, val, test), got {fractions}")
-    quotas = _quotas(n, fractions)
-    rng = np.random.default_rng(seed)
-    order = rng.permutation(n)
-    if positives is not None:
-        pos = np.asarray(positives) == 1
-        counts = np.array(
-            [
-                pos[r * block_size : (r + 1) * block_size, c * block_size : (c + 1) * block_size].any()
-                for r in range(nr)
-                for c in range(nc)
-            ]
-        )
-        order = np.concatenate([order[counts[order]], order[~counts[order]]])
-    assigned = [0, 0, 0]
-    codes = np.empty(n, dtype=int)
-    for i, b in enumerate(order):
-        deficits = [
-            (quotas[k] * (i + 1) / n - assigned[k]) if assigned[k] < quotas[k] else -np.inf
-            for k in range(3)
-        ]
-        k = int(np.argmax(deficits))
-        codes[b] = k
-        assigned[k] += 1
-    assignment = tuple(tuple(int(v) for v in codes[r * nc : (r + 1) * nc]) for r in range(nr))
-    return BlockSplit((h, w), block_size, assignment, seed)
+# The split logic lives in models.splits; re-exported here so existing imports keep working.
+from models.splits import Block, BlockSplit, _quotas, block_split  # noqa: E402,F401
 
 
 # ----------------------------------------------------------------------------- chips

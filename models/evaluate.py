@@ -1,8 +1,19 @@
-"""Held-out evaluation by block, and the ablation (enhanced vs plain U-Net vs LSI threshold).
+"""Held-out evaluation by block, with bootstrap intervals, across seeds, and the ablation
+(enhanced vs plain U-Net vs LSI threshold).
 
-Every block is predicted as one window grown by ``context`` pixels on each side (inputs
-only, clipped at the cube edge; labels never cross the block), then scored on its own
-pixels. Rows are plain dicts, ready to print.
+One prediction path for everyone: :func:`evaluate_split` predicts the blocks of a split
+with a Predictor (:func:`predict_blocks`: windows of the training chip size, each with
+``context`` px of input around it, clipped at the cube edge; labels never cross the
+block) and scores each block on the pixels its split counts (:meth:`BlockSplit.mask`:
+buffers and empty blocks left out). ``slidewatch evaluate`` (:func:`evaluate`, from a
+checkpoint file), the final test of ``slidewatch train`` (:func:`models.training.train`,
+from the best weights in memory) and the ablation all call it, so train's test metrics
+equal ``evaluate --split test`` on the saved checkpoint.
+
+Intervals: a percentile bootstrap over blocks (:func:`models.metrics.block_bootstrap`;
+1000 seeded resamples, 95 %), for Dice, IoU, precision, recall, ROC AUC, PR AUC and
+recall by size class. Several checkpoints (e.g. trained with different seeds) are
+summarised by mean, standard deviation, min and max (:func:`across_checkpoints`).
 """
 
 from __future__ import annotations
@@ -10,25 +21,72 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 from models.checkpoint import CheckpointMetadata, read_metadata
-from models.data import IGNORE, SPLITS, Block, BlockSplit, NormStats, block_split, open_cube, rasterize_inventory
-from models.metrics import SIZE_CLASSES, recall_by_size, roc_auc, segmentation_metrics
+from models.data import (
+    IGNORE,
+    SPLITS,
+    Block,
+    BlockSplit,
+    NormStats,
+    block_split,
+)
+from models.metrics import (
+    SIZE_CLASSES,
+    block_bootstrap,
+    recall_by_size,
+    segmentation_metrics,
+    unit_counts,
+)
 from models.networks import count_parameters
 from models.predictor import Predictor
 from models.training import TrainConfig, TrainingData, fit, prepare_data
 from pipeline.core.errors import CheckpointError, InputDataError
 
-__all__ = ["EvaluationReport", "ablation", "evaluate", "lsi_threshold_baseline", "predict_blocks"]
+__all__ = [
+    "DEFAULT_CONTEXT",
+    "EvaluationReport",
+    "ablation",
+    "across_checkpoints",
+    "evaluate",
+    "evaluate_many",
+    "evaluate_split",
+    "in_memory_predictor",
+    "jsonable",
+    "lsi_threshold_baseline",
+    "predict_blocks",
+    "score_blocks",
+    "summarise_ablation",
+    "summarise_seeds",
+]
+
+#: input margin (px) around every predicted window, in evaluate, train's final test and ablate
+DEFAULT_CONTEXT = 32
+#: the pooled metrics reported (and given intervals where the bootstrap supports them)
+REPORT_METRICS = ("dice", "iou", "precision", "recall", "auc", "pr_auc", "recall_small", "recall_medium", "recall_large")
+
+
+def jsonable(v):
+    """JSON-able: NaN/inf → None, numpy scalars → Python, recursively."""
+    if isinstance(v, dict):
+        return {str(k): jsonable(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [jsonable(x) for x in v]
+    if isinstance(v, (np.floating, float)):
+        return float(v) if math.isfinite(v) else None
+    if isinstance(v, np.integer):
+        return int(v)
+    return v
 
 
 @dataclass
 class EvaluationReport:
-    """Per-block rows and one pooled row over all evaluated blocks."""
+    """Per-block rows, one pooled row over all evaluated blocks, and the pooled metrics'
+    bootstrap intervals (``{metric: (low, high)}``; ``bootstrap`` says how)."""
 
     rows: list[dict]
     overall: dict
@@ -36,16 +94,45 @@ class EvaluationReport:
     sha256: str | None
     split: str
     threshold: float
+    intervals: dict[str, tuple[float, float]] = field(default_factory=dict)
+    bootstrap: dict = field(default_factory=dict)
 
     def table_rows(self) -> list[dict]:
         return [*self.rows, self.overall]
+
+    def interval_rows(self) -> list[dict]:
+        """One row per metric: ``metric``, ``value`` (pooled), ``low``, ``high``."""
+        return [
+            {"metric": m, "value": self.overall.get(m, math.nan),
+             "low": self.intervals.get(m, (math.nan, math.nan))[0],
+             "high": self.intervals.get(m, (math.nan, math.nan))[1]}
+            for m in REPORT_METRICS
+        ]
+
+    def metrics(self) -> dict:
+        """The pooled row without its ``block``/``split`` labels (what train records)."""
+        return {k: v for k, v in self.overall.items() if k not in ("block", "split")}
+
+    def to_json(self) -> dict:
+        return jsonable(
+            {
+                "checkpoint": self.checkpoint,
+                "sha256": self.sha256,
+                "split": self.split,
+                "threshold": self.threshold,
+                "blocks": self.rows,
+                "overall": self.overall,
+                "intervals": {m: {"low": lo, "high": hi} for m, (lo, hi) in self.intervals.items()},
+                "bootstrap": self.bootstrap,
+            }
+        )
 
 
 def predict_blocks(
     predictor: Callable[[np.ndarray], np.ndarray],
     x: np.ndarray,
     blocks: Sequence[Block],
-    context: int = 32,
+    context: int = DEFAULT_CONTEXT,
     window: int | None = None,
 ) -> dict[str, np.ndarray]:
     """Probability map per block: ``{block.id: (h, w) float32}`` from a Predictor.
@@ -84,37 +171,108 @@ def predict_blocks(
     return out
 
 
-def _score_blocks(
-    probs: dict[str, np.ndarray], y: np.ndarray, blocks: Sequence[Block], split_of: dict, threshold: float
-) -> tuple[list[dict], dict]:
-    """Per-block metric rows and a pooled row (pixel counts and AUC over all blocks'
-    pixels; size-class recall pooled from per-block component counts, so a landslide cut
-    by a block edge counts as two)."""
-    rows, all_p, all_y = [], [], []
+def score_blocks(
+    probs: dict[str, np.ndarray],
+    y: np.ndarray,
+    blocks: Sequence[Block],
+    split_of: dict,
+    threshold: float,
+    mask: np.ndarray | None = None,
+    n_boot: int = 1000,
+    confidence: float = 0.95,
+    boot_seed: int = 0,
+) -> tuple[list[dict], dict, dict, dict]:
+    """Per-block metric rows, a pooled row, bootstrap intervals and the bootstrap's
+    settings. Pixels count where ``y != IGNORE`` and ``mask`` (the split's
+    :meth:`~BlockSplit.mask`) is set. Pooled: pixel counts, Dice etc. and both AUCs over
+    all blocks' pixels; size-class recall pooled from per-block component counts (a
+    landslide cut by a block edge counts as two). The bootstrap resamples blocks that
+    have at least one counted pixel."""
+    rows, all_p, all_y, units = [], [], [], []
     size_px: dict[str, list[int]] = {name: [0, 0] for name in SIZE_CLASSES}
     for b in blocks:
         yb = y[b.r0 : b.r1, b.c0 : b.c1]
         p = probs[b.id]
         valid = yb != IGNORE
+        if mask is not None:
+            valid &= mask[b.r0 : b.r1, b.c0 : b.c1]
         m = segmentation_metrics(p, yb, valid, threshold, by_size=False)
         for name, r in recall_by_size(p >= threshold, yb, valid).items():
             m[f"recall_{name}"] = r["pixel_recall"]
             size_px[name][0] += r["detected_pixels"]
             size_px[name][1] += r["pixels"]
         rows.append({"block": b.id, "split": split_of.get(b.id, ""), **m})
-        all_p.append(p.ravel())
-        all_y.append(yb.ravel())
+        all_p.append(p[valid])
+        all_y.append(yb[valid])
+        if valid.any():
+            units.append((p, yb, valid))
     overall: dict = {"block": "overall", "split": ",".join(sorted({r["split"] for r in rows}))}
+    intervals: dict = {}
+    info = {"unit": "block", "n_units": len(units), "resamples": int(n_boot), "confidence": confidence,
+            "seed": boot_seed, "method": "percentile"}
     if rows:
-        overall.update(_pooled(np.concatenate(all_p), np.concatenate(all_y), threshold))
+        pp, yy = np.concatenate(all_p), np.concatenate(all_y)
+        overall.update(segmentation_metrics(pp, yy, None, threshold, by_size=False))
         for name, (hit, tot) in size_px.items():
             overall[f"recall_{name}"] = hit / tot if tot else math.nan
-    return rows, overall
+        counts = unit_counts(units, threshold)
+        intervals = block_bootstrap(counts, n_boot, confidence, boot_seed)
+        info["exact_bins"] = counts.exact_bins
+    overall["blocks"] = len(units)
+    return rows, overall, intervals, info
 
 
-def _pooled(p: np.ndarray, y: np.ndarray, threshold: float) -> dict:
-    """Pooled pixel metrics and AUC over 1-D pixel vectors (no size classes)."""
-    return segmentation_metrics(p, y, y != IGNORE, threshold, by_size=False)
+def in_memory_predictor(model, channels: Sequence[str], device="auto") -> Predictor:
+    """A Predictor over already-normalised inputs (identity statistics): the network
+    fresh from training on :attr:`TrainingData.x`. Normalising raw inputs with the
+    training statistics inside a checkpoint's Predictor gives the same numbers, bit for
+    bit, so both score alike."""
+    identity = NormStats((0.0,) * len(channels), (1.0,) * len(channels))
+    meta = CheckpointMetadata(model.architecture, model.config(), tuple(channels), identity)
+    return Predictor(model, meta, device=device)
+
+
+def evaluate_split(
+    predictor: Callable[[np.ndarray], np.ndarray],
+    x: np.ndarray,
+    y: np.ndarray,
+    split: BlockSplit,
+    which: str,
+    threshold: float = 0.5,
+    context: int = DEFAULT_CONTEXT,
+    window: int | None = None,
+    n_boot: int = 1000,
+    confidence: float = 0.95,
+    boot_seed: int = 0,
+    label: str | None = None,
+) -> EvaluationReport:
+    """Predict and score the blocks of one split (``train``/``val``/``test``) of
+    ``split``: the one path behind ``evaluate``, train's final test and the ablation."""
+    blocks = split.blocks(which)
+    if not blocks:
+        raise InputDataError(f"the split has no {which} blocks.", "choose another split or a smaller block size.")
+    split_of = {b.id: label or which for b in blocks}
+    probs = predict_blocks(predictor, x, blocks, context, window)
+    rows, overall, intervals, info = score_blocks(
+        probs, y, blocks, split_of, threshold, split.mask(which), n_boot, confidence, boot_seed
+    )
+    info.update({"context": context, "window": window, "buffer": split.buffer})
+    return EvaluationReport(
+        rows, overall, "", getattr(predictor, "checkpoint_sha256", None), label or which, threshold, intervals, info
+    )
+
+
+def _read_inputs(meta: CheckpointMetadata, cube_path, inventory_path):
+    """Raw inputs, labels and grid as :func:`models.training.prepare_data` reads them: the
+    store (factor cube or chip store), labelled with the convention the checkpoint was
+    trained with (keep the two alike; ``test_evaluate`` checks train == evaluate)."""
+    from models.data import label_store, open_store
+    from models.labels import labels_from_provenance
+
+    store = open_store(cube_path, meta.channels)
+    labels, field_name = labels_from_provenance(meta.provenance.get("labels"))
+    y = label_store(store, inventory_path, labels=labels, label_field=field_name)
+    return store, y
 
 
 def evaluate(
@@ -123,33 +281,36 @@ def evaluate(
     inventory_path: str | Path,
     split: str = "test",
     threshold: float = 0.5,
-    context: int = 32,
+    context: int = DEFAULT_CONTEXT,
     block_size: int | None = None,
     device: str = "auto",
     window: int | None | str = "chip",
+    *,
+    n_boot: int = 1000,
+    confidence: float = 0.95,
+    boot_seed: int = 0,
 ) -> EvaluationReport:
-    """Metrics per held-out block (and pooled) for a checkpoint on a cube + inventory.
+    """Metrics per held-out block (and pooled, with bootstrap intervals) for a
+    checkpoint on a cube + inventory.
 
-    ``split`` is ``"test"``/``"val"``/``"train"`` (the blocks recorded in the checkpoint;
-    the cube must be on the training grid) or ``"all"`` (every block of a fresh
-    ``block_size`` grid, e.g. for a different region). ``window="chip"`` predicts in
-    windows of the training chip size (from the checkpoint; whole blocks if unknown),
-    ``None`` whole blocks, an int that window size; ``context`` px of input surround
-    each window. Raises :class:`CheckpointError`
+    ``split`` is ``"test"``/``"val"``/``"train"`` (the blocks recorded in the checkpoint,
+    less their buffers; the cube must be on the training grid) or ``"all"`` (every
+    non-empty block of a fresh ``block_size`` grid, e.g. for a different region).
+    ``window="chip"`` predicts in windows of the training chip size (from the
+    checkpoint; whole blocks if unknown), ``None`` whole blocks, an int that window
+    size; ``context`` px of input surround each window. Raises :class:`CheckpointError`
     when the cube's channels or grid do not fit the checkpoint.
     """
     meta: CheckpointMetadata = read_metadata(checkpoint)
     predictor = Predictor.from_checkpoint(checkpoint, device=device)
-    x, grid, channels = open_cube(cube_path, meta.channels)
-    predictor.check_channels(channels)
-    y = rasterize_inventory(inventory_path, grid)
-    y[np.all(~np.isfinite(x), axis=0)] = IGNORE
+    store, y = _read_inputs(meta, cube_path, inventory_path)
+    x, grid, shape = store.x, store.grid, tuple(store.shape)
+    predictor.check_channels(store.channels)
 
     if split == "all":
         bs = block_size or int(meta.provenance.get("split", {}).get("block_size", 512))
-        bsplit = block_split(grid.shape, bs, (1, 0, 0))
-        blocks = bsplit.blocks()
-        split_of = {b.id: "all" for b in blocks}
+        bsplit = block_split(shape, bs, (1, 0, 0), valid=y != IGNORE)
+        which = "train"  # every used block
     elif split in SPLITS:
         sj = meta.provenance.get("split")
         if not sj:
@@ -158,27 +319,54 @@ def evaluate(
             )
         bsplit = BlockSplit.from_json(sj)
         g = meta.provenance.get("grid", {})
-        if tuple(bsplit.shape) != tuple(grid.shape) or (
-            g.get("transform") and not np.allclose(g["transform"], list(grid.transform)[:6])
+        if tuple(bsplit.shape) != shape or (
+            grid is not None and g.get("transform") and not np.allclose(g["transform"], list(grid.transform)[:6])
         ):
             raise InputDataError(
-                f"cube {cube_path} (shape {grid.shape}) is not on the grid the checkpoint was "
+                f"cube {cube_path} (shape {shape}) is not on the grid the checkpoint was "
                 f"trained on (shape {tuple(bsplit.shape)}), so its held-out blocks do not apply.",
                 "evaluate with --split all for a different region.",
             )
-        blocks = bsplit.blocks(split)
-        if not blocks:
+        if not bsplit.blocks(split):
             raise InputDataError(f"the checkpoint's split has no {split} blocks.")
-        split_of = {b.id: split for b in blocks}
+        which = split
     else:
         raise InputDataError(f"unknown split {split!r}; choose train, val, test or all.")
     if window == "chip":
         window = (meta.provenance.get("config") or {}).get("chip_size")
-    probs = predict_blocks(predictor, x, blocks, context, window)
-    rows, overall = _score_blocks(probs, y, blocks, split_of, threshold)
-    return EvaluationReport(
-        rows, overall, str(checkpoint), predictor.checkpoint_sha256, split, threshold
+    report = evaluate_split(
+        predictor, x, y, bsplit, which, threshold, context, window, n_boot, confidence, boot_seed,
+        label="all" if split == "all" else None,
     )
+    report.checkpoint = str(checkpoint)
+    return report
+
+
+def evaluate_many(checkpoints: Sequence[str | Path], *args, **kwargs) -> list[EvaluationReport]:
+    """:func:`evaluate` for each checkpoint (e.g. one per training seed)."""
+    return [evaluate(c, *args, **kwargs) for c in checkpoints]
+
+
+def across_checkpoints(reports: Sequence[EvaluationReport], metrics: Sequence[str] = REPORT_METRICS) -> dict:
+    """``{metric: {"mean", "sd", "min", "max", "n"}}`` of the pooled metrics over several
+    reports (``sd`` with ``n - 1``; NaN below two); undefined values are left out."""
+    return summarise_seeds([r.overall for r in reports], metrics)
+
+
+def summarise_seeds(rows: Sequence[dict], metrics: Sequence[str]) -> dict:
+    """Mean, sample standard deviation, min, max and count of each metric over ``rows``."""
+    out = {}
+    for m in metrics:
+        v = np.array([r.get(m, math.nan) for r in rows], dtype=float)
+        v = v[np.isfinite(v)]
+        out[m] = {
+            "mean": float(v.mean()) if v.size else math.nan,
+            "sd": float(v.std(ddof=1)) if v.size > 1 else math.nan,
+            "min": float(v.min()) if v.size else math.nan,
+            "max": float(v.max()) if v.size else math.nan,
+            "n": int(v.size),
+        }
+    return out
 
 
 # ----------------------------------------------------------------------------- ablation
@@ -199,27 +387,36 @@ def _best_threshold(score: np.ndarray, y: np.ndarray) -> float:
     return float(best_q)
 
 
-def lsi_threshold_baseline(data: TrainingData, lsi_channel: str = "lsi") -> dict:
+def lsi_threshold_baseline(data: TrainingData, lsi_channel: str = "lsi", n_boot: int = 1000) -> dict:
     """Threshold the LSI channel alone: threshold fit on validation blocks (max Dice),
-    scored on the test blocks. AUC uses the raw score (threshold-free). The threshold is
-    in normalised LSI units (z-score with the training blocks' mean/std)."""
+    scored on the test blocks like the networks (:func:`score_blocks`). AUCs use the raw
+    score (threshold-free). The threshold is in normalised LSI units (z-score with the
+    training blocks' mean/std). Returns the pooled metrics, ``threshold`` and
+    ``intervals``."""
     i = data.channels.index(lsi_channel)
     lsi = data.x[i]
-    val = data.split.mask("val")
-    yv = np.where(val, data.y, IGNORE)
+    yv = np.where(data.split.mask("val"), data.y, IGNORE)
     thr = _best_threshold(lsi, yv)
     test_blocks = data.split.blocks("test")
-    ys, ss = [], []
-    for b in test_blocks:
-        ss.append(lsi[b.r0 : b.r1, b.c0 : b.c1].ravel())
-        ys.append(data.y[b.r0 : b.r1, b.c0 : b.c1].ravel())
-    s, y = np.concatenate(ss), np.concatenate(ys)
-    # scale the score into [0, 1] monotonically so segmentation_metrics' threshold applies
-    pred_prob = (s >= thr).astype(np.float32)
-    m = _pooled(pred_prob, y, 0.5)
-    m["auc"] = roc_auc(s, y, y != IGNORE)
-    m["threshold"] = thr
-    return m
+    probs = {b.id: lsi[b.r0 : b.r1, b.c0 : b.c1] for b in test_blocks}
+    _, overall, intervals, _ = score_blocks(
+        probs, data.y, test_blocks, {b.id: "test" for b in test_blocks}, thr, data.split.mask("test"), n_boot
+    )
+    return {**overall, "threshold": thr, "intervals": intervals}
+
+
+ABLATION_METRICS = ("dice", "iou", "precision", "recall", "auc", "pr_auc")
+
+
+def _ablation_row(model: str, channels: str, seed: int, parameters: int, epochs: int, train_s: float,
+                  thr: float, overall: dict, intervals: dict) -> dict:
+    row = {"model": model, "channels": channels, "seed": seed, "parameters": parameters, "epochs": epochs,
+           "train_s": train_s, "threshold": round(thr, 4)}
+    for k in ABLATION_METRICS:
+        row[k] = overall.get(k, math.nan)
+    lo, hi = intervals.get("dice", (math.nan, math.nan))
+    row["dice_low"], row["dice_high"] = lo, hi
+    return row
 
 
 def ablation(
@@ -229,27 +426,28 @@ def ablation(
     epochs: int = 3,
     base_width: int = 8,
     archs: Sequence[str] = ("enhanced", "unet"),
-    context: int = 32,
+    context: int = DEFAULT_CONTEXT,
     progress: bool = False,
     on_row: Callable[[dict], None] | None = None,
     tune_threshold: bool = True,
+    seeds: Sequence[int] | None = None,
+    n_boot: int = 1000,
 ) -> list[dict]:
     """EnhancedUNet vs plain UNet vs LSI threshold, with and without the LSI channel.
 
     Every network is trained from scratch on the same blocked split and seed (``epochs``
-    epochs at ``base_width``, other settings from ``config``) and scored on the test
-    blocks. With ``tune_threshold`` every variant's probability threshold is chosen on the
-    validation blocks (max Dice), as for the LSI threshold, so the comparison is fair;
-    otherwise networks use 0.5. Returns one row per variant: ``model``, ``channels``,
-    ``parameters``, ``epochs``, ``train_s``, ``threshold`` and the pooled test metrics
-    (``dice``, ``iou``, ``precision``, ``recall``, ``auc``).
+    epochs at ``base_width``, other settings from ``config``, channels from
+    ``config.channels``) and scored on the test blocks by :func:`evaluate_split`, the path
+    ``evaluate`` uses. With ``tune_threshold`` every variant's probability threshold is
+    chosen on the validation blocks (max Dice), as for the LSI threshold, so the
+    comparison is fair; otherwise networks use 0.5. ``seeds`` (default: ``config.seed``)
+    repeats everything per seed (split, sampling and weights); :func:`summarise_ablation`
+    gives mean and spread. Returns one row per variant and seed: ``model``, ``channels``,
+    ``seed``, ``parameters``, ``epochs``, ``train_s``, ``threshold``, the pooled test
+    metrics (``dice``, ``iou``, ``precision``, ``recall``, ``auc``, ``pr_auc``) and the
+    Dice bootstrap interval (``dice_low``, ``dice_high``).
     """
     config = config or TrainConfig()
-    data = prepare_data(cube_path, inventory_path, config)
-    with_lsi = list(data.channels)
-    variants: list[tuple[str, list[str]]] = [("with LSI", with_lsi)]
-    if "lsi" in with_lsi and len(with_lsi) > 1:
-        variants.append(("without LSI", [c for c in with_lsi if c != "lsi"]))
     rows: list[dict] = []
 
     def emit(row: dict) -> None:
@@ -257,52 +455,55 @@ def ablation(
         if on_row is not None:
             on_row(row)
 
-    test_blocks = data.split.blocks("test")
-    split_of = {b.id: "test" for b in test_blocks}
-    for label, chans in variants:
-        sub = data.select(chans)
-        for arch in archs:
-            cfg = replace(config, arch=arch, epochs=epochs, base_width=base_width, channels=tuple(chans))
-            t0 = time.perf_counter()
-            res = fit(sub, cfg, progress=progress)
-            train_s = time.perf_counter() - t0
-            identity = NormStats((0.0,) * len(chans), (1.0,) * len(chans))
-            meta = CheckpointMetadata(
-                res.model.architecture, res.model.config(), tuple(chans), identity
-            )
-            pred = Predictor(res.model, meta, device=cfg.device)
-            thr = 0.5
-            if tune_threshold:
-                val_blocks = data.split.blocks("val")
-                vp = predict_blocks(pred, sub.x, val_blocks, context, cfg.chip_size)
-                thr = _best_threshold(
-                    np.concatenate([vp[b.id].ravel() for b in val_blocks]),
-                    np.concatenate([sub.y[b.r0 : b.r1, b.c0 : b.c1].ravel() for b in val_blocks]),
-                )
-            probs = predict_blocks(pred, sub.x, test_blocks, context, cfg.chip_size)
-            _, overall = _score_blocks(probs, sub.y, test_blocks, split_of, thr)
-            emit(
-                {
-                    "model": res.model.architecture,
-                    "channels": f"{len(chans)} ({label})",
-                    "parameters": count_parameters(res.model),
-                    "epochs": len(res.history),
-                    "train_s": round(train_s, 1),
-                    "threshold": round(thr, 4),
-                    **{k: overall.get(k, math.nan) for k in ("dice", "iou", "precision", "recall", "auc")},
-                }
-            )
-    if "lsi" in data.channels:
-        m = lsi_threshold_baseline(data)
-        emit(
-            {
-                "model": "LSI threshold",
-                "channels": "1 (LSI only)",
-                "parameters": 1,
-                "epochs": 0,
-                "train_s": 0.0,
-                "threshold": round(m["threshold"], 4),
-                **{k: m.get(k, math.nan) for k in ("dice", "iou", "precision", "recall", "auc")},
-            }
-        )
+    for seed in (list(seeds) if seeds else [config.seed]):
+        cfg_seed = replace(config, seed=int(seed))
+        data = prepare_data(cube_path, inventory_path, cfg_seed)
+        with_lsi = list(data.channels)
+        variants: list[tuple[str, list[str]]] = [("with LSI", with_lsi)]
+        if "lsi" in with_lsi and len(with_lsi) > 1:
+            variants.append(("without LSI", [c for c in with_lsi if c != "lsi"]))
+        for label, chans in variants:
+            sub = data.select(chans)
+            for arch in archs:
+                cfg = replace(cfg_seed, arch=arch, epochs=epochs, base_width=base_width, channels=tuple(chans))
+                t0 = time.perf_counter()
+                res = fit(sub, cfg, progress=progress)
+                train_s = time.perf_counter() - t0
+                pred = in_memory_predictor(res.model, chans, device=cfg.device)
+                thr = 0.5
+                if tune_threshold:
+                    val_blocks = sub.split.blocks("val")
+                    vp = predict_blocks(pred, sub.x, val_blocks, context, cfg.chip_size)
+                    vmask = sub.split.mask("val")
+                    thr = _best_threshold(
+                        np.concatenate([vp[b.id].ravel() for b in val_blocks]),
+                        np.concatenate(
+                            [np.where(vmask[b.r0:b.r1, b.c0:b.c1], sub.y[b.r0:b.r1, b.c0:b.c1], IGNORE).ravel()
+                             for b in val_blocks]
+                        ),
+                    )
+                rep = evaluate_split(pred, sub.x, sub.y, sub.split, "test", thr, context, cfg.chip_size, n_boot)
+                emit(_ablation_row(res.model.architecture, f"{len(chans)} ({label})", int(seed),
+                                   count_parameters(res.model), len(res.history), round(train_s, 1), thr,
+                                   rep.overall, rep.intervals))
+        if "lsi" in data.channels:
+            m = lsi_threshold_baseline(data, n_boot=n_boot)
+            emit(_ablation_row("LSI threshold", "1 (LSI only)", int(seed), 1, 0, 0.0, m["threshold"], m,
+                               m["intervals"]))
     return rows
+
+
+def summarise_ablation(rows: Sequence[dict], metrics: Sequence[str] = ABLATION_METRICS) -> list[dict]:
+    """One row per (model, channels) over seeds: ``seeds`` (count) and per metric its
+    ``<metric>_mean`` and ``<metric>_sd``."""
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["model"], r["channels"]), []).append(r)
+    out = []
+    for (model, chans), rs in groups.items():
+        summ = summarise_seeds(rs, metrics)
+        row = {"model": model, "channels": chans, "seeds": len(rs)}
+        for m in metrics:
+            row[f"{m}_mean"], row[f"{m}_sd"] = summ[m]["mean"], summ[m]["sd"]
+        out.append(row)
+    return out

@@ -1,4 +1,5 @@
-"""Segmentation metrics in numpy: Dice/F1, IoU, precision, recall, ROC AUC, recall by size.
+"""Segmentation metrics in numpy: Dice/F1, IoU, precision, recall, ROC AUC, PR AUC
+(average precision), recall by size, and block-bootstrap confidence intervals.
 
 Conventions: ``target`` is a 0/1 mask, ``pred`` a boolean prediction (or ``prob >=
 threshold``), ``valid`` an optional boolean mask of pixels that count. When a ratio's
@@ -23,9 +24,14 @@ from scipy import ndimage
 from pipeline.core.stats import roc_auc as core_roc_auc
 
 __all__ = [
+    "BOOTSTRAP_METRICS",
     "SIZE_CLASSES",
     "Confusion",
+    "UnitCounts",
+    "average_precision",
+    "block_bootstrap",
     "confusion",
+    "curve_metrics_from_counts",
     "dice",
     "iou",
     "metrics_from_confusion",
@@ -34,6 +40,7 @@ __all__ = [
     "recall_by_size",
     "roc_auc",
     "segmentation_metrics",
+    "unit_counts",
 ]
 
 #: size class name -> [min_px, max_px) of a target connected component
@@ -125,6 +132,27 @@ def roc_auc(prob, target, valid=None) -> float:
     return core_roc_auc(prob, t, v)
 
 
+def average_precision(prob, target, valid=None) -> float:
+    """Area under the precision-recall curve as average precision, like scikit-learn's
+    ``average_precision_score``: AP = Σₙ (Rₙ − Rₙ₋₁)·Pₙ over the thresholds at each
+    distinct score, highest first (tied pixels form one step; no interpolation). Pixels
+    with a non-finite score or outside ``valid`` are left out. ``nan`` without positives."""
+    s = np.asarray(prob, dtype=np.float64)
+    _, t, v = _prep(np.zeros(s.shape, bool), target, valid)
+    ok = v & np.isfinite(s)
+    s, t = s[ok], t[ok]
+    n_pos = int(np.count_nonzero(t))
+    if n_pos == 0:
+        return float("nan")
+    order = np.argsort(-s, kind="mergesort")
+    s, t = s[order], t[order]
+    last = np.r_[np.nonzero(np.diff(s))[0], s.size - 1]  # last pixel of each distinct score
+    tp = np.cumsum(t)[last]
+    fp = (last + 1) - tp
+    rec = tp / n_pos
+    return float(np.sum(np.diff(np.r_[0.0, rec]) * tp / (tp + fp)))
+
+
 def recall_by_size(
     pred,
     target,
@@ -187,8 +215,149 @@ def segmentation_metrics(
         "landslide_px": c.tp + c.fn,
         **metrics_from_confusion(c),
         "auc": roc_auc(prob, target, valid),
+        "pr_auc": average_precision(prob, target, valid),
     }
     if by_size:
         for name, r in recall_by_size(pred, target, valid).items():
             row[f"recall_{name}"] = r["pixel_recall"]
     return row
+
+
+# ----------------------------------------------------------------------------- bootstrap
+#: metrics the block bootstrap gives intervals for
+BOOTSTRAP_METRICS = (
+    "dice", "iou", "precision", "recall", "auc", "pr_auc", "recall_small", "recall_medium", "recall_large",
+)
+
+
+@dataclass(frozen=True)
+class UnitCounts:
+    """What the bootstrap needs of each resampling unit (a block), as arrays over units:
+    ``confusion (U, 4)`` tp/fp/fn/tn at the threshold; ``size_hits``/``size_pixels``
+    ``(U, S)`` detected and total landslide pixels per size class (:data:`SIZE_CLASSES`
+    order); ``pos``/``neg`` ``(U, K)`` landslide and background pixels per score bin
+    (ascending). Bins are the distinct pooled scores when there are at most ``max_bins``
+    (then AUC and AP from them are exact), else pooled-score quantiles."""
+
+    confusion: np.ndarray
+    size_hits: np.ndarray
+    size_pixels: np.ndarray
+    pos: np.ndarray
+    neg: np.ndarray
+    exact_bins: bool
+
+    @property
+    def n_units(self) -> int:
+        return int(self.confusion.shape[0])
+
+
+def unit_counts(units, threshold: float = 0.5, max_bins: int = 4096) -> UnitCounts:
+    """:class:`UnitCounts` from ``units``: a sequence of ``(prob, target, valid)`` arrays
+    (any shapes; ``valid`` may be ``None``)."""
+    units = list(units)
+    prepped = []
+    for prob, target, valid in units:
+        prob = np.asarray(prob, dtype=np.float32)
+        _, t, v = _prep(np.zeros(prob.shape, bool), target, valid)
+        v = v & np.isfinite(prob)
+        prepped.append((prob, t, v))
+    pooled = np.concatenate([p[v] for p, _, v in prepped]) if prepped else np.empty(0, np.float32)
+    uniq = np.unique(pooled)
+    exact = uniq.size <= max_bins
+    if exact:
+        edges, k = uniq, max(uniq.size, 1)
+    else:
+        edges = np.unique(np.quantile(pooled, np.linspace(0, 1, max_bins + 1)[1:-1]))
+        k = edges.size + 1
+    n = len(prepped)
+    conf = np.zeros((n, 4), dtype=np.float64)
+    hits = np.zeros((n, len(SIZE_CLASSES)), dtype=np.float64)
+    pix = np.zeros((n, len(SIZE_CLASSES)), dtype=np.float64)
+    pos = np.zeros((n, k), dtype=np.float64)
+    neg = np.zeros((n, k), dtype=np.float64)
+    for i, (p, t, v) in enumerate(prepped):
+        pred = p >= threshold
+        c = confusion(pred, t, v)
+        conf[i] = (c.tp, c.fp, c.fn, c.tn)
+        for j, r in enumerate(recall_by_size(pred, t, v).values()):
+            hits[i, j], pix[i, j] = r["detected_pixels"], r["pixels"]
+        s, tt = p[v], t[v]
+        idx = np.searchsorted(edges, s, side="left" if exact else "right")
+        pos[i] = np.bincount(idx[tt], minlength=k)[:k]
+        neg[i] = np.bincount(idx[~tt], minlength=k)[:k]
+    return UnitCounts(conf, hits, pix, pos, neg, exact)
+
+
+def curve_metrics_from_counts(pos: np.ndarray, neg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """ROC AUC and average precision from landslide/background counts per score bin
+    ``(..., K)`` (ascending score; pixels in one bin are ties). ``nan`` where a class is
+    missing."""
+    pos = np.asarray(pos, dtype=np.float64)
+    neg = np.asarray(neg, dtype=np.float64)
+    n_pos, n_neg = pos.sum(-1), neg.sum(-1)
+    below = np.cumsum(neg, -1) - neg
+    with np.errstate(invalid="ignore", divide="ignore"):
+        auc = (pos * (below + 0.5 * neg)).sum(-1) / (n_pos * n_neg)
+        tp = np.cumsum(pos[..., ::-1], -1)  # descending thresholds
+        fp = np.cumsum(neg[..., ::-1], -1)
+        prec = np.where(tp + fp > 0, tp / np.where(tp + fp > 0, tp + fp, 1), 0.0)
+        ap = (pos[..., ::-1] * prec).sum(-1) / n_pos
+    auc = np.where((n_pos > 0) & (n_neg > 0), auc, np.nan)
+    ap = np.where(n_pos > 0, ap, np.nan)
+    return auc, ap
+
+
+def _metrics_from_sums(conf: np.ndarray, hits: np.ndarray, pix: np.ndarray, pos, neg) -> dict[str, np.ndarray]:
+    tp, fp, fn = conf[..., 0], conf[..., 1], conf[..., 2]
+
+    def ratio(a, b):
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(b > 0, a / np.where(b > 0, b, 1), np.nan)
+
+    auc, ap = curve_metrics_from_counts(pos, neg)
+    out = {
+        "dice": ratio(2 * tp, 2 * tp + fp + fn),
+        "iou": ratio(tp, tp + fp + fn),
+        "precision": ratio(tp, tp + fp),
+        "recall": ratio(tp, tp + fn),
+        "auc": auc,
+        "pr_auc": ap,
+    }
+    for j, name in enumerate(SIZE_CLASSES):
+        out[f"recall_{name}"] = ratio(hits[..., j], pix[..., j])
+    return out
+
+
+def block_bootstrap(
+    counts: UnitCounts, n_resamples: int = 1000, confidence: float = 0.95, seed: int = 0
+) -> dict[str, tuple[float, float]]:
+    """Percentile bootstrap intervals over resampling units (blocks): ``n_resamples``
+    draws of as many units as there are, with replacement (seeded); every draw pools its
+    units' counts (a unit drawn twice counts twice) and recomputes each metric of
+    :data:`BOOTSTRAP_METRICS`. Returns ``{metric: (low, high)}`` at ``confidence``; draws
+    where a metric is undefined (e.g. no landslide drawn) are left out of its interval.
+    Fewer than two units give ``nan`` intervals (nothing to resample)."""
+    n = counts.n_units
+    nan = (float("nan"), float("nan"))
+    if n < 2 or n_resamples < 1:
+        return {m: nan for m in BOOTSTRAP_METRICS}
+    rng = np.random.default_rng(seed)
+    w = rng.multinomial(n, np.full(n, 1.0 / n), size=n_resamples).astype(np.float64)  # (R, U)
+    vals = _metrics_from_sums(
+        w @ counts.confusion, w @ counts.size_hits, w @ counts.size_pixels, w @ counts.pos, w @ counts.neg
+    )
+    lo_q, hi_q = 50 * (1 - confidence), 50 * (1 + confidence)
+    out = {}
+    for m in BOOTSTRAP_METRICS:
+        v = vals[m][np.isfinite(vals[m])]
+        out[m] = (float(np.percentile(v, lo_q)), float(np.percentile(v, hi_q))) if v.size else nan
+    return out
+
+
+def pooled_from_counts(counts: UnitCounts) -> dict[str, float]:
+    """The pooled metrics of all units once (each unit weight 1), from the counts."""
+    w = np.ones((1, counts.n_units))
+    vals = _metrics_from_sums(
+        w @ counts.confusion, w @ counts.size_hits, w @ counts.size_pixels, w @ counts.pos, w @ counts.neg
+    )
+    return {k: float(v[0]) for k, v in vals.items()}

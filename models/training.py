@@ -27,15 +27,18 @@ from models.checkpoint import HYPERPARAMETER_BOUNDS, save_checkpoint, sha256
 from models.data import (
     IGNORE,
     BlockSplit,
+    ChipLayout,
     ChipSampler,
     Grid,
     NormStats,
     block_split,
     compute_norm_stats,
+    label_store,
     normalise,
-    open_cube,
-    rasterize_inventory,
+    open_store,
 )
+from models.labels import LabelValues, label_provenance, parse_label_values
+from models.splits import SplitSpec, make_split
 from models.losses import make_loss
 from models.metrics import Confusion, confusion, metrics_from_confusion
 from models.networks import DEFAULT_CHANNELS, build_model, count_parameters, landslide_logit
@@ -69,6 +72,17 @@ class TrainConfig:
             ``amp``.
         num_threads: torch CPU threads for this process (``None`` leaves torch's default;
             on a small machine shared with other work, 1 can be several times faster).
+        label_values: the label convention as ``--label-values`` takes it
+            (``positive=2,negative=1,ignore=0``; see :mod:`models.labels`); ``None`` is
+            the default (masks: 0 negative, 1 positive; polygons: every polygon positive).
+        label_field: polygon attribute holding each feature's class (mapped by
+            ``label_values``); ``None``: every polygon is a landslide.
+        outside: the area outside every polygon: ``"negative"`` (default) or ``"ignore"``.
+        split_buffer: px around validation and test blocks left out of training (and
+            around test blocks out of validation), so neighbours do not leak.
+        split_file: polygons whose ``split_attribute`` (train/val/test) assigns blocks
+            (a block goes where polygons cover at least half of it); instead of random.
+        split_blocks: explicit block ids per split, e.g. ``(("test", ("r2c0",)),)``.
     """
 
     arch: str = "enhanced"
@@ -91,9 +105,17 @@ class TrainConfig:
     device: str = "auto"
     amp: bool = True
     num_threads: int | None = None
+    label_values: str | None = None
+    label_field: str | None = None
+    outside: str | None = None
+    split_buffer: int = 0
+    split_file: str | None = None
+    split_attribute: str = "split"
+    split_blocks: tuple[tuple[str, tuple[str, ...]], ...] | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "channels", tuple(self.channels))
+        self.labels()  # a bad convention fails here, before any work
         object.__setattr__(self, "split", tuple(float(f) for f in self.split))
         if self.block_size < self.chip_size:
             raise InputDataError(
@@ -108,6 +130,10 @@ class TrainConfig:
                 raise InputDataError(f"{key} {value} is outside [{lo}, {hi}] (a network that size would not fit in memory).",
                                      f"use a {key} between {lo} and {hi}; the default width is 16, depth 4.")
 
+    def labels(self) -> LabelValues:
+        """The label convention (:func:`models.labels.parse_label_values`)."""
+        return parse_label_values(self.label_values, self.outside)
+
 
 @dataclass
 class TrainingData:
@@ -115,11 +141,12 @@ class TrainingData:
 
     x: np.ndarray  # (C, H, W) float32, normalised, NaN → 0
     y: np.ndarray  # (H, W) uint8: 1 landslide, 0 background, IGNORE unknown
-    grid: Grid
+    grid: Grid | None  # None for a chip store (see ``chips``)
     channels: tuple[str, ...]
     split: BlockSplit
     stats: NormStats
     provenance: dict = field(default_factory=dict)
+    chips: ChipLayout | None = None  # chips laid side by side, one split block each
 
     def select(self, channels: Sequence[str]) -> TrainingData:
         """The same data restricted to (and reordered as) ``channels``."""
@@ -144,40 +171,75 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+@dataclass(frozen=True)
+class _ShapeOnly:
+    """A grid with a shape only (a chip store): enough for random or id splits."""
+
+    shape: tuple[int, int]
+    crs: None = None
+    transform: None = None
+
+
 def prepare_data(
     cube_path: str | Path, inventory_path: str | Path, config: TrainConfig
 ) -> TrainingData:
     """Read, label, split and normalise. Raises :class:`InputDataError` when the inventory
-    puts no landslide pixel on the cube's grid."""
-    x, grid, channels = open_cube(cube_path, config.channels)
-    y = rasterize_inventory(inventory_path, grid)
+    puts no landslide pixel on the cube's grid.
+
+    ``cube_path`` is a factor cube or a chip store (``slidewatch prepare``); a chip store's
+    chips are laid side by side (:class:`~models.data.ChipLayout`) and each chip is one
+    block of the split (``config.block_size`` does not apply). Labels follow
+    ``config.labels()``; the convention is recorded in the provenance (``labels``).
+    """
+    store = open_store(cube_path, config.channels)
+    labels = config.labels()
+    y = label_store(store, inventory_path, labels=labels, label_field=config.label_field)
+    x, grid, channels = store.x, store.grid, store.channels
     nodata = np.all(~np.isfinite(x), axis=0)
-    y[nodata] = IGNORE
     if not np.any(y == 1):
-        raise InputDataError(
-            f"inventory {inventory_path} puts no landslide pixel on the cube's grid "
-            f"(cube bounds {tuple(round(v, 1) for v in grid.bounds)} in {grid.crs}).",
-            "check that the inventory overlaps the cube and is in a known CRS.",
+        where = (
+            f"the cube's grid (cube bounds {tuple(round(v, 1) for v in grid.bounds)} in {grid.crs})"
+            if grid is not None
+            else f"any of the {len(store.chips.names)} chips"  # type: ignore[union-attr]
         )
-    split = block_split(grid.shape, config.block_size, config.split, config.seed, positives=y)
+        raise InputDataError(
+            f"inventory {inventory_path} puts no landslide pixel on {where} "
+            f"(label convention: {labels.to_string()}).",
+            "check that the inventory overlaps the data, is in a known CRS and that --label-values "
+            "names the landslide value.",
+        )
+    block_size = store.chips.cell if store.chips is not None else config.block_size
+    spec = replace(SplitSpec.from_config(config), block_size=block_size)
+    if grid is None and spec.file:
+        raise InputDataError(f"--split-file {spec.file} needs a georeferenced factor cube; {cube_path} is a chip store.",
+                             "split a chip store by chip (--split-blocks, one block per chip) or at random.")
+    split = make_split(spec, grid if grid is not None else _ShapeOnly(store.shape), y)
+    y = split.restrict_labels(y)  # buffers and unused blocks are never trained on nor scored
     stats = compute_norm_stats(x, split.mask("train") & ~nodata)
     xn = normalise(x, stats)
     del x
+    if grid is not None:
+        grid_record = {
+            "crs": grid.crs.to_string(),
+            "transform": list(grid.transform)[:6],
+            "shape": list(grid.shape),
+        }
+    else:
+        grid_record = {"kind": "chips", "shape": list(store.shape)}
     provenance = {
         "cube": str(Path(cube_path).resolve()),
         "inventory": str(Path(inventory_path).resolve()),
         "inventory_sha256": sha256(inventory_path) if Path(inventory_path).is_file() else None,
-        "grid": {
-            "crs": grid.crs.to_string(),
-            "transform": list(grid.transform)[:6],
-            "shape": list(grid.shape),
-        },
+        "grid": grid_record,
         "split": split.to_json(),
+        "labels": label_provenance(labels, inventory_path, config.label_field),
         "landslide_pixels": {
             s: int(np.count_nonzero(split.mask(s) & (y == 1))) for s in ("train", "val", "test")
         },
     }
-    return TrainingData(xn, y, grid, channels, split, stats, provenance)
+    if store.chips is not None:
+        provenance["chips"] = store.chips.to_json()
+    return TrainingData(xn, y, grid, channels, split, stats, provenance, chips=store.chips)
 
 
 def _stack_tiles(sampler: ChipSampler, which: str) -> tuple[np.ndarray, np.ndarray]:
@@ -340,20 +402,24 @@ def train(
     """Train from a factor cube and an inventory; write ``out_dir/model.safetensors``.
 
     Also writes ``out_dir/training.json`` (config, history, split). Returns the checkpoint
-    path. The checkpoint's metrics hold the best validation metrics and the pooled
-    metrics on the test blocks' chips (use :func:`models.evaluate.evaluate` for per-block
-    numbers).
+    path. The checkpoint's metrics hold the best validation metrics (on chips) and the
+    pooled test metrics with bootstrap intervals, computed by
+    :func:`models.evaluate.evaluate_split` exactly as ``slidewatch evaluate --split test``
+    computes them on the saved checkpoint (use it for per-block numbers).
     """
     config = config or TrainConfig()
     data = prepare_data(cube_path, inventory_path, config)
     result = fit(data, config, progress=progress)
+    # Final test: the path `slidewatch evaluate --split test` takes on the saved checkpoint
+    # (same blocks, windows, context and scoring), from the best weights in memory.
+    from models.evaluate import DEFAULT_CONTEXT, evaluate_split, in_memory_predictor
+
     device = next(result.model.parameters()).device
-    sampler = ChipSampler(data.x, data.y, data.split, "train", config.chip_size, 0.0, config.seed)
-    xt, yt = _stack_tiles(sampler, "test")
-    test = evaluate_chips(
-        result.model, xt, yt, make_loss(config.loss), device, config.batch_size,
-        config.amp and device.type == "cuda",
+    report = evaluate_split(
+        in_memory_predictor(result.model, data.channels, device=device),
+        data.x, data.y, data.split, "test", 0.5, DEFAULT_CONTEXT, config.chip_size,
     )
+    test = report.metrics()
 
     def _clean(d: dict) -> dict:
         return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in d.items()}
@@ -363,13 +429,23 @@ def train(
         "epochs_run": len(result.history),
         "val": _clean(result.best_val),
         "test": _clean(test),
+        "test_intervals": report.to_json()["intervals"],
+        "test_bootstrap": report.to_json()["bootstrap"],
         "parameters": count_parameters(result.model),
         "train_seconds": round(result.seconds, 2),
     }
     provenance = {**data.provenance, "config": asdict(config)}
+    # what the classes mean (thresholds from the validation blocks) and the world it learnt
+    from models.calibration import class_thresholds, input_ranges, training_world
+
+    in_memory = in_memory_predictor(result.model, data.channels, device=device)
+    calibration = class_thresholds(in_memory, data.x, data.y, data.split, DEFAULT_CONTEXT, config.chip_size)
+    inputs = input_ranges(data.x, data.stats, data.split.mask("train"), data.channels)
+    world = training_world(str(cube_path), data.chips is not None)
     out_dir = Path(out_dir)
     path = save_checkpoint(
-        out_dir / CHECKPOINT_NAME, result.model, data.stats, provenance=provenance, metrics=metrics
+        out_dir / CHECKPOINT_NAME, result.model, data.stats, provenance=provenance, metrics=metrics,
+        calibration=calibration, inputs=inputs, world=world,
     )
     (out_dir / "training.json").write_text(
         json.dumps(

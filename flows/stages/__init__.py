@@ -24,7 +24,7 @@ from pathlib import Path
 import xarray as xr
 
 from pipeline import __version__
-from pipeline.core.config import INFERENCE_TILE, TimeWindow
+from pipeline.core.config import INFERENCE_TILE, CubeConfig, TimeWindow
 from pipeline.core.errors import StoreError
 from pipeline.core.layout import RunLayout, run_dir_for, zarr_attrs
 from pipeline.core.locking import WriterLock
@@ -34,6 +34,7 @@ from pipeline.factors.mask import inside_geometry
 from pipeline.factors.lsi import LsiParams
 from pipeline.factors.ranges import normalisation_ranges
 from pipeline.plan.regions import Region
+from pipeline.predict.hazard import check_hazard_mode
 from pipeline.predict.inference import PredictorLike
 
 from flows.stages.cube import RunResult, ZoneResult, cube_stage
@@ -41,7 +42,8 @@ from flows.stages.lsi import factors_inside, write_lsi, write_lsi_quicklook
 
 Event = Callable[[str, dict], None]
 
-__all__ = ["RunResult", "ZoneResult", "cube_stage", "load_predictor", "lsi_stage", "risk_stage", "run_lock", "run_record"]
+__all__ = ["RunResult", "ZoneResult", "check_input_drift", "check_model_inputs", "cube_stage", "deployable_channels",
+           "finish_run", "load_predictor", "lsi_stage", "risk_stage", "run_lock", "run_record"]
 
 
 def _quiet(kind: str, info: dict) -> None:
@@ -50,10 +52,13 @@ def _quiet(kind: str, info: dict) -> None:
 
 def lsi_stage(
     result: RunResult, rain: Rain, *, params: LsiParams | None = None, calibration: str | None = None,
-    overwrite: bool = False, on_event: Event | None = None,
+    overwrite: bool = False, on_event: Event | None = None, hazard: str = "decoupled",
 ) -> list[Path]:
     """Factors and LSI of every zone (``lsi_<zone>.zarr`` + PNG); sets ``zone.lsi_path``.
-    ``calibration`` says where calibrated ``params`` come from (recorded in the stores)."""
+    ``calibration`` says where calibrated ``params`` come from (recorded in the stores).
+    ``hazard="decoupled"`` (default) writes the rain-free LSI, the same whatever ``rain``;
+    ``"paper"`` scales it by ``rain``'s R_m as the source paper does."""
+    lsi_rain = rain if check_hazard_mode(hazard) == "paper" else None
     emit = on_event or _quiet
     cubes = [xr.open_zarr(z.cube_path, decode_coords="all") for z in result.zones]
     geometry = result.region.geometry_json if result.region is not None else None
@@ -73,7 +78,7 @@ def lsi_stage(
         prov = result.provenance
         if prov is not None:
             prov = replace(prov, input_items=z.inputs.ids())
-        path = write_lsi(z.cube_path, z.grid, params or LsiParams(), rain, provenance=prov, overwrite=overwrite,
+        path = write_lsi(z.cube_path, z.grid, params or LsiParams(), lsi_rain, provenance=prov, overwrite=overwrite,
                          ranges=region_ranges if len(cubes) > 1 else None, region_cubes=region_cubes,
                          calibration=calibration, geometry=geometry, on_event=emit)
         png = write_lsi_quicklook(path)
@@ -126,6 +131,90 @@ def run_record(
     }
 
 
+def finish_run(run_dir: Path, record: dict) -> Path:
+    """Write ``run.json`` (stamped ``finished`` now). Call it last, under the run's lock, once
+    every output is written: a stage that refused its input or failed leaves the previous
+    ``run.json``, which still describes the outputs on disk."""
+    from pipeline.core.layout import write_run_json
+
+    return write_run_json(run_dir, {**record, "finished": datetime.now(timezone.utc).isoformat()})
+
+
+def deployable_channels(config: CubeConfig) -> tuple[str, ...]:
+    """Every variable a run can feed a model: the cube's bands (Sentinel-2 bands, DEM, SAR
+    unless ``--sar none``, the valid-scene count) and the LSI store's factors, LSI and
+    contributions."""
+    from pipeline.factors.lsi import FACTORS
+
+    sar = () if config.sar == "none" else ("vv", "vh", "vv_dry", "vv_wet")
+    return (*config.s2_bands, "dem", *sar, "s2_valid_count", *FACTORS, "lsi", *(f"contrib_{f}" for f in FACTORS))
+
+
+def check_model_inputs(channels: tuple[str, ...], config: CubeConfig, checkpoint: Path) -> None:
+    """Refuse, before the cube stage, a model whose channels no store of the run will hold."""
+    from pipeline.core.errors import CheckpointError
+
+    known = deployable_channels(config)
+    unknown = [c for c in channels if c not in known]
+    if unknown:
+        raise CheckpointError(
+            f"{checkpoint} needs channels {unknown} that a run does not produce (it produces {', '.join(known)}).",
+            "train on variables of the cube or LSI store (slidewatch train --channels), "
+            "or map your own rasters with the model outside `run`.",
+        )
+
+
+def _class_thresholds(predictor: PredictorLike, given: tuple[float, float] | None) -> tuple[tuple[float, float], str]:
+    """The class thresholds and where they come from: given, the checkpoint's calibration,
+    or the defaults."""
+    from pipeline.predict.mosaic import CLASS_THRESHOLDS
+
+    if given is not None:
+        return (float(given[0]), float(given[1])), "given"
+    cal = getattr(getattr(predictor, "metadata", None), "calibration", None) or {}
+    if cal.get("class_thresholds"):
+        t1, t2 = cal["class_thresholds"]
+        return (float(t1), float(t2)), f"checkpoint calibration: {cal.get('method', 'validation data')}"
+    return CLASS_THRESHOLDS, "default (the checkpoint has no calibration)"
+
+
+def check_input_drift(lsi_paths: list[Path], predictor: PredictorLike, *, strict: bool = False,
+                      on_event: Event | None = None, cube_paths: list[Path | None] | None = None) -> dict[str, list[dict]]:
+    """Compare every model channel's values in the LSI stores with the checkpoint's
+    training ranges; announce (or, ``strict``, refuse in one line) channels far outside.
+    Returns ``{store: [drift, ...]}`` for the drifted channels (recorded by the caller)."""
+    from pipeline.core.errors import InputDataError
+    from pipeline.predict.drift import channel_drift, drifted
+
+    from flows.dask_context import compute_context
+
+    emit = on_event or _quiet
+    inputs = getattr(getattr(predictor, "metadata", None), "inputs", None) or {}
+    ranges = {c: r for c, r in (inputs.get("ranges") or {}).items() if c in predictor.channels}
+    if not ranges:
+        emit("note", {"text": "the checkpoint records no training input ranges: inputs not compared with training"})
+        return {}
+    found: dict[str, list[dict]] = {}
+    for path, cube_path in zip(lsi_paths, cube_paths or [None] * len(lsi_paths)):
+        ds = xr.open_zarr(path)
+        from_cube = [c for c in ranges if c not in ds.data_vars]
+        if from_cube and cube_path is not None and Path(cube_path).exists():
+            cube = xr.open_zarr(cube_path)
+            ds = xr.merge([ds, cube[[c for c in from_cube if c in cube.data_vars]]], join="exact", compat="override",
+                          combine_attrs="drop_conflicts")
+        with compute_context():
+            bad = drifted(channel_drift(ds, ranges))
+        if not bad:
+            continue
+        found[str(path)] = [d.to_attrs() for d in bad]
+        text = f"inputs unlike the model's training data in {path.name}: " + "; ".join(d.describe() for d in bad)
+        if strict:
+            raise InputDataError(text + ".", "check the region, season and processing of the inputs, retrain the "
+                                 "model on data like them, or drop --strict to map anyway (the drift is recorded).")
+        emit("note", {"text": text + " (recorded in risk.zarr; --strict refuses)"})
+    return found
+
+
 def load_predictor(checkpoint: Path, device: str = "auto", batch_size: int = 8) -> PredictorLike:
     """The checkpoint's Predictor, loaded once per process (see :func:`models.predictor.cached_predictor`)."""
     from models.predictor import cached_predictor
@@ -144,12 +233,23 @@ def risk_stage(
     thresholds: tuple[float, float] | None = None,
     tile: int = INFERENCE_TILE,
     batch_size: int = 8,
+    record: dict | None = None,
+    hazard: str = "decoupled",
+    uncertainty: bool = True,
+    strict: bool = False,
 ) -> Path | None:
     """U-Net over every zone's LSI store → ``RUN/risk.zarr`` → exports (COGs, PNG, STAC item).
 
     ``checkpoint=None`` skips the stage (returns ``None``). The mosaic is reused when its
     LSI store, checkpoint and settings are unchanged; ``rain`` is recorded through the LSI
-    store it reads.
+    store it reads. ``record`` (the run's :func:`run_record`) describes the run in the STAC
+    item; the caller writes it to ``run.json`` once this stage has succeeded.
+
+    ``hazard`` (``decoupled``/``paper``) as in :func:`lsi_stage`; ``rain`` is the event of the
+    hazard layer. Class thresholds: ``thresholds`` when given, else the checkpoint's
+    calibrated ones, else the defaults (announced). Every model channel's values are
+    compared with its training range first (:func:`pipeline.predict.drift.channel_drift`):
+    a channel far outside is announced, or refused with ``strict``.
     """
     from flows.stages.risk import open_zone, write_risk
     from pipeline.predict.mosaic import CLASS_THRESHOLDS
@@ -167,15 +267,25 @@ def risk_stage(
     layout = result.layout
     region = (result.provenance.region if result.provenance else None) \
         or zarr_attrs(zones[0][1]).get("region") or result.run_dir.parent.name
-    risk = write_risk(result.run_dir, zones, predictor, region=str(region), thresholds=thresholds or CLASS_THRESHOLDS,
+    cube_of = {z.grid.zone_name: z.cube_path for z in result.zones}
+    drift = check_input_drift([p for _, p in zones], predictor, strict=strict, on_event=emit,
+                              cube_paths=[cube_of.get(g.zone_name) for g, _ in zones])
+    thresholds, source = _class_thresholds(predictor, thresholds)
+    if source.startswith("default"):
+        emit("note", {"text": f"the checkpoint has no calibrated class thresholds: using the defaults {thresholds} "
+                              "(retrain with this version to calibrate them on validation data)"})
+    risk = write_risk(result.run_dir, zones, predictor, region=str(region), rain=rain, mode=hazard,
+                      thresholds=thresholds, thresholds_source=source, uncertainty=uncertainty,
+                      zone_attrs={g.zone_name: {"input_drift": drift.get(str(p), [])} for g, p in zones},
+                      cube_paths={z.grid.zone_name: z.cube_path for z in result.zones},
                       tile=tile, batch_size=batch_size, overwrite=overwrite, on_event=emit)
     emit("inference", {"stats": risk.stats.as_dict(), "reused": risk.reused})
     quicklooks = {}
     for grid, _ in zones:
         ds = open_zone(result.run_dir, grid.zone_name)
         quicklooks[grid.zone_name] = write_quicklook(
-            ds["probability"], layout.risk_quicklook(grid.zone_name), classes=ds["risk_class"],
-            title=f"Landslide probability (U-Net), {ds.attrs.get('region')} {grid.zone_name}", label="probability")
-    item = export_run(result.run_dir, quicklooks=quicklooks)
+            ds["hazard"], layout.risk_quicklook(grid.zone_name), classes=ds["risk_class"],
+            title=f"Landslide hazard for the event, {ds.attrs.get('region')} {grid.zone_name}", label="hazard")
+    item = export_run(result.run_dir, quicklooks=quicklooks, run_info=record)
     emit("exported", {"item": str(item), "exports": str(layout.exports)})
     return risk.path

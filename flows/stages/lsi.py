@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import xarray as xr
@@ -18,13 +19,13 @@ from pipeline.factors.mask import inside_geometry
 from pipeline.factors.lsi import LsiParams, lsi_attrs, lsi_dataset, lsi_fingerprint
 from pipeline.factors.ranges import normalisation_ranges
 from pipeline.products.quicklook import write_quicklook
-from pipeline.store.tiles import TileStore, template, write_tiles
+from pipeline.store.tiles import GenerationGuard, TileStore, template, write_tiles
 
 from flows.dask_context import compute_context, tile_concurrency
 
 
 def write_lsi(
-    cube_path: Path, grid: ZoneGrid, params: LsiParams, rain: Rain, *, provenance: RunProvenance | None = None,
+    cube_path: Path, grid: ZoneGrid, params: LsiParams, rain: Rain | None, *, provenance: RunProvenance | None = None,
     ranges: Callable[[], dict] | None = None, region_cubes: list[str] | None = None, calibration: str | None = None,
     geometry: str | None = None,
     overwrite: bool = False, on_event: Callable[[str, dict], None] | None = None,
@@ -38,8 +39,12 @@ def write_lsi(
     (called only when the store is written; default: this cube's own), and
     ``region_cubes`` the fingerprints of every zone's cube they come from, which key the store.
     ``geometry`` (a GeoJSON region's polygon, lon/lat JSON) masks the pixels outside it.
+    ``rain=None`` (the default, ``decoupled`` hazard mode) writes the rain-free LSI (R_m = 1)
+    and records no rain: the store is then the same whatever the event; a ``Rain`` scales
+    the LSI by its R_m as the source paper does (``paper`` mode).
     """
     emit = on_event or (lambda kind, info: None)
+    source = GenerationGuard(cube_path)  # checked after every tile: the cube must not change under us
     cube = xr.open_zarr(cube_path, decode_coords="all")
     path = RunLayout(cube_path.parent).lsi(grid.zone_name)
     store = TileStore(path, lsi_fingerprint(cube.attrs.get("slidewatch_fingerprint"), params, rain, region_cubes, geometry))
@@ -49,15 +54,16 @@ def write_lsi(
     inside = inside_geometry(json.loads(geometry), grid) if geometry is not None else None
     with compute_context():
         region_ranges = ranges() if ranges is not None else normalisation_ranges(factors_inside(cube, inside))
-    ds = lsi_dataset(cube, region_ranges, params, rain.multiplier, inside)
+    ds = lsi_dataset(cube, region_ranges, params, rain.multiplier if rain is not None else 1.0, inside)
     variables = {name: str(v.dtype) for name, v in ds.data_vars.items()}
     attrs = {name: dict(v.attrs) for name, v in ds.data_vars.items()}
-    prov = (provenance or RunProvenance.from_attrs(cube.attrs)).with_rain(rain)
+    prov = replace(provenance or RunProvenance.from_attrs(cube.attrs), rain=rain)
     store.acquire()
     try:
         # a derived store: replaced when its inputs (cube, params, rain) change
         store.prepare(template(grid, variables, attrs),
-                      lsi_attrs(prov, grid.zone_name, str(cube_path), region_ranges, params, __version__, calibration), overwrite=True)
+                      {**lsi_attrs(prov, grid.zone_name, str(cube_path), region_ranges, params, __version__, calibration),
+                       "hazard_mode": "decoupled" if rain is None else "paper"}, overwrite=True)
         tiles = grid.tiles(CHUNKS_PER_TILE)
         emit("tiles", {"zone": f"{grid.zone_name} LSI", "stage": "LSI", "total": len(tiles), "done": len(store.done())})
 
@@ -65,7 +71,7 @@ def write_lsi(
             return ds.isel(y=slice(t.row0, t.row1), x=slice(t.col0, t.col1))
 
         with compute_context():
-            write_tiles(store, grid, tiles, tile_ds, concurrency=tile_concurrency(),
+            write_tiles(store, grid, tiles, tile_ds, concurrency=tile_concurrency(), verify=source.check,
                         on_tile=lambda t, s: emit("tile", {"zone": f"{grid.zone_name} LSI", "tile": t.key, "skipped": s}))
         path = store.finalize()
     finally:
@@ -81,7 +87,12 @@ def factors_inside(cube: xr.Dataset, inside: xr.DataArray | None) -> xr.Dataset:
 
 
 def write_lsi_quicklook(lsi_path: Path) -> Path:
-    """The LSI store's quick-look PNG beside it (LSI and classes)."""
+    """The LSI store's quick-look PNG beside it (LSI and classes); kept when it is newer
+    than the store (a reused store leaves its files as they were)."""
+    png = lsi_path.with_suffix(".png")
+    meta = lsi_path / "zarr.json"
+    if png.is_file() and meta.is_file() and png.stat().st_mtime_ns >= meta.stat().st_mtime_ns:
+        return png
     ds = xr.open_zarr(lsi_path)
     return write_quicklook(ds["lsi"], lsi_path.with_suffix(".png"), classes=ds["risk_class"],
                            title=f"Landslide susceptibility, {ds.attrs.get('region')}")

@@ -14,10 +14,12 @@ import zarr
 
 from pipeline import __version__
 from pipeline.core.config import CHUNKS_PER_TILE, INFERENCE_TILE, Tile, ZoneGrid
-from pipeline.core.errors import CheckpointError
+from pipeline.core.errors import CheckpointError, StoreError
 from pipeline.core.layout import RunLayout
-from pipeline.core.provenance import RunProvenance
+from pipeline.core.provenance import Rain, RunProvenance
+from pipeline.predict.hazard import check_hazard_mode
 from pipeline.predict.inference import PredictionStats, PredictorLike, iter_chunk_predictions
+from pipeline.predict.uncertainty import FlipEnsemble
 from pipeline.predict.mosaic import (
     CLASS_THRESHOLDS,
     RISK_VARIABLES,
@@ -28,7 +30,7 @@ from pipeline.predict.mosaic import (
     risk_zone_attrs,
     tile_dataset,
 )
-from pipeline.store.tiles import COMPLETE_ATTR, TileStore, template
+from pipeline.store.tiles import COMPLETE_ATTR, GenerationGuard, TileStore, template
 
 Event = Callable[[str, dict], None]
 
@@ -53,7 +55,13 @@ def write_zone_risk(
     lsi_path: Path,
     predictor: PredictorLike,
     *,
+    rain: Rain | None = None,
+    mode: str = "decoupled",
     thresholds: tuple[float, float] = CLASS_THRESHOLDS,
+    thresholds_source: str = "default",
+    uncertainty: bool = True,
+    extra_attrs: dict | None = None,
+    cube_path: Path | None = None,
     tile: int = INFERENCE_TILE,
     batch_size: int = 8,
     overwrite: bool = False,
@@ -66,28 +74,50 @@ def write_zone_risk(
     made from other inputs (LSI, checkpoint, settings) is replaced. An unfinished group is
     resumed: only the tiles missing from its ledger are predicted. ``overwrite`` is kept for
     symmetry with the other stages.
+
+    ``rain`` is the event the hazard is computed for (``decoupled``: R_m of ``rain``, the
+    reference event R_m = 1 when ``None``; ``paper``: the rain already in the LSI store).
+    ``uncertainty`` runs the model on 4 flips of every tile (4× the model time) and writes
+    their mean as the susceptibility and their spread as ``uncertainty``.
     """
     emit = on_event or _quiet
+    source = GenerationGuard(lsi_path)  # checked after every tile: the LSI must not change under us
     lsi_lazy = xr.open_zarr(lsi_path, decode_coords="all")
-    missing = [c for c in predictor.channels if c not in lsi_lazy.data_vars]
-    if missing:
-        raise CheckpointError(
-            f"the model needs channels {list(predictor.channels)} but {lsi_path} lacks {missing}.",
-            "use a checkpoint trained on slidewatch factors (slidewatch train), or rebuild the LSI store.",
-        )
+    from_cube = check_model_channels(lsi_lazy, lsi_path, predictor, cube_path)
+    cube_source = GenerationGuard(cube_path) if from_cube and cube_path is not None else None
+    mode = check_hazard_mode(mode)
+    prov = RunProvenance.from_attrs(lsi_lazy.attrs)
+    if mode == "decoupled":
+        prov = prov.with_rain(rain) if rain is not None else prov
+    elif prov.rain is None:
+        raise StoreError(f"{lsi_path} holds a rain-free LSI, but --hazard paper needs the rain-scaled one.",
+                         "rerun the LSI stage with --hazard paper (it rebuilds the LSI store).")
+    rm = float(prov.rain.multiplier) if prov.rain is not None else 1.0
+    model = FlipEnsemble(predictor) if uncertainty else predictor
     store = TileStore(root / grid.zone_name,
-                      risk_fingerprint(lsi_lazy.attrs.get("slidewatch_fingerprint"), predictor, thresholds, tile, __version__))
+                      risk_fingerprint(lsi_lazy.attrs.get("slidewatch_fingerprint"), model, thresholds, tile, __version__,
+                                       rain=prov.rain, mode=mode))
     if store.is_complete():  # same LSI store, checkpoint and settings: nothing to redo
         emit("reused", {"zone": grid.zone_name, "path": str(store.path)})
         return store.path, True
     # Read windows straight from zarr (no dask): each window reads only its own pixels.
     lsi = xr.open_zarr(lsi_path, chunks=None, decode_coords="all")
+    if from_cube:  # bands the model reads from the cube itself (same grid, same coordinates)
+        cube = xr.open_zarr(cube_path, chunks=None, decode_coords="all")[from_cube]
+        lsi = xr.merge([lsi, cube], join="exact", compat="override", combine_attrs="drop_conflicts")
+
+    def verify() -> None:
+        source.check()
+        if cube_source is not None:
+            cube_source.check()
+
     store.acquire()
     try:
-        attrs = risk_zone_attrs(RunProvenance.from_attrs(lsi.attrs), grid.zone_name, grid.epsg, str(lsi_path),
-                                predictor, thresholds, __version__)
+        attrs = risk_zone_attrs(prov, grid.zone_name, grid.epsg, str(lsi_path), model, thresholds, __version__,
+                                mode=mode, thresholds_source=thresholds_source)
+        attrs.update(extra_attrs or {})
         # derived: a group made from other inputs is replaced
-        store.prepare(template(grid, RISK_VARIABLES, risk_attrs(thresholds)), attrs, overwrite=True)
+        store.prepare(template(grid, RISK_VARIABLES, risk_attrs(thresholds, mode)), attrs, overwrite=True)
         tiles = grid.tiles(CHUNKS_PER_TILE)
         done = store.done()
         emit("tiles", {"zone": f"{grid.zone_name} risk", "stage": "risk", "total": len(tiles), "done": len(done)})
@@ -96,14 +126,16 @@ def write_zone_risk(
             if t.key in done:
                 emit("tile", {"zone": f"{grid.zone_name} risk", "tile": t.key, "skipped": True})
         pending = [(slice(t.row0, t.row1), slice(t.col0, t.col1)) for t in tiles if t.key not in done]
-        for (sy, sx), prob in iter_chunk_predictions(
-            lsi, predictor, channels=list(predictor.channels), windows=pending, tile=tile,
+        for (sy, sx), out in iter_chunk_predictions(
+            lsi, model, channels=list(model.channels), windows=pending, tile=tile,
             batch_size=batch_size, stats=stats,
         ):
             t: Tile = by_window[(sy.start, sy.stop, sx.start, sx.stop)]
             sub = lsi.isel(y=sy, x=sx)
-            arrays = risk_tile(prob, np.asarray(sub["lsi"].values), np.asarray(sub["quality"].values), thresholds)
-            store.write_tile(t, tile_dataset(arrays, sub))
+            sus, spread = (out[0], out[1]) if uncertainty else (out, None)
+            arrays = risk_tile(sus, np.asarray(sub["lsi"].values), np.asarray(sub["quality"].values), thresholds,
+                               rain_multiplier=rm, mode=mode, uncertainty=spread)
+            store.write_tile(t, tile_dataset(arrays, sub[["lsi", "quality"]]), verify=verify)
             emit("tile", {"zone": f"{grid.zone_name} risk", "tile": t.key, "skipped": False})
         path = store.finalize()
     finally:
@@ -112,13 +144,37 @@ def write_zone_risk(
     return path, False
 
 
+def check_model_channels(lsi: xr.Dataset, lsi_path: Path, predictor: PredictorLike,
+                         cube_path: Path | None = None) -> list[str]:
+    """Refuse (before anything is written) a model whose channels neither the LSI store nor
+    the zone's cube holds. Returns the channels to read from the cube."""
+    missing = [c for c in predictor.channels if c not in lsi.data_vars]
+    cube_vars: set[str] = set()
+    if missing and cube_path is not None and Path(cube_path).exists():
+        cube_vars = set(map(str, xr.open_zarr(cube_path).data_vars))
+    lacking = [c for c in missing if c not in cube_vars]
+    if lacking:
+        where = f"{lsi_path}" + (f" or {cube_path}" if cube_path is not None else "")
+        raise CheckpointError(
+            f"the model needs channels {list(predictor.channels)} but {where} lacks {lacking}.",
+            "use a checkpoint trained on slidewatch factors or cube bands (slidewatch train), or rebuild the LSI store.",
+        )
+    return [c for c in missing if c in cube_vars]
+
+
 def write_risk(
     run_dir: Path,
     zones: Sequence[tuple[ZoneGrid, Path]],
     predictor: PredictorLike,
     *,
     region: str,
+    rain: Rain | None = None,
+    mode: str = "decoupled",
     thresholds: tuple[float, float] = CLASS_THRESHOLDS,
+    thresholds_source: str = "default",
+    uncertainty: bool = True,
+    zone_attrs: dict[str, dict] | None = None,
+    cube_paths: dict[str, Path] | None = None,
     tile: int = INFERENCE_TILE,
     batch_size: int = 8,
     overwrite: bool = False,
@@ -128,10 +184,16 @@ def write_risk(
     when every zone is."""
     root = RunLayout(run_dir).risk
     result = RiskResult(root)
+    cubes = cube_paths or {}
+    for grid, lsi_path in zones:  # every zone's inputs checked before the store is touched
+        check_model_channels(xr.open_zarr(lsi_path, decode_coords="all"), lsi_path, predictor, cubes.get(grid.zone_name))
     group = zarr.open_group(str(root), mode="a", zarr_format=3)
     group.attrs.update({**risk_root_attrs(region, [g.zone_name for g, _ in zones], __version__), COMPLETE_ATTR: False})
     for grid, lsi_path in zones:
-        _, reused = write_zone_risk(root, grid, lsi_path, predictor, thresholds=thresholds, tile=tile,
+        _, reused = write_zone_risk(root, grid, lsi_path, predictor, rain=rain, mode=mode, thresholds=thresholds,
+                                    thresholds_source=thresholds_source, uncertainty=uncertainty, tile=tile,
+                                    extra_attrs=(zone_attrs or {}).get(grid.zone_name),
+                                    cube_path=cubes.get(grid.zone_name),
                                     batch_size=batch_size, overwrite=overwrite, on_event=on_event,
                                     stats=result.stats)
         result.zones.append(grid.zone_name)

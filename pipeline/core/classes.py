@@ -47,7 +47,7 @@ PROBABILITY_THRESHOLDS: tuple[float, float] = (0.3, 0.6)
 #: Default thresholds on the LSI: equal thirds of its 0..1 scale.
 LSI_THRESHOLDS: tuple[float, float] = (1.0 / 3.0, 2.0 / 3.0)
 
-Score = Literal["probability", "LSI"]
+Score = Literal["probability", "LSI", "susceptibility", "hazard"]
 
 
 def check_thresholds(thresholds: tuple[float, float], score: Score = "probability") -> tuple[float, float]:
@@ -76,10 +76,12 @@ def class_attrs(thresholds: tuple[float, float], score: Score = "probability") -
     if score == "LSI":
         comment = f"low: LSI < {t1:.4g}; medium: {t1:.4g} <= LSI < {t2:.4g}; high: LSI >= {t2:.4g}; 255: no data"
     else:
-        comment = f"from probability: low < {t1:g} <= medium < {t2:g} <= high; 255: no data"
+        comment = f"from {score}: low < {t1:.4g} <= medium < {t2:.4g} <= high; 255: no data"
+    long_name = {"susceptibility": "landslide susceptibility class",
+                 "hazard": "landslide hazard class for the event"}.get(score, "landslide risk class")
     return {
         "units": "1",
-        "long_name": "landslide risk class",
+        "long_name": long_name,
         "flag_values": list(CLASS_CODES),
         "flag_meanings": " ".join(CLASS_NAMES),
         "thresholds": [t1, t2],

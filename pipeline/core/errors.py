@@ -55,6 +55,10 @@ class StoreError(SlidewatchError, RuntimeError):
     """An output store is locked, unwritable, outside its root or inconsistent."""
 
 
+class StoreChangedError(StoreError):
+    """A store was replaced while a stage was reading it (see :mod:`pipeline.core.generation`)."""
+
+
 class CheckpointError(SlidewatchError, ValueError):
     """A model checkpoint that is missing, corrupt, unsafe or incompatible."""
 

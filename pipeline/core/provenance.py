@@ -39,7 +39,7 @@ class Rain:
     @classmethod
     def from_attrs(cls, attrs: Mapping[str, Any]) -> Rain | None:
         """The rain recorded in a store's attributes; ``None`` when it records none."""
-        if "rain_multiplier" not in attrs:
+        if attrs.get("rain_multiplier") is None:  # none recorded (e.g. a rain-free LSI store)
             return None
         p, d, m, s = (attrs.get(k) for k in RAIN_ATTRS)
         return cls(p, d, m, s)  # type: ignore[arg-type]

@@ -391,7 +391,7 @@ def risk_classes(lsi: xr.DataArray, thresholds: tuple[float, float] = RISK_THRES
 # --------------------------------------------------------------------------- the LSI store
 
 #: Bumped when the LSI store's variables or attributes change, so older stores are rebuilt.
-LSI_LAYOUT = 2
+LSI_LAYOUT = 3  # 3: rain-free by default (hazard_mode), no rain recorded then
 
 
 def mask_outside(ds: xr.Dataset, inside: xr.DataArray) -> xr.Dataset:
@@ -429,12 +429,13 @@ def lsi_dataset(cube: xr.Dataset, ranges: Mapping[str, Sequence[float]], params:
     return mask_outside(ds, inside) if inside is not None else ds
 
 
-def lsi_fingerprint(cube_fingerprint: str | None, params: LsiParams, rain: Rain,
+def lsi_fingerprint(cube_fingerprint: str | None, params: LsiParams, rain: Rain | None,
                     region_cubes: Sequence[str | None] | None = None, geometry: str | None = None) -> str:
     """The key of an LSI store: its cube, parameters, rain and :data:`LSI_LAYOUT`, for a
     region of several zones the cubes of all zones (their pixels set the shared ranges), and
     the region's polygon when it has one (GeoJSON)."""
-    doc: dict = {"cube": cube_fingerprint, "params": params.__dict__, "rain": rain.__dict__, "layout": LSI_LAYOUT}
+    doc: dict = {"cube": cube_fingerprint, "params": params.__dict__, "rain": rain.__dict__ if rain is not None else None,
+                 "layout": LSI_LAYOUT}
     if region_cubes is not None and len(region_cubes) > 1:
         doc["region_cubes"] = sorted(str(c) for c in region_cubes)
     if geometry is not None:
@@ -462,7 +463,8 @@ def lsi_attrs(prov: RunProvenance, zone: str, cube_path: str, ranges: Mapping, p
 def lsi_score(lsi: xr.Dataset) -> xr.DataArray:
     """R_m · Σ wᵢxᵢ from an LSI store's contributions (what calibration fits)."""
     contrib = sum(lsi[v] for v in lsi.data_vars if str(v).startswith("contrib_"))
-    return (contrib * float(lsi.attrs.get("rain_multiplier", 1.0))).astype(np.float32)
+    rm = lsi.attrs.get("rain_multiplier")
+    return (contrib * float(1.0 if rm is None else rm)).astype(np.float32)
 
 
 def lsi_stage_tasks(shape: tuple[int, int], chunk: int, bands: Sequence[str], resolution: float = 10.0) -> int:

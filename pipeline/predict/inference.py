@@ -3,7 +3,9 @@
 One global tile grid anchored at the array's origin, raised-cosine blending of overlaps
 and per-channel fills for nodata make a chunk's probabilities exactly those of one pass
 over the whole array, so mosaics have no chunk seams; all-nodata chunks and tiles never
-reach the model. :func:`predict_window` runs one window, :func:`iter_chunk_predictions`
+reach the model. A predictor declaring ``output_bands`` returns ``(N, K, H, W)``; every
+band is blended and masked like the probability and windows come back ``(K, H, W)``
+(e.g. :class:`pipeline.predict.uncertainty.FlipEnsemble`: mean and spread). :func:`predict_window` runs one window, :func:`iter_chunk_predictions`
 yields windows for a writer that stores them as they finish, :func:`predict_dataset`
 builds the lazy dask graph (the predictor enters it once). The design, the defaults and
 the edge and nodata rules are in ``docs/inference.md``.
@@ -31,13 +33,14 @@ from pipeline.core.config import DEFAULT_CHUNK, INFERENCE_TILE
 from pipeline.core.errors import InputDataError
 
 __all__ = [
-    "PredictorLike",
     "PredictionStats",
+    "PredictorLike",
     "TilePlan",
     "axis_weights",
     "chunk_windows",
     "iter_chunk_predictions",
     "make_plan",
+    "output_bands",
     "predict_chunk",
     "predict_dataset",
     "predict_window",
@@ -48,8 +51,12 @@ __all__ = [
 class PredictorLike(Protocol):
     """What inference needs from a model (``models.predictor.Predictor`` is one).
 
-    ``size_multiple`` (inputs the network takes best are multiples of it) and
-    ``fill_values`` (per-channel fill for missing inputs) are optional attributes.
+    ``size_multiple`` (inputs the network takes best are multiples of it),
+    ``fill_values`` (per-channel fill for missing inputs) and ``output_bands`` are
+    optional attributes. Without ``output_bands`` a predictor returns ``(N, H, W)`` and
+    the drivers return ``(H, W)`` windows; with ``output_bands`` (K names, K ≥ 1) it
+    returns ``(N, K, H, W)`` and the drivers return ``(K, H, W)`` windows, band by band
+    in that order (even for K = 1: the result's rank follows the declaration).
     """
 
     channels: tuple[str, ...]
@@ -59,7 +66,8 @@ class PredictorLike(Protocol):
         """Raise when ``names`` is not the channel list the model expects."""
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
-        """Probabilities ``(N, H, W)`` float32 for raw factors ``(N, C, H, W)`` float32."""
+        """Probabilities ``(N, H, W)`` (``(N, K, H, W)`` with ``output_bands``) float32 for
+        raw factors ``(N, C, H, W)`` float32."""
 
 
 # --------------------------------------------------------------------------------------
@@ -282,6 +290,22 @@ def _fill_values(predictor: Any, n_channels: int, fill: float | Sequence[float] 
     return arr
 
 
+def output_bands(predictor: Any) -> tuple[str, ...] | None:
+    """The band names a predictor declares (``output_bands``), or ``None`` for a plain
+    ``(N, H, W)`` predictor. Raises :class:`~pipeline.core.errors.InputDataError` for an
+    empty or repeated list."""
+    bands = getattr(predictor, "output_bands", None)
+    if bands is None:
+        return None
+    names = (bands,) if isinstance(bands, str) else tuple(str(b) for b in bands)
+    if not names or len(set(names)) != len(names):
+        raise InputDataError(
+            f"predictor {predictor!r} declares output_bands={list(names)}.",
+            "declare one or more distinct band names, or none for (N, H, W) probabilities.",
+        )
+    return names
+
+
 def _pad_tile(x: np.ndarray, sm: int) -> tuple[np.ndarray, int, int]:
     """Pad a (C, h, w) tile at the bottom/right to multiples of ``sm`` like the U-Net does."""
     h, w = x.shape[-2:]
@@ -307,18 +331,22 @@ def _predict_core(
     """Blended prediction of ``window`` (global y0, y1, x0, x1) from ``block`` (C, bh, bw)
     whose top-left pixel is at global ``block_origin``; the block must hold every tile
     touching the window (clipped to ``full_shape``). ``owned``: the block is a float32
-    scratch copy that may be filled in place."""
+    scratch copy that may be filled in place. Returns ``(h, w)``, or ``(K, h, w)`` for a
+    predictor declaring ``output_bands``."""
     y0, y1, x0, x1 = window
     by0, bx0 = block_origin
     H, W = full_shape
     out_shape = (y1 - y0, x1 - x0)
+    bands = output_bands(predictor)
+    k = 1 if bands is None else len(bands)
+    lead = () if bands is None else (k,)  # the bands axis of the predictor's and our output
     finite = np.isfinite(block)
     valid = finite.all(axis=0)
     core_valid = valid[y0 - by0 : y1 - by0, x0 - bx0 : x1 - bx0]
     if not core_valid.any():
         if stats is not None:
             stats.add(chunks_skipped=1, pixels_output=out_shape[0] * out_shape[1])
-        return np.full(out_shape, np.nan, dtype=np.float32)
+        return np.full(lead + out_shape, np.nan, dtype=np.float32)
     if owned and block.dtype == np.float32:
         filled = block
         np.copyto(filled, np.broadcast_to(fill[:, None, None], block.shape), where=~finite)
@@ -326,7 +354,7 @@ def _predict_core(
         filled = np.where(finite, block, fill[:, None, None]).astype(np.float32, copy=False)
     del finite, valid
 
-    acc = np.zeros(out_shape, dtype=np.float32)
+    acc = np.zeros((k,) + out_shape, dtype=np.float32)  # every band blended alike
     wsum = np.zeros(out_shape, dtype=np.float32)
     counts = {"tiles_run": 0, "tiles_skipped": 0, "model_calls": 0,
               "pixels_processed": 0, "model_seconds": 0.0}
@@ -366,25 +394,31 @@ def _predict_core(
             counts["model_calls"] += 1
             counts["tiles_run"] += len(part)
             counts["pixels_processed"] += batch.shape[0] * batch.shape[2] * batch.shape[3]
-            if pred.shape != (batch.shape[0],) + batch.shape[2:]:
+            if pred.shape != (batch.shape[0],) + lead + batch.shape[2:]:
+                if bands is None:
+                    fix = ("a predictor must return (N, H, W) probabilities for (N, C, H, W) "
+                           "inputs; one returning (N, K, H, W) must declare output_bands.")
+                else:
+                    fix = (f"a predictor declaring output_bands={list(bands)} must return "
+                           f"(N, {k}, H, W) for (N, C, H, W) inputs.")
                 raise InputDataError(
-                    f"predictor {predictor!r} returned shape {pred.shape} for a batch {batch.shape}.",
-                    "a predictor must return (N, H, W) probabilities for (N, C, H, W) inputs.",
-                )
+                    f"predictor {predictor!r} returned shape {pred.shape} for a batch {batch.shape}.", fix)
             del batch
+            pred = pred.reshape((pred.shape[0], k) + pred.shape[-2:])
             for p, (oy, ox, wy, wx, sy, sx) in zip(pred, part):
                 w2 = wy[sy][:, None] * wx[sx][None, :]
                 ay = slice(oy + sy.start - y0, oy + sy.stop - y0)
                 ax = slice(ox + sx.start - x0, ox + sx.stop - x0)
-                acc[ay, ax] += w2 * p[sy, sx]
+                acc[:, ay, ax] += w2 * p[:, sy, sx]
                 wsum[ay, ax] += w2
 
     with np.errstate(invalid="ignore", divide="ignore"):
         out = acc / wsum
-    out[(wsum <= 0) | ~core_valid] = np.nan
+    out[:, (wsum <= 0) | ~core_valid] = np.nan  # nodata: the same pixels in every band
     if stats is not None:
         stats.add(chunks_run=1, pixels_output=out_shape[0] * out_shape[1], **counts)
-    return out.astype(np.float32, copy=False)
+    out = out.astype(np.float32, copy=False)
+    return out[0] if bands is None else out
 
 
 def _read_window(plan: TilePlan, full_shape: tuple[int, int],
@@ -416,7 +450,9 @@ def predict_window(
     """Blended probability ``(H, W)`` float32 of an in-memory block ``x`` ``(C, H, W)``.
 
     ``x`` is treated as a whole array (its edges are array edges). NaN where any channel
-    is non-finite; see the module docstring for tiling, weights and fill values.
+    is non-finite; see the module docstring for tiling, weights and fill values. For a
+    predictor declaring ``output_bands`` (K names): ``(K, H, W)``, each band blended
+    alike and NaN at the same pixels.
 
     Example::
 
@@ -541,7 +577,8 @@ def predict_chunk(
     fill: float | Sequence[float] | None = None,
     stats: PredictionStats | None = None,
 ) -> np.ndarray:
-    """Probability ``(y1-y0, x1-x0)`` of one window of ``source``, seam-free.
+    """Probability ``(y1-y0, x1-x0)`` of one window of ``source``, seam-free
+    (``(K, y1-y0, x1-x0)`` for a predictor declaring K ``output_bands``).
 
     ``source`` is an ``xr.Dataset`` (``channels`` selects and orders variables; default
     all data variables), a ``(channel, y, x)`` DataArray or any ``(C, H, W)`` array that
@@ -615,6 +652,10 @@ def iter_chunk_predictions(
 ) -> Iterator[tuple[tuple[slice, slice], np.ndarray]]:
     """Yield ``((slice_y, slice_x), probability)`` window by window, sequentially.
 
+    ``probability`` is float32 ``(h, w)``; for a predictor declaring ``output_bands`` (K
+    names) it is ``(K, h, w)`` in that order, e.g. ``mean, spread = bands`` for a
+    :class:`~pipeline.predict.uncertainty.FlipEnsemble`.
+
     Checks the channels once (``predictor.check_channels``; ``channels`` default as in
     :func:`predict_dataset`), then computes each window of ``chunk_windows(shape,
     chunks)``, or only ``windows`` when given (e.g. the chunks a resumed run still lacks).
@@ -623,6 +664,7 @@ def iter_chunk_predictions(
     reads only its own pixels.
     """
     names = _resolve_channels(ds, predictor, channels)
+    output_bands(predictor)  # a bad declaration fails before the first window
     src = _Source(ds, names)
     plan = make_plan(predictor, tile, overlap, margin)
     fills = _fill_values(predictor, len(names), fill)
@@ -714,12 +756,16 @@ def predict_dataset(
         float32 ``(y, x)`` DataArray named ``name``, chunked like the output, with the
         dataset's coordinates on those dims (and ``spatial_ref`` when present). NaN
         where any channel is missing. Write it chunk by chunk (``to_zarr``) or compute.
+        For a predictor declaring ``output_bands`` (K names): ``(band, y, x)`` with the
+        names as the ``band`` coordinate, one chunk along ``band`` (each task computes
+        all bands of its window); ``.sel(band="spread")`` picks one.
     """
     import dask.array as da
     from dask.base import tokenize
     from dask.highlevelgraph import HighLevelGraph
 
     names = _resolve_channels(ds, predictor, channels)
+    bands = output_bands(predictor)
     ydim, xdim = _spatial_dims(ds, names)
     H, W = int(ds.sizes[ydim]), int(ds.sizes[xdim])
     plan = make_plan(predictor, tile, overlap, margin)
@@ -769,18 +815,23 @@ def predict_dataset(
                 bounds.append((tuple(yb[k] for k in bi), tuple(xb[k] for k in bj)))
                 blocks.append([[(a.name, r, s) for s in bj] for r in bi])
             spec = _BlockTask(window, read, tuple(bounds), (H, W), plan, bs, fills)
+            key = (out_name, i, j) if bands is None else (out_name, 0, i, j)
             if lazy:
-                layer[(out_name, i, j)] = (_source_block, pkey, rkey, spec, skey)
+                layer[key] = (_source_block, pkey, rkey, spec, skey)
             else:
-                layer[(out_name, i, j)] = (_dataset_block, pkey, blocks, spec, skey)
+                layer[key] = (_dataset_block, pkey, blocks, spec, skey)
     graph = HighLevelGraph.from_collections(out_name, layer, dependencies=arrays)
-    data = da.Array(graph, out_name, chunks=(ychunks, xchunks), dtype=np.float32,
-                    meta=np.empty((0, 0), dtype=np.float32))
     coords = {k: v for k, v in ds.coords.items() if set(v.dims) <= {ydim, xdim}}
-    return xr.DataArray(
-        data, dims=(ydim, xdim), coords=coords, name=name,
-        attrs={"long_name": "landslide probability", "units": "1",
-               "valid_range": [0.0, 1.0],
-               "comment": "NaN where any input channel is missing; seam-free chunked "
-                          "U-Net inference (blended overlapping tiles)"},
-    )
+    attrs = {"long_name": "landslide probability", "units": "1",
+             "valid_range": [0.0, 1.0],
+             "comment": "NaN where any input channel is missing; seam-free chunked "
+                        "U-Net inference (blended overlapping tiles)"}
+    if bands is None:
+        data = da.Array(graph, out_name, chunks=(ychunks, xchunks), dtype=np.float32,
+                        meta=np.empty((0, 0), dtype=np.float32))
+        return xr.DataArray(data, dims=(ydim, xdim), coords=coords, name=name, attrs=attrs)
+    data = da.Array(graph, out_name, chunks=((len(bands),), ychunks, xchunks), dtype=np.float32,
+                    meta=np.empty((0, 0, 0), dtype=np.float32))
+    attrs["long_name"] = "landslide prediction bands: " + ", ".join(bands)
+    return xr.DataArray(data, dims=("band", ydim, xdim), coords={**coords, "band": list(bands)},
+                        name=name, attrs=attrs)

@@ -4,14 +4,22 @@ Layout (a documented choice: per-zone groups in one store, no reprojection)::
 
     RUN/risk.zarr/             Zarr v3 group; attrs: region, zones, slidewatch_complete
     RUN/risk.zarr/<zone>/      one group per UTM zone (e.g. ``utm48n``), own CRS and grid
-        probability  float32   U-Net landslide probability, 0..1, NaN = no value
-        risk_class   uint8     0 low, 1 medium, 2 high, 255 no data (from probability)
-        lsi          float32   Landslide Susceptibility Index, 0..1
-        quality      uint8     bit field: why a pixel has no value (see pipeline.core.quality)
-        spatial_ref            CF grid mapping (rioxarray)
+        susceptibility        float32  U-Net probability of a landslide under the reference
+                                       event (R_m = 1), from rain-free inputs, 0..1, NaN = no value
+        susceptibility_class  uint8    0 low, 1 medium, 2 high, 255 no data (from susceptibility)
+        hazard                float32  the event's probability: 1 - (1 - susceptibility)^R_m
+                                       (see :mod:`pipeline.predict.hazard`), 0..1
+        risk_class            uint8    the event's class: 0 low, 1 medium, 2 high, 255 no data
+                                       (from hazard, same thresholds)
+        uncertainty           float32  spread of the susceptibility over the flip ensemble (0..0.5)
+        lsi                   float32  Landslide Susceptibility Index, 0..1 (rain-free unless ``paper``)
+        quality               uint8    bit field: why a pixel has no value (see pipeline.core.quality)
+        spatial_ref                    CF grid mapping (rioxarray)
 
-Each zone keeps its own UTM grid so no pixel is resampled twice; a region inside one zone
-(the usual case) has a single group. Open with
+The class thresholds come from the checkpoint's calibration on validation data when it
+has one (see :func:`models.calibration.class_thresholds`), else the defaults; the group's
+``class_thresholds_source`` says which. Each zone keeps its own UTM grid so no pixel is
+resampled twice; a region inside one zone (the usual case) has a single group. Open with
 ``xr.open_zarr(RUN / "risk.zarr", group="utm48n", decode_coords="all")`` or all zones at
 once with ``xr.open_datatree(RUN / "risk.zarr", engine="zarr")``.
 """
@@ -29,6 +37,7 @@ from pipeline.core.errors import InputDataError
 from pipeline.core.files import fingerprint
 from pipeline.core.provenance import RunProvenance
 from pipeline.core.quality import QualityFlag, quality_attrs
+from pipeline.predict.hazard import HAZARD_FORMULA, check_hazard_mode, hazard
 from pipeline.predict.inference import PredictorLike
 
 __all__ = [
@@ -48,19 +57,37 @@ __all__ = [
 CLASS_THRESHOLDS: tuple[float, float] = PROBABILITY_THRESHOLDS
 
 #: Variables of a zone group and their dtypes.
-RISK_VARIABLES: dict[str, str] = {"probability": "float32", "risk_class": "uint8", "lsi": "float32", "quality": "uint8"}
+RISK_VARIABLES: dict[str, str] = {
+    "susceptibility": "float32", "susceptibility_class": "uint8", "hazard": "float32", "risk_class": "uint8",
+    "uncertainty": "float32", "lsi": "float32", "quality": "uint8",
+}
 
 
-def risk_attrs(thresholds: tuple[float, float] = CLASS_THRESHOLDS) -> dict[str, dict]:
+def risk_attrs(thresholds: tuple[float, float] = CLASS_THRESHOLDS, mode: str = "decoupled") -> dict[str, dict]:
     """CF attributes (``units``, ``long_name``, flags) of every mosaic variable."""
     t1, t2 = thresholds
+    paper = mode == "paper"
     return {
-        "probability": {"units": "1", "long_name": "landslide probability (U-Net)", "valid_range": [0.0, 1.0]},
-        "risk_class": class_attrs((t1, t2), "probability"),
-        "lsi": {"units": "1", "long_name": "Landslide Susceptibility Index (rainfall-scaled)"},
+        "susceptibility": {
+            "units": "1", "valid_range": [0.0, 1.0],
+            "long_name": "landslide susceptibility: U-Net probability under the reference event (R_m = 1)"
+            if not paper else "U-Net probability with the rain-scaled LSI as input (paper mode: equals hazard)",
+        },
+        "susceptibility_class": class_attrs((t1, t2), "susceptibility"),
+        "hazard": {
+            "units": "1", "valid_range": [0.0, 1.0],
+            "long_name": "landslide hazard: probability for this rainfall event",
+            "formula": HAZARD_FORMULA if not paper else "hazard = U-Net output (rain inside the LSI input, paper mode)",
+        },
+        "risk_class": class_attrs((t1, t2), "hazard"),
+        "uncertainty": {
+            "units": "1", "valid_range": [0.0, 0.5],
+            "long_name": "spread of the susceptibility over 4 flips of the input (population std; 0 = the passes agree)",
+        },
+        "lsi": {"units": "1", "long_name": "Landslide Susceptibility Index"
+                + (" (rain-free, R_m = 1)" if not paper else " (rain-scaled, paper mode)")},
         "quality": quality_attrs("why a pixel has no value or a degraded one (bit field)"),
     }
-
 
 
 def classify(probability: np.ndarray, thresholds: tuple[float, float] = CLASS_THRESHOLDS) -> np.ndarray:
@@ -70,24 +97,37 @@ def classify(probability: np.ndarray, thresholds: tuple[float, float] = CLASS_TH
 
 
 def risk_tile(
-    probability: np.ndarray,
+    susceptibility: np.ndarray,
     lsi: np.ndarray,
     quality: np.ndarray,
     thresholds: tuple[float, float] = CLASS_THRESHOLDS,
+    *,
+    rain_multiplier: float = 1.0,
+    mode: str = "decoupled",
+    uncertainty: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
-    """The four mosaic variables of one tile (numpy, same shape).
+    """The mosaic variables of one tile (numpy, same shape).
 
-    ``quality`` (the factors' flags) gains :attr:`QualityFlag.NO_MODEL` wherever the
-    probability is NaN, so every missing probability has a reason.
+    ``hazard`` is :func:`pipeline.predict.hazard.hazard` of the susceptibility with
+    ``rain_multiplier`` (``decoupled``), or the model's output itself (``paper``: the rain
+    is already inside the LSI it saw). ``quality`` (the factors' flags) gains
+    :attr:`QualityFlag.NO_MODEL` wherever the susceptibility is NaN, so every missing value
+    has a reason. ``uncertainty`` is NaN when not computed.
     """
-    prob = np.asarray(probability, dtype=np.float32)
-    if prob.shape != np.shape(lsi) or prob.shape != np.shape(quality):
-        raise InputDataError(f"tile shapes differ: probability {prob.shape}, lsi {np.shape(lsi)}, quality {np.shape(quality)}.")
+    sus = np.asarray(susceptibility, dtype=np.float32)
+    if sus.shape != np.shape(lsi) or sus.shape != np.shape(quality):
+        raise InputDataError(f"tile shapes differ: susceptibility {sus.shape}, lsi {np.shape(lsi)}, quality {np.shape(quality)}.")
     q = np.asarray(quality, dtype=np.uint8).copy()
-    q[~np.isfinite(prob)] |= np.uint8(QualityFlag.NO_MODEL)
+    q[~np.isfinite(sus)] |= np.uint8(QualityFlag.NO_MODEL)
+    haz = sus.copy() if check_hazard_mode(mode) == "paper" else hazard(sus, rain_multiplier)
+    spread = (np.full(sus.shape, np.nan, np.float32) if uncertainty is None
+              else np.where(np.isfinite(sus), np.asarray(uncertainty, dtype=np.float32), np.float32(np.nan)))
     return {
-        "probability": prob,
-        "risk_class": classify(prob, thresholds),
+        "susceptibility": sus,
+        "susceptibility_class": classify(sus, thresholds),
+        "hazard": haz,
+        "risk_class": classify(haz, thresholds),
+        "uncertainty": spread.astype(np.float32),
         "lsi": np.asarray(lsi, dtype=np.float32),
         "quality": q,
     }
@@ -106,22 +146,28 @@ LAYOUT_NOTE = "one group per UTM zone; see pipeline.predict.mosaic"
 
 
 def risk_fingerprint(lsi_fingerprint: str | None, predictor: PredictorLike, thresholds: Sequence[float], tile: int,
-                     version: str) -> str:
-    """The key of a zone's mosaic group: its LSI store, checkpoint, channels, classes and tile."""
+                     version: str, *, rain: Any = None, mode: str = "decoupled") -> str:
+    """The key of a zone's mosaic group: its LSI store, checkpoint, channels, augmentation,
+    classes, tile, hazard mode and (the hazard depends on it) the rain."""
     return fingerprint({
         "lsi": lsi_fingerprint,
         "checkpoint": getattr(predictor, "checkpoint_sha256", None),
         "channels": list(predictor.channels),
+        "augmentation": getattr(predictor, "augmentation", None),
         "thresholds": list(thresholds),
         "tile": tile,
         "version": version,
+        "mode": mode,
+        "rain": getattr(rain, "__dict__", rain),
+        "layout": sorted(RISK_VARIABLES),
     })
 
 
 def model_info(predictor: PredictorLike) -> dict[str, Any]:
     """What the mosaic records of its model: channels, halo, architecture, settings, training cube."""
     meta = getattr(predictor, "metadata", None)
-    info: dict[str, Any] = {"channels": list(predictor.channels), "halo": int(predictor.halo)}
+    info: dict[str, Any] = {"channels": list(predictor.channels), "halo": int(predictor.halo),
+                            "augmentation": getattr(predictor, "augmentation", None)}
     if meta is not None:
         info["architecture"] = getattr(meta, "architecture", None)
         info["config"] = getattr(meta, "hyperparameters", None)
@@ -131,7 +177,8 @@ def model_info(predictor: PredictorLike) -> dict[str, Any]:
 
 
 def risk_zone_attrs(prov: RunProvenance, zone: str, epsg: int, lsi_store: str, predictor: PredictorLike,
-                    thresholds: Sequence[float], version: str) -> dict[str, Any]:
+                    thresholds: Sequence[float], version: str, *, mode: str = "decoupled",
+                    thresholds_source: str = "default") -> dict[str, Any]:
     """The CF and provenance attributes of one zone's group of the mosaic."""
     return {
         "title": f"slidewatch risk mosaic: {prov.region} ({zone})",
@@ -144,6 +191,9 @@ def risk_zone_attrs(prov: RunProvenance, zone: str, epsg: int, lsi_store: str, p
         "checkpoint_sha256": getattr(predictor, "checkpoint_sha256", None),
         "model": model_info(predictor),
         "class_thresholds": list(thresholds),
+        "class_thresholds_source": thresholds_source,
+        "hazard_mode": mode,
+        "hazard_formula": HAZARD_FORMULA if mode == "decoupled" else "model output (rain inside the LSI input)",
     }
 
 

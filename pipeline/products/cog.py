@@ -15,10 +15,12 @@ STAC item that describes these files is :mod:`pipeline.products.stac_item`.
    any failure the temporaries are removed, a :class:`~pipeline.core.errors.StoreError` is
    raised and nothing new has a final name (the files of an earlier export are untouched).
 
-Files: ``risk_<zone>_probability.tif`` (float32, nodata NaN, band statistics in the GDAL
-``STATISTICS_*`` band tags) and ``risk_<zone>_class.tif`` (uint8, nodata 255, a colour table
-low = green, medium = orange, high = red, 255 transparent; class counts in the
-``SLIDEWATCH_CLASS_COUNTS`` band tag).
+Files: ``risk_<zone>_hazard.tif``, ``risk_<zone>_susceptibility.tif`` and
+``risk_<zone>_uncertainty.tif`` (float32, nodata NaN, band statistics in the GDAL
+``STATISTICS_*`` band tags; a mosaic written before the hazard step gives
+``risk_<zone>_probability.tif`` instead) and ``risk_<zone>_class.tif`` (the event's hazard
+class; uint8, nodata 255, a colour table low = green, medium = orange, high = red, 255
+transparent; class counts in the ``SLIDEWATCH_CLASS_COUNTS`` band tag).
 """
 
 from __future__ import annotations
@@ -84,9 +86,15 @@ def _quiet_palette_warning() -> Iterator[None]:
     finally:
         logger.removeFilter(flt)
 
-def cog_names(zone: str) -> dict[str, str]:
-    """File names of a zone's COGs: ``{"probability": ..., "class": ...}``."""
-    return {"probability": f"risk_{zone}_probability.tif", "class": f"risk_{zone}_class.tif"}
+#: The 0..1 layers of a zone exported as COGs, in order (``probability``: mosaics written
+#: before susceptibility and hazard were kept apart).
+FLOAT_LAYERS: tuple[str, ...] = ("hazard", "susceptibility", "uncertainty", "probability")
+
+
+def cog_names(zone: str, layers: tuple[str, ...] = FLOAT_LAYERS) -> dict[str, str]:
+    """File names of a zone's COGs: ``{"hazard": ..., "susceptibility": ..., "uncertainty": ...,
+    "probability": ..., "class": ...}`` (those of ``layers``, and the class)."""
+    return {**{layer: f"risk_{zone}_{layer}.tif" for layer in layers}, "class": f"risk_{zone}_class.tif"}
 
 
 @dataclass
@@ -264,7 +272,7 @@ def _write_one(
                 dst.write_colormap(1, CLASS_COLOURS)
                 dst.set_band_description(1, "landslide risk class (0 low, 1 medium, 2 high, 255 no data)")
             else:
-                dst.set_band_description(1, "landslide probability (0..1, NaN = no value)")
+                dst.set_band_description(1, f"{arr.attrs.get('long_name') or 'landslide ' + kind} (NaN = no value)")
             dst.update_tags(1, **band_tags)
             dst.update_tags(**{k: str(v) for k, v in tags.items()})
         profile = dict(cog_profiles.get("deflate"))
@@ -324,12 +332,12 @@ def write_cogs(zone_ds: xr.Dataset, out_dir: str | os.PathLike, zone: str, *, bl
     """Write one risk-mosaic zone group as two validated Cloud-Optimized GeoTIFFs.
 
     ``zone_ds`` is a group of ``risk.zarr`` (dims ``(y, x)``, rioxarray georeferencing,
-    variables ``probability`` and ``risk_class``). Writes ``risk_<zone>_probability.tif``
-    (float32, nodata NaN) and ``risk_<zone>_class.tif`` (uint8, nodata 255, colour table)
+    variables ``hazard``, ``susceptibility``, ``uncertainty`` (or an older mosaic's
+    ``probability``) and ``risk_class``). Writes ``risk_<zone>_<layer>.tif`` for each 0..1
+    layer present (float32, nodata NaN) and ``risk_<zone>_class.tif`` (uint8, nodata 255, colour table)
     into ``out_dir`` with DEFLATE, ``blocksize`` tiles and internal overviews (as many
     halvings as keep the smallest level at least one tile; none for a raster smaller than
-    one tile). Memory stays bounded by a few chunks. Returns
-    ``{"probability": path, "class": path}``.
+    one tile). Memory stays bounded by a few chunks. Returns ``{layer: path, "class": path}``.
 
     Raises InputDataError for a malformed dataset and StoreError when a file cannot be
     written or does not validate; a failed write leaves no file under the final name.
@@ -339,25 +347,29 @@ def write_cogs(zone_ds: xr.Dataset, out_dir: str | os.PathLike, zone: str, *, bl
     if blocksize < 16 or blocksize % 16:
         raise InputDataError(f"COG blocksize {blocksize} is not a multiple of 16.", "use 256 or 512.")
     crs, transform = zone_georef(zone_ds, zone)
-    prob = _band(zone_ds, "probability", zone)
+    layers = tuple(n for n in FLOAT_LAYERS if n in zone_ds.data_vars)
+    if not layers:
+        raise InputDataError(f"Risk zone {zone!r} has none of the layers {list(FLOAT_LAYERS)}.",
+                             "export a group of risk.zarr written by the risk stage.")
+    floats = {n: _band(zone_ds, n, zone) for n in layers}
     cls = _band(zone_ds, "risk_class", zone)
     out = Path(out_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise StoreError(f"Cannot create the export folder {out}: {exc}.", "choose a writable output folder.") from exc
-    finals = {kind: out / name for kind, name in cog_names(zone).items()}
+    finals = {kind: out / name for kind, name in cog_names(zone, layers).items()}
     for final in finals.values():  # temporaries an earlier, killed export left behind
         for stale in out.glob(f".{final.name}.*.tif"):
             _unlink_quietly(stale)
     done: dict[str, Path] = {}
     try:
-        for kind, arr in (("probability", prob), ("class", cls)):
+        for kind, arr in (*floats.items(), ("class", cls)):
             done[kind] = _write_one(
                 arr, kind=kind, final=finals[kind], crs=crs, transform=transform,
                 blocksize=blocksize, zone=zone, tags=_cog_tags(zone_ds, arr),
             )
-        for kind, tmp in done.items():  # both valid: rename the pair together
+        for kind, tmp in done.items():  # all valid: rename them together
             os.replace(tmp, finals[kind])
     except OSError as exc:
         raise StoreError(f"Could not move the COGs into place in {out}: {exc}.",

@@ -35,6 +35,7 @@ from pipeline import __version__
 from pipeline.core.classes import CLASS_NAMES, NODATA_CLASS as CLASS_NODATA, CLASS_RGBA as CLASS_COLOURS
 from pipeline.core.config import TimeWindow
 from pipeline.core.files import atomic_write_text
+from pipeline.core.generation import GenerationGuard
 from pipeline.core.layout import RunLayout, read_run_json
 from pipeline.core.errors import InputDataError, StoreError, TimeWindowError
 
@@ -384,7 +385,7 @@ def run_item(
             if not path.exists():
                 raise InputDataError(f"COG {path} of zone {z} does not exist.", "run write_cogs first.")
             band, proj, tags = _raster_band(path)
-            title = "landslide probability (0..1)" if kind == "probability" else "landslide risk class"
+            title = _COG_TITLES.get(kind, kind)
             asset = pystac.Asset(href=_rel(path, base), media_type=COG_MEDIA_TYPE, roles=["data"],
                                  title=f"{title}, zone {z}")
             item.add_asset(f"{kind}_{z}", asset)
@@ -432,17 +433,29 @@ def write_item(item: pystac.Item, path: str | os.PathLike) -> Path:
     return path
 
 
+_COG_TITLES = {
+    "hazard": "landslide hazard for the event (0..1)",
+    "susceptibility": "landslide susceptibility under the reference event (0..1)",
+    "uncertainty": "spread of the susceptibility over the flip ensemble (0..0.5)",
+    "probability": "landslide probability (0..1)",
+    "class": "landslide hazard class for the event",
+}
+
+
 def export_run(
     run_dir: str | os.PathLike,
     *,
     quicklooks: Mapping[str, str | os.PathLike] | None = None,
     blocksize: int = 512,
     require_complete: bool = True,
+    run_info: Mapping[str, Any] | None = None,
 ) -> Path:
     """Export a finished run: COGs of every zone of ``<run>/risk.zarr`` into ``<run>/exports``,
     then the run's STAC item (``<run>/exports/<id>.json``, provenance from the groups and
     ``run.json``). Returns the item's path. Make the quick-looks first (for instance with
     ``pipeline.products.quicklook.write_quicklook``) and pass them as ``{zone: png}``.
+    ``run_info`` is the run's record when it is not (yet) in ``run.json``: a run writes
+    ``run.json`` only once its outputs are all written.
     """
     import zarr
 
@@ -454,6 +467,7 @@ def export_run(
     group_names = sorted(zarr.open_group(str(store), mode="r").group_keys())
     if not group_names:
         raise StoreError(f"The risk mosaic {store} has no zone groups.", "re-run the inference stage.")
+    guards = [GenerationGuard(store / z) for z in group_names]  # checked before the item is written
     zones = {z: xr.open_zarr(store, group=z, decode_coords="all", consolidated=False) for z in group_names}
     if require_complete:  # check before writing any file
         incomplete = [z for z in group_names if zones[z].attrs.get("slidewatch_complete") is not True]
@@ -461,7 +475,10 @@ def export_run(
             raise StoreError(f"Risk mosaic group(s) {incomplete} in {store} are not complete.",
                              "finish (or resume) the run before exporting it.")
     cogs = {z: write_cogs(zones[z], layout.exports, z, blocksize=blocksize) for z in group_names}
-    run_info = read_run_json(run) if layout.run_json.exists() else None
+    for guard in guards:  # the COGs came from one generation of each group, or no item says so
+        guard.check()
+    if run_info is None and layout.run_json.exists():
+        run_info = read_run_json(run)
     item = run_item(run, zones, cogs=cogs, quicklooks=quicklooks, run_info=run_info,
                     require_complete=require_complete)
     return write_item(item, layout.exports / f"{item.id}.json")

@@ -25,7 +25,7 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 import xarray as xr
@@ -33,9 +33,14 @@ import xarray as xr
 from pipeline.core.errors import RainfallError
 from pipeline.plan.regions import BBox
 
+if TYPE_CHECKING:  # exported lazily by __getattr__ below (pipeline.rain.imerg imports this module)
+    from pipeline.rain.imerg import ImergRunSource
+
 __all__ = [
     "IMERG_COLLECTION_ID",
+    "RAIN_SOURCES",
     "ImergLayout",
+    "ImergRunSource",
     "ImergSource",
     "LocalZarrSource",
     "PrecipitationSource",
@@ -44,6 +49,7 @@ __all__ = [
     "imerg_layout",
     "open_imerg_remote",
     "precipitation_source",
+    "rain_source",
 ]
 
 IMERG_COLLECTION_ID = "gpm-imerg-hhr"
@@ -332,3 +338,44 @@ def precipitation_source(precip: str | os.PathLike | None) -> PrecipitationSourc
 
     return ImergSource(opener=opener)
 
+
+
+# --------------------------------------------------------------------------- named sources
+
+#: Names accepted by :func:`rain_source` (the CLI's ``--rain-source``).
+#: ``imerg-early`` / ``imerg-late``: current IMERG V07 Early (≈4 h latency) / Late (≈14 h) Run
+#: from NASA GES DISC (needs EARTHDATA_TOKEN; 60°S–60°N; :mod:`pipeline.rain.imerg`);
+#: ``imerg-v06-pc``: IMERG V06 Final on Planetary Computer (archive 2000-06..2021-05);
+#: ``local-zarr``: a local Zarr in the gpm-imerg-hhr layout (needs ``path``).
+RAIN_SOURCES: tuple[str, ...] = ("imerg-early", "imerg-late", "imerg-v06-pc", "local-zarr")
+
+
+def rain_source(name: str, *, path: str | os.PathLike | None = None,
+                cache_dir: str | os.PathLike | None = None) -> PrecipitationSource:
+    """The precipitation source called ``name`` (one of :data:`RAIN_SOURCES`).
+
+    ``path`` is the store of ``local-zarr``; ``cache_dir`` where ``imerg-early``/``imerg-late``
+    keep downloaded granules (default ``$XDG_CACHE_HOME/slidewatch/imerg/<run>``).
+    Nothing is contacted until the source is read.
+    """
+    if name in ("imerg-early", "imerg-late"):
+        from pipeline.rain.imerg import ImergRunSource
+
+        return ImergRunSource(run=name.split("-", 1)[1], cache_dir=cache_dir)
+    if name == "imerg-v06-pc":
+        return precipitation_source(None)
+    if name == "local-zarr":
+        if path is None:
+            raise RainfallError("Rain source 'local-zarr' needs the store's path.",
+                                hint="Pass the path of a Zarr in the gpm-imerg-hhr layout.")
+        return LocalZarrSource(path)
+    raise RainfallError(f"Unknown rain source {name!r}.", hint=f"Use one of {', '.join(RAIN_SOURCES)}.")
+
+
+def __getattr__(name: str) -> Any:
+    # ImergRunSource lives in pipeline.rain.imerg (which imports this module); exported here lazily.
+    if name == "ImergRunSource":
+        from pipeline.rain.imerg import ImergRunSource
+
+        return ImergRunSource
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

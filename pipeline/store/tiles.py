@@ -6,6 +6,15 @@ ledger. Only when every tile is written are the metadata consolidated, the store
 ``slidewatch_complete`` and the folder renamed to ``<name>.zarr`` — so a store at the
 final path is always complete, and an interrupted run resumes from the ledger.
 
+Every finished store carries a fresh ``slidewatch_generation`` id. A stage that reads
+another store (the LSI reading the cube, the risk mosaic reading the LSI) notes that id
+when it starts (:class:`GenerationGuard`) and checks it again after reading each tile and
+before the tile enters its ledger: a store replaced under a reader by any means — another
+run, ``--overwrite``, a copy — stops the reader with :class:`StoreChangedError` instead of
+mixing two generations into one output. A finished store replaces the old one in one
+atomic step where the file system can (``renameat2`` exchange,
+:func:`pipeline.core.files.replace_dir`), so readers never find the path missing.
+
 Two runs never write the same store: :meth:`TileStore.acquire` takes the
 :class:`~pipeline.core.locking.WriterLock` on ``<name>.zarr.lock`` (which records the
 holder's pid). The kernel drops the lock when its holder dies, so the lock of a killed
@@ -41,6 +50,7 @@ import errno
 import json
 import shutil
 import threading
+import uuid
 import warnings
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
@@ -55,6 +65,8 @@ import zarr
 
 from pipeline.core.config import Tile, ZoneGrid
 from pipeline.core.errors import SlidewatchError, StoreError
+from pipeline.core.files import replace_dir
+from pipeline.core.generation import GENERATION_ATTR, GenerationGuard, StoreChangedError, store_generation
 from pipeline.core.locking import WriterLock
 
 COMPLETE_ATTR = "slidewatch_complete"
@@ -226,8 +238,12 @@ class TileStore:
             raise StoreError(f"Cannot write {self.partial}: {exc.strerror or exc}.", "choose a writable --out.") from None
         self._write_ledger(set())
 
-    def write_tile(self, tile: Tile, ds: xr.Dataset) -> None:
-        """Compute ``ds`` (the tile's lazy data) and write it into its aligned region."""
+    def write_tile(self, tile: Tile, ds: xr.Dataset, verify: Callable[[], None] | None = None) -> None:
+        """Compute ``ds`` (the tile's lazy data) and write it into its aligned region.
+
+        ``verify`` runs after the tile is written and before it enters the ledger (e.g.
+        :meth:`GenerationGuard.check` on the store it was read from): when it raises, the
+        tile is not recorded, so a resume writes it again."""
         region = {"y": slice(tile.row0, tile.row1), "x": slice(tile.col0, tile.col1)}
         drop = [n for n, v in ds.variables.items() if not set(v.dims) >= {"y", "x"}]
         ds = ds.drop_vars(drop + [c for c in ("x", "y") if c in ds.coords and c not in drop])
@@ -242,6 +258,8 @@ class TileStore:
                 raise StoreError(f"Cannot write tile {tile.key} into {self.partial}: {exc.strerror}.",
                                  "free disk space or choose a writable --out, then rerun to resume.") from None
             raise
+        if verify is not None:
+            verify()
         with self._ledger_lock:
             done = self.done()
             done.add(tile.key)
@@ -266,17 +284,14 @@ class TileStore:
         if extra_attrs:
             group.attrs.update({k: _jsonable(v) for k, v in extra_attrs.items()})
         group.attrs[COMPLETE_ATTR] = True
+        group.attrs[GENERATION_ATTR] = uuid.uuid4().hex
         trash = self.path.with_name(self.path.name + ".old")
         shutil.rmtree(trash, ignore_errors=True)  # left by a run killed while replacing a store
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "consolidated metadata is not in the v3 spec yet"
             zarr.consolidate_metadata(str(self.partial))
-        if self.path.exists():
-            self.path.rename(trash)
-            self.partial.rename(self.path)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            self.partial.rename(self.path)
+        # atomic where the file system allows (no moment without a store at the final path)
+        replace_dir(self.partial, self.path, trash)
         self.ledger.unlink(missing_ok=True)
         return self.path
 
@@ -299,8 +314,10 @@ def write_tiles(
     retry_if: Callable[[BaseException], bool] | None = None,
     on_retry: Callable[[Tile, int, BaseException], None] | None = None,
     concurrency: int = 1,
+    verify: Callable[[], None] | None = None,
 ) -> None:
-    """Write every pending tile; ``on_tile(tile, skipped)`` reports progress.
+    """Write every pending tile; ``on_tile(tile, skipped)`` reports progress; ``verify``
+    as in :meth:`TileStore.write_tile` (never retried: its error is a :class:`StoreError`).
 
     A tile that fails is tried again as :func:`tile_retrying` says: up to ``retries`` more
     times (default :data:`TILE_RETRIES`), ``retry_delay_s`` apart, doubling (default
@@ -331,7 +348,7 @@ def write_tiles(
 
     def write_one(tile: Tile) -> Tile:
         try:
-            retrying(lambda t: store.write_tile(t, tile_dataset(t)), tile)
+            retrying(lambda t: store.write_tile(t, tile_dataset(t), verify), tile)
         except SlidewatchError:
             raise
         except Exception as exc:

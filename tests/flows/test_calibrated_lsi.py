@@ -26,8 +26,14 @@ def test_lsi_uses_the_saved_calibration(tmp_path) -> None:  # type: ignore[no-un
     lsi = xr.open_zarr(result.zones[0].lsi_path)
     assert lsi.attrs["lsi_params"]["centre"] == 0.42 and lsi.attrs["lsi_params"]["steepness"] == 17.0
     assert lsi.attrs["lsi_calibration"] == source
-    # by hand: LSI = sigmoid(k (R_m * sum of contributions - c))
-    score = sum(lsi[v].values.astype(np.float64) for v in lsi.data_vars if str(v).startswith("contrib_")) * 1.7
-    expected = 1.0 / (1.0 + np.exp(-17.0 * (score - 0.42)))
+    # by hand: LSI = sigmoid(k (sum of contributions - c)), rain-free by default
+    contrib = sum(lsi[v].values.astype(np.float64) for v in lsi.data_vars if str(v).startswith("contrib_"))
+    expected = 1.0 / (1.0 + np.exp(-17.0 * (contrib - 0.42)))
     ok = np.isfinite(expected)
+    np.testing.assert_allclose(lsi["lsi"].values[ok], expected[ok], atol=1e-5)
+    assert lsi.attrs["rain_multiplier"] is None and lsi.attrs["hazard_mode"] == "decoupled"
+    # the paper's coupling: LSI = sigmoid(k (R_m * sum of contributions - c))
+    stages.lsi_stage(result, rain, params=params, calibration=source, hazard="paper")
+    lsi = xr.open_zarr(result.zones[0].lsi_path)
+    expected = 1.0 / (1.0 + np.exp(-17.0 * (contrib * 1.7 - 0.42)))
     np.testing.assert_allclose(lsi["lsi"].values[ok], expected[ok], atol=1e-5)

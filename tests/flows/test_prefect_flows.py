@@ -151,25 +151,24 @@ def test_watch_alerts_exactly_the_covered_region(scenario):  # type: ignore[no-u
     assert sorted(p.name for p in scenario["out"].iterdir() if p.is_dir()) == ["covered"]
 
 
-def test_triggered_run_reuses_the_cube_and_recomputes_the_lsi(scenario):  # type: ignore[no-untyped-def]
+def test_triggered_run_reuses_the_cube_and_the_rain_free_lsi(scenario):  # type: ignore[no-untyped-def]
+    """The event's rain goes to the hazard step (the risk stage gets it); the cube and the
+    rain-free LSI store of the cold run are reused untouched."""
     ev, run_dir = scenario["event"], scenario["run_dir"]
     call = scenario["calls"][-1]
-    assert call["reused"] == [True] and call["overwrite"] is True and call["run_dir"] == run_dir
+    assert call["reused"] == [True] and call["run_dir"] == run_dir
     assert _mtimes(scenario["cube"]) == scenario["before"]["cube"]  # not one cube file rewritten
     expected_rm = float(rainfall_multiplier(ev.intensity_mm_h, ev.duration_h / 24.0))
-    assert call["rain"].multiplier == pytest.approx(expected_rm)
+    assert call["rain"].multiplier == pytest.approx(expected_rm) and expected_rm != pytest.approx(1.0)
     ds = xr.open_zarr(scenario["lsi"])
-    assert scenario["before"]["lsi_rm"] == 1.0 and expected_rm != pytest.approx(1.0)
-    assert ds.attrs["rain_multiplier"] == pytest.approx(expected_rm)
-    assert ds.attrs["rain_intensity_mm_h"] == pytest.approx(ev.intensity_mm_h)
-    assert ds.attrs["rain_duration_days"] == pytest.approx(ev.duration_h / 24.0)
-    new, old = ds["lsi"].values, scenario["before"]["lsi"]
-    both = np.isfinite(new) & np.isfinite(old)
-    assert both.mean() > 0.5 and not np.allclose(new[both], old[both])
+    assert scenario["before"]["lsi_rm"] is None and ds.attrs["rain_multiplier"] is None
+    assert ds.attrs["hazard_mode"] == "decoupled"
+    np.testing.assert_array_equal(ds["lsi"].values, scenario["before"]["lsi"])  # the same, rain-free LSI
     record = json.loads((run_dir / "run.json").read_text())
     assert record["alert"]["id"] == scenario["rows"]["covered"]["alert_id"]
     assert record["zones"]["utm48n"]["cube_reused"] is True
     assert record["rain"]["multiplier"] == pytest.approx(expected_rm)
+    assert record["hazard_mode"] == "decoupled"
 
 
 def test_second_check_with_the_same_data_triggers_nothing(scenario):  # type: ignore[no-untyped-def]

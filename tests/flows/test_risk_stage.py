@@ -23,6 +23,7 @@ from pipeline.core.config import CubeConfig, TimeWindow
 from pipeline.core.errors import CheckpointError
 from pipeline.predict.inference import predict_window
 from pipeline.predict.mosaic import classify
+from pipeline.predict.uncertainty import FlipEnsemble
 from pipeline.core.quality import QualityFlag
 from pipeline.plan.regions import Region
 from tests.tinyregion import FakeSource, make_tiny_region, tiny_region
@@ -63,22 +64,29 @@ def test_mosaic_equals_one_pass_and_is_georeferenced(lsi_run) -> None:  # type: 
     assert zone.attrs["slidewatch_complete"] is True and len(zone.attrs["checkpoint_sha256"]) == 64
     assert all("units" in v.attrs and "long_name" in v.attrs for v in zone.data_vars.values())
 
-    # Independent reference: the same predictor over the whole LSI array in one call.
+    # Independent reference: the same predictor (4 flips) over the whole LSI array in one call.
     lsi = xr.open_zarr(result.zones[0].lsi_path)
     x = np.stack([lsi[c].values for c in DEFAULT_CHANNELS])
     pred = Predictor.from_checkpoint(ckpt, device="cpu")
-    ref = predict_window(x, pred, tile=32)
-    prob = zone["probability"].values
+    ref, ref_spread = predict_window(x, FlipEnsemble(pred), tile=32)
+    prob = zone["susceptibility"].values
     assert np.array_equal(np.isnan(prob), np.isnan(ref))
     np.testing.assert_allclose(prob, ref, atol=1e-5, equal_nan=True)
-    assert np.array_equal(zone["risk_class"].values, classify(ref))
+    np.testing.assert_allclose(zone["uncertainty"].values, ref_spread, atol=1e-5, equal_nan=True)
+    assert np.array_equal(zone["susceptibility_class"].values, classify(prob))
+    haz = zone["hazard"].values
+    np.testing.assert_allclose(haz, 1 - (1 - prob.astype(np.float64)) ** rain.multiplier, atol=1e-6, equal_nan=True)
+    assert np.array_equal(zone["risk_class"].values, classify(haz))
+    assert zone.attrs["hazard_mode"] == "decoupled" and zone.attrs["rain_multiplier"] == rain.multiplier
+    assert zone.attrs["class_thresholds_source"].startswith("default")
     np.testing.assert_array_equal(zone["lsi"].values, lsi["lsi"].values)
     no_model = (zone["quality"].values & QualityFlag.NO_MODEL) > 0
     assert np.array_equal(no_model, np.isnan(prob))
     assert np.isfinite(prob).mean() > 0.5
 
     exports = result.run_dir / "exports"
-    assert (exports / "risk_utm48n_probability.tif").is_file() and (exports / "risk_utm48n_class.tif").is_file()
+    for layer in ("hazard", "susceptibility", "uncertainty", "class"):
+        assert (exports / f"risk_utm48n_{layer}.tif").is_file(), layer
     assert (exports / "risk_utm48n.png").is_file()
     (item_path,) = [p for p in exports.glob("*.json")]
     import pystac
@@ -92,7 +100,7 @@ def test_mosaic_equals_one_pass_and_is_georeferenced(lsi_run) -> None:  # type: 
 def test_rerun_reuses_and_interrupted_run_resumes(lsi_run) -> None:  # type: ignore[no-untyped-def]
     result, rain, ckpt = lsi_run
     stages.risk_stage(result, rain, ckpt, tile=32)
-    before = open_zone(result.run_dir, "utm48n")["probability"].values
+    before = open_zone(result.run_dir, "utm48n")["susceptibility"].values
 
     events: list[str] = []
     stages.risk_stage(result, rain, ckpt, tile=32, on_event=lambda k, i: events.append(k))
@@ -120,7 +128,7 @@ def test_rerun_reuses_and_interrupted_run_resumes(lsi_run) -> None:  # type: ign
     assert (written[0], True) in resumed and sum(not s for _, s in resumed) == len(resumed) - 1
     after = open_zone(result.run_dir, "utm48n")
     assert after.attrs["slidewatch_complete"] is True
-    assert np.isfinite(after["probability"].values).sum() == np.isfinite(before).sum()
+    assert np.isfinite(after["susceptibility"].values).sum() == np.isfinite(before).sum()
 
 
 def test_channel_mismatch_is_refused(lsi_run, tmp_path) -> None:  # type: ignore[no-untyped-def]

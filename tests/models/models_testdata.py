@@ -116,3 +116,64 @@ def write_factor_cube(
     ).rio.write_crs(CRS)
     ds.to_zarr(path, mode="w", consolidated=False)
     return path, mask, polys
+
+
+# ----------------------------------------------------------------------------- own rasters (issue 16)
+#: Band order of the synthetic chips written by :func:`write_chip_folder`.
+CHIP_BANDS = ("B02", "B03", "B04", "B08", "elevation")
+
+
+def write_mask_tif(path: Path, mask: np.ndarray, transform: Affine, crs: str, nodata=None) -> Path:
+    """A one-band uint8 mask GeoTIFF."""
+    with rasterio.open(path, "w", driver="GTiff", width=mask.shape[1], height=mask.shape[0], count=1,
+                       dtype="uint8", crs=crs, transform=transform, nodata=nodata) as dst:
+        dst.write(mask.astype(np.uint8), 1)
+    return path
+
+
+def write_chip_folder(root: Path, seed: int = 0, describe: bool = True) -> tuple[Path, Path, dict]:
+    """Four small GeoTIFF chips on different grids in two CRSs (EPSG:32648 and EPSG:32633),
+    bands B02, B03, B04, B08 and elevation (descriptions set when ``describe``), and one
+    0/1/2 mask per chip (0 unlabelled, 1 not a landslide, 2 landslide) named like the chip.
+
+    Landslide discs are brighter in red, darker in NIR (low NDVI) and on steeper ground.
+    Returns ``(chips folder, masks folder, {chip name: (bands (5, h, w) float32, mask)})``.
+    """
+    from scipy import ndimage
+
+    rng = np.random.default_rng(seed)
+    chips, masks = root / "chips", root / "masks"
+    chips.mkdir(parents=True, exist_ok=True)
+    masks.mkdir(parents=True, exist_ok=True)
+    specs = [  # name, crs, origin (x, y), (h, w), pixel size
+        ("hongya_a", "EPSG:32648", (300_000.0, 3_300_000.0), (64, 64), 10.0),
+        ("hongya_b", "EPSG:32648", (310_000.0, 3_310_000.0), (48, 80), 10.0),
+        ("alps_a", "EPSG:32633", (600_000.0, 5_200_000.0), (64, 64), 20.0),
+        ("alps_b", "EPSG:32633", (605_000.0, 5_205_000.0), (56, 72), 10.0),
+    ]
+    out = {}
+    for name, crs, (x0, y0), (h, w), res in specs:
+        slide = np.zeros((h, w), bool)
+        rr, cc = np.mgrid[:h, :w]
+        for _ in range(3):
+            r, c, rad = rng.uniform(8, h - 8), rng.uniform(8, w - 8), rng.uniform(3, 7)
+            slide |= (rr - r) ** 2 + (cc - c) ** 2 <= rad**2
+        m = slide.astype(np.float32)
+        b02 = 0.05 + 0.02 * m + rng.normal(0, 0.005, (h, w))
+        b03 = 0.08 + 0.03 * m + rng.normal(0, 0.005, (h, w))
+        b04 = 0.06 + 0.10 * m + rng.normal(0, 0.01, (h, w))
+        b08 = 0.35 - 0.15 * m + rng.normal(0, 0.02, (h, w))
+        dem = 900 + np.cumsum(rng.normal(2, 1, (h, w)), axis=0) + 30 * ndimage.gaussian_filter(m, 2)
+        bands = np.stack([b02, b03, b04, b08, dem]).astype(np.float32)
+        t = Affine(res, 0.0, x0, 0.0, -res, y0)
+        with rasterio.open(chips / f"{name}.tif", "w", driver="GTiff", width=w, height=h, count=5,
+                           dtype="float32", crs=crs, transform=t) as dst:
+            dst.write(bands)
+            if describe:
+                for i, b in enumerate(CHIP_BANDS):
+                    dst.set_band_description(i + 1, b)
+        mask = np.where(slide, 2, 1).astype(np.uint8)
+        mask[:, : w // 4] = 0  # a strip nobody mapped
+        write_mask_tif(masks / f"{name}.tif", mask, t, crs)
+        out[name] = (bands, mask)
+    return chips, masks, out

@@ -5,20 +5,26 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from models_testdata import torch_threads  # noqa: F401  (fixture)
 
 from models.losses import DiceBCELoss, FocalDiceLoss, dice_loss, focal_loss, make_loss
 from models.metrics import (
+    BOOTSTRAP_METRICS,
     Confusion,
+    average_precision,
+    block_bootstrap,
     confusion,
+    curve_metrics_from_counts,
     dice,
     iou,
+    pooled_from_counts,
     precision,
     recall,
     recall_by_size,
     roc_auc,
     segmentation_metrics,
+    unit_counts,
 )
-from models_testdata import torch_threads  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.usefixtures("torch_threads")
 
@@ -114,3 +120,74 @@ def test_losses_behave():
     assert float(DiceBCELoss()(mixed, t, valid)) < 0.05
     with pytest.raises(ValueError):
         make_loss("nope")
+
+
+# ----------------------------------------------------------------------------- PR AUC, bootstrap
+def test_average_precision_by_hand():
+    # scores 0.9 (pos), 0.8 (neg), 0.7 (pos), 0.7 (neg: tie), 0.1 (pos), 0.05 (neg)
+    prob = np.array([0.9, 0.8, 0.7, 0.7, 0.1, 0.05])
+    t = np.array([1, 0, 1, 0, 1, 0], np.uint8)
+    # thresholds 0.9: P=1, R=1/3; 0.8: R same; 0.7 (tie): P=2/4, R=2/3; 0.1: P=3/5, R=1
+    assert average_precision(prob, t) == pytest.approx(1 / 3 * 1 + 1 / 3 * 0.5 + 1 / 3 * 0.6)
+    assert average_precision(prob, t, np.array([1, 1, 1, 0, 1, 1], bool)) == pytest.approx(
+        1 / 3 + 1 / 3 * 2 / 3 + 1 / 3 * 3 / 4  # the tied negative left out
+    )
+    assert np.isnan(average_precision(prob, np.zeros(6, np.uint8)))
+    assert segmentation_metrics(prob, t, by_size=False)["pr_auc"] == pytest.approx(average_precision(prob, t))
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_average_precision_matches_scikit_learn(seed):
+    skm = pytest.importorskip("sklearn.metrics", reason="scikit-learn not installed")
+    prob, target = _masks(seed)
+    assert average_precision(prob, target) == pytest.approx(
+        skm.average_precision_score(target.ravel(), prob.ravel()), rel=1e-12
+    )
+    v = np.random.default_rng(seed).random(target.shape) < 0.7
+    assert average_precision(prob, target, v) == pytest.approx(
+        skm.average_precision_score(target[v], prob[v]), rel=1e-12
+    )
+
+
+def _units(seed, n=6):
+    prob, target = _masks(seed, shape=(12 * n, 30))
+    prob = np.round(prob, 2)  # ties
+    valid = np.random.default_rng(seed).random(target.shape) < 0.9
+    return [(prob[12 * i : 12 * (i + 1)], target[12 * i : 12 * (i + 1)], valid[12 * i : 12 * (i + 1)]) for i in range(n)], (prob, target, valid)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_pooled_counts_equal_exact_metrics(seed):
+    units, (prob, target, valid) = _units(seed)
+    c = unit_counts(units, threshold=0.5)
+    assert c.exact_bins and c.n_units == 6
+    pooled = pooled_from_counts(c)
+    exact = segmentation_metrics(prob, target, valid, 0.5)
+    for k in ("dice", "iou", "precision", "recall", "auc", "pr_auc"):
+        assert pooled[k] == pytest.approx(exact[k], rel=1e-12), k
+    # binned by quantiles (fewer bins than distinct scores) stays close
+    coarse = pooled_from_counts(unit_counts(units, 0.5, max_bins=16))
+    assert coarse["auc"] == pytest.approx(exact["auc"], abs=0.02)
+    auc, ap = curve_metrics_from_counts(np.array([[0, 1, 1]]), np.array([[1, 1, 0]]))
+    assert auc[0] == pytest.approx(0.875) and ap[0] == pytest.approx(0.5 * 1 + 0.5 * 2 / 3)
+
+
+def test_block_bootstrap_is_seeded_and_brackets_the_pooled_value():
+    units, (prob, target, valid) = _units(0, n=12)
+    c = unit_counts(units)
+    a = block_bootstrap(c, 1000, 0.95, seed=0)
+    np.testing.assert_equal(a, block_bootstrap(c, 1000, 0.95, seed=0))
+    assert a["dice"] != block_bootstrap(c, 1000, 0.95, seed=1)["dice"]
+    assert set(a) == set(BOOTSTRAP_METRICS)
+    pooled = segmentation_metrics(prob, target, valid)
+    for k in ("dice", "iou", "precision", "recall", "auc", "pr_auc"):
+        lo, hi = a[k]
+        assert lo <= pooled[k] <= hi and hi - lo < 0.3, k
+    narrow = block_bootstrap(c, 1000, 0.5, seed=0)
+    assert narrow["dice"][1] - narrow["dice"][0] < a["dice"][1] - a["dice"][0]
+    # identical blocks: every resample is the pooled value
+    same = unit_counts([units[0]] * 5)
+    lo, hi = block_bootstrap(same, 200)["dice"]
+    assert lo == pytest.approx(hi) == pytest.approx(segmentation_metrics(*units[0])["dice"])
+    # one block: nothing to resample
+    assert all(np.isnan(v).all() for v in block_bootstrap(unit_counts(units[:1]), 100).values())

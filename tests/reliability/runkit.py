@@ -24,7 +24,7 @@ CHUNK = 32
 WINDOW = TimeWindow(date(2024, 7, 1), date(2024, 8, 31))
 STAC_URL = "http://fake.invalid/stac"
 #: Attributes that differ between two runs by design (wall-clock times).
-TIME_ATTRS = {"history", "completed"}
+TIME_ATTRS = {"history", "completed", "slidewatch_generation"}  # the last: a fresh id per finished store
 
 
 def bbox_arg() -> str:

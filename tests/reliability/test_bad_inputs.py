@@ -83,6 +83,43 @@ def _factor_cube(path: Path, channels=("slope", "dem", "ndvi", "ndwi", "smi", "n
     return path
 
 
+def _web_server_as_scheduler(c: Ctx, eager: bool) -> list[str]:
+    """A web server given as the scheduler: one that waits for a request (an HTTP server,
+    the dashboard's port) or one that speaks first (``HTTP/1.1 …``, read by distributed as a
+    frame length of exabytes before the probe)."""
+    import socket
+    import threading
+
+    import flows.dask_context
+
+    c.mp.setattr(flows.dask_context, "PROBE_TIMEOUT_S", 1.0)
+    srv = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def serve() -> None:
+        srv.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                continue
+            with conn:
+                if eager:
+                    conn.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+                stop.wait(2.0)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+
+    def cleanup() -> None:
+        stop.set()
+        thread.join(5)
+        srv.close()
+
+    c.cleanup = cleanup
+    return c.run("--dask-address", f"tcp://127.0.0.1:{srv.getsockname()[1]}")
+
+
 # ------------------------------------------------------------------ case builders
 @dataclass
 class Ctx:
@@ -375,10 +412,12 @@ CASES = [
          "base_width 200000 is outside [1, 512]"),
     Case("dask_address_not_an_address", lambda c: c.run("--dask-address", "foo"), "--dask-address 'foo' is not"),
     Case("dask_address_bad_ipv6", lambda c: c.run("--dask-address", "tcp://[::1"), "is not an address"),
+    Case("dask_address_is_a_web_server", lambda c: _web_server_as_scheduler(c, eager=False), "sent no Dask greeting"),
+    Case("dask_address_answers_http", lambda c: _web_server_as_scheduler(c, eager=True), "not a Dask greeting"),
     Case("run_with_missing_checkpoint", lambda c: c.run("--checkpoint", str(c.tmp / "nope.safetensors")),
          "nope.safetensors"),
     Case("cube_lacks_a_checkpoint_channel", lambda c: _evaluate(c, c.world.ckpt, _factor_cube(
-        c.tmp / "six.zarr", ("slope", "dem", "ndvi", "ndwi", "smi", "ndbi"))), "lacks variable(s) ['lsi']"),
+        c.tmp / "six.zarr", ("slope", "dem", "ndvi", "ndwi", "smi", "ndbi"))), "lacks channel(s) lsi"),
     # landslide inventories
     Case("inventory_self_intersecting", lambda c: _train(c, _geojson(
         c, "inv.geojson", {"type": "FeatureCollection", "crs": UTM33, "features": [BOWTIE]})), "is an invalid polygon"),

@@ -11,8 +11,8 @@ the ``risk_class`` of ``lsi_<zone>.zarr`` is used and the page says so):
   with a small inline pan/zoom script (mouse wheel, drag, +/−/reset buttons, the
   ``+``/``-``/``0``/arrow keys; ``report.html#zoom=4`` opens zoomed in), a legend, a scale
   bar that follows the zoom, the CRS name and a live lon/lat cursor readout;
-* area per class (km² and %), no-data area, quality-flag areas, the mean probability
-  (or mean LSI when there is no probability), a heatmap of high-risk share per grid
+* area per class (km² and %), no-data area, quality-flag areas, the mean hazard
+  (an older mosaic's probability, or the mean LSI when there is neither), a heatmap of high-risk share per grid
   cell and a table of the cells with most high-risk area;
 * the run's provenance (region, window, STAC item ids per collection, checkpoint hash,
   model, rain parameters, software version) from the group attributes and ``run.json``;
@@ -102,7 +102,7 @@ class ZoneSummary:
     cells: np.ndarray
     cell_prob_sum: np.ndarray
     cell_prob_n: np.ndarray
-    value_name: str | None  # "probability", "lsi" or None
+    value_name: str | None  # "hazard", "probability" (older mosaics), "lsi" or None
     value_sum_by_class: np.ndarray = field(default_factory=lambda: np.zeros(4))
     value_n_by_class: np.ndarray = field(default_factory=lambda: np.zeros(4, dtype=np.int64))
     quality_hist: np.ndarray | None = None
@@ -279,7 +279,7 @@ def summarise_zone(src: ZoneSource, *, max_pixels: int = 2048, cell_px: int = DE
     while math.ceil(h / cell_px) * math.ceil(w / cell_px) > _MAX_CELLS:
         cell_px *= 2
     ncy, ncx = math.ceil(h / cell_px), math.ceil(w / cell_px)
-    value_name = "probability" if "probability" in ds else ("lsi" if "lsi" in ds else None)
+    value_name = next((n for n in ("hazard", "probability", "lsi") if n in ds), None)
     names = ["risk_class"] + ([value_name] if value_name else []) + (["quality"] if "quality" in ds else [])
     image = np.full((math.ceil(h / factor), math.ceil(w / factor)), NODATA_CLASS, dtype=np.uint8)
     class_px = np.zeros(4, dtype=np.int64)
