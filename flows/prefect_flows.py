@@ -37,9 +37,18 @@ from pipeline.core.layout import RunLayout, run_dir_for, zarr_attrs
 from pipeline.core.provenance import Rain
 from pipeline.plan.regions import Region, parse_region
 from pipeline.rain.events import resolve_rain
-from pipeline.rain.sources import precipitation_source
+from pipeline.rain.forecast import forecast_source as forecast_source_named
+from pipeline.rain.sources import rain_source as rain_source_named
 from pipeline.rain.alerts import FAILED, SUCCEEDED, Alert, AlertLedger
-from pipeline.rain.watch import Event, check_region, imagery_window, load_watchlist, parse_now, watch_row
+from pipeline.rain.watch import (
+    Event,
+    check_region,
+    forecast_as_event,
+    imagery_window,
+    load_watchlist,
+    parse_now,
+    watch_row,
+)
 
 __all__ = [
     "ALERTS_FILE",
@@ -215,6 +224,25 @@ def regional_run_flow(
     return record
 
 
+def _forecast_check(src: Any, entry: Any, when: datetime, lead_hours: int, row: dict, log: Any) -> Event | None:
+    """Check a region's forecast; fill the row's ``forecast`` column, and when the forecast
+    crosses the threshold make the row a ``forecast`` alert and return its event."""
+    try:
+        fc = src.forecast(entry.region.bbox, when, lead_hours)
+    except Exception as exc:  # noqa: BLE001 - a forecast that cannot be read never fails the region
+        row["forecast"] = f"unavailable: {redact(f'{type(exc).__name__}: {exc}')}"
+        log.warning("%s: forecast unavailable: %s", entry.name, row["forecast"])
+        return None
+    event = forecast_as_event(entry.region.name, fc, entry.region.bbox)
+    frow = watch_row(entry.name, event, entry.threshold)
+    row["forecast"] = f"{fc.describe()}: {'ABOVE' if frow['alert'] else 'below'} threshold"
+    if not frow["alert"]:
+        return None
+    row.update({k: frow[k] for k in ("intensity_mm_h", "duration_h", "threshold_mm_h", "alert", "event_start",
+                                    "event_end")}, kind="forecast", status="forecast above threshold")
+    return event
+
+
 @flow(name="slidewatch-rainfall-watch")
 def rainfall_watch_flow(
     watchlist: Path,
@@ -232,13 +260,22 @@ def rainfall_watch_flow(
     device: str = "auto",
     source: Any = None,
     precip_source: Any = None,
+    rain_source: str | None = None,
+    forecast: str = "none",
+    lead_hours: int = 72,
+    forecast_source: Any = None,
 ) -> list[dict]:
     """Check every watched region's rainfall over the ``hours`` before ``now`` (UTC, ISO;
     default: the current time) and start a regional run for each new alert.
 
-    Precipitation comes from ``precip`` (a local IMERG-layout Zarr) or IMERG on Planetary
-    Computer. An alert whose id is already in ``OUT/alerts.jsonl`` does not trigger
-    again. A triggered run uses the event's P (mm/h) and D (days) and the ``window_days``
+    Observed precipitation comes from ``rain_source`` (a name of
+    :data:`pipeline.rain.sources.RAIN_SOURCES`; default ``imerg-early``, the current IMERG
+    Early Run, or ``local-zarr`` when ``precip`` is given). ``forecast`` (``ecmwf``, ``gfs``
+    or ``none``) also checks the next ``lead_hours`` of that forecast: a region whose
+    observed rain stays below its threshold but whose forecast crosses it gets a
+    ``forecast`` alert and a run mapping the forecast event's hazard. A forecast that cannot
+    be read is reported in the row (``forecast`` column) and never fails the region. An
+    alert whose id is already in ``OUT/alerts.jsonl`` does not trigger again. A triggered run uses the event's P (mm/h) and D (days) and the ``window_days``
     days of imagery ending on the event's start day. ``trigger=False`` only checks
     (nothing is recorded). Returns one row per region (I, D, threshold, alert, new,
     status, run directory); a region whose check or run fails gets a ``check failed`` /
@@ -248,7 +285,11 @@ def rainfall_watch_flow(
     log = get_run_logger()
     wl = load_watchlist(watchlist)
     out = Path(out)
-    src = precip_source if precip_source is not None else precipitation_source(precip)
+    if precip_source is not None:
+        src = precip_source
+    else:
+        src = rain_source_named(rain_source or ("local-zarr" if precip is not None else "imerg-early"), path=precip)
+    fc_src = forecast_source if forecast_source is not None else forecast_source_named(forecast)
     when = parse_now(now)
     ledger = AlertLedger(out / ALERTS_FILE)
     rows = []
@@ -262,12 +303,17 @@ def rainfall_watch_flow(
             log.error("%s: rainfall check failed: %s", entry.name, exc)
             continue
         row = watch_row(entry.name, event, entry.threshold)
+        row["kind"] = "observed"
         rows.append(row)
+        if (event is None or not row["alert"]) and fc_src is not None:
+            fc_event = _forecast_check(fc_src, entry, when, lead_hours, row, log)
+            if fc_event is not None:
+                event = fc_event
         if event is None or not row["alert"]:
             log.info("%s: %s", entry.name, row["status"])
             continue
-        alert = Alert.from_event(event, entry.threshold)
-        start, end = imagery_window(event.start, window_days)
+        alert = Alert.from_event(event, entry.threshold, kind=row["kind"])
+        start, end = imagery_window(min(event.start, when), window_days)  # a forecast event starts later
         run_dir = run_dir_for(out, entry.region.slug, start, end, name=entry.region.name)
         row.update(alert_id=alert.id, run_dir=str(run_dir))
         if not trigger:

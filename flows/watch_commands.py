@@ -36,16 +36,18 @@ def _num(v: Any, fmt: str = "{:.2f}") -> str:
 
 
 def watch_table(rows: Sequence[dict], title: str = "rainfall watch") -> Table:
-    """Regions × (I, D, threshold, alert, new run, status, run directory) as a rich table."""
+    """Regions × (I, D, threshold, alert and its kind, new run, status, forecast, run directory)."""
     table = Table(title=title)
     for col, justify in (("region", "left"), ("I mm/h", "right"), ("D h", "right"), ("threshold mm/h", "right"),
-                         ("alert", "center"), ("new run", "center"), ("status", "left"), ("run dir", "left")):
+                         ("alert", "center"), ("new run", "center"), ("status", "left"), ("forecast", "left"),
+                         ("run dir", "left")):
         table.add_column(col, justify=justify, overflow="fold")  # type: ignore[arg-type]
     for r in rows:
         table.add_row(
             str(r["region"]), _num(r.get("intensity_mm_h")), _num(r.get("duration_h"), "{:.1f}"),
-            _num(r.get("threshold_mm_h")), "yes" if r.get("alert") else "no", "yes" if r.get("new") else "no",
-            str(r.get("status", "")), str(r.get("run_dir") or ""),
+            _num(r.get("threshold_mm_h")),
+            (f"yes ({r.get('kind', 'observed')})" if r.get("alert") else "no"), "yes" if r.get("new") else "no",
+            str(r.get("status", "")), str(r.get("forecast") or "–"), str(r.get("run_dir") or ""),
         )
     return table
 
@@ -62,7 +64,7 @@ def watch(
     every: Annotated[float, typer.Option("--every", min=1.0, help="Minutes between checks without --once.")] = 30.0,
     hours: Annotated[float, typer.Option("--hours", min=0.5, help="Hours of rainfall checked before --now.")] = 72.0,
     now: Annotated[str | None, typer.Option("--now", help="Check as of this UTC time (ISO, e.g. 2024-08-31T12:00); default: now.")] = None,
-    precip: Annotated[Path | None, typer.Option("--precip", help="Local IMERG-layout precipitation Zarr (default: IMERG on Planetary Computer).")] = None,
+    precip: Annotated[Path | None, typer.Option("--precip", help="Local IMERG-layout precipitation Zarr (then --rain-source local-zarr is the default).")] = None,
     stac_url: Annotated[str, typer.Option("--stac-url", help="STAC API of the triggered runs.")] = PLANETARY_COMPUTER_STAC,
     window_days: Annotated[int, typer.Option("--window-days", min=1, help="Days of imagery before the event for a triggered run.")] = 60,
     checkpoint: Annotated[Path | None, typer.Option("--checkpoint", help="U-Net checkpoint for the triggered runs (without it they stop after the LSI).")] = None,
@@ -70,6 +72,9 @@ def watch(
     chunk: Annotated[int, typer.Option("--chunk", help="Chunk edge in pixels of the triggered runs.")] = DEFAULT_CHUNK,
     check_only: Annotated[bool, typer.Option("--check-only", help="Print the table but start no run and record no alert.")] = False,
     device: Annotated[str, typer.Option("--device", help="Inference device: auto, cpu or cuda.")] = "auto",
+    rain_source: Annotated[str | None, typer.Option("--rain-source", help="Observed rain: imerg-early (default; NASA IMERG V07 Early Run, about 4 h behind, needs EARTHDATA_TOKEN), imerg-late (about 14 h behind), imerg-v06-pc (Planetary Computer archive, ended 2021-05-31) or local-zarr (with --precip, the default then).")] = None,
+    forecast: Annotated[str, typer.Option("--forecast", help="Forecast checked too: ecmwf (IFS open data, keyless), gfs (NOAA, keyless) or none.")] = "ecmwf",
+    lead_hours: Annotated[int, typer.Option("--lead-hours", min=1, max=240, help="Hours of forecast checked ahead (1 to 3 days is usual).")] = 72,
 ) -> None:
     """Check watched regions' recent rainfall against their intensity–duration thresholds and
     run the regions whose alert is new."""
@@ -77,11 +82,13 @@ def watch(
     from pipeline.rain.watch import load_watchlist
 
     load_watchlist(watchlist)  # fail fast, before Prefect starts
+    _check_sources(rain_source, forecast, precip)
     while True:
         rows = rainfall_watch_flow(
             watchlist=_path(watchlist), out=_path(out), hours=hours, now=now, precip=_path(precip),
             stac_url=stac_url, window_days=window_days, checkpoint=_path(checkpoint), dask_address=dask_address,
-            chunk=chunk, trigger=not check_only, device=device,
+            chunk=chunk, trigger=not check_only, device=device, rain_source=rain_source, forecast=forecast,
+            lead_hours=lead_hours,
         )
         out_console().print(watch_table(rows, f"rainfall watch: last {hours:g} h before {now or 'now'}"))
         failed = [r["region"] for r in rows if str(r.get("status", "")).startswith(("run failed", "check failed"))]
@@ -93,6 +100,15 @@ def watch(
             return
         err_console().print(f"next check in {every:g} min (Ctrl-C to stop)")
         time.sleep(every * 60)
+
+
+def _check_sources(rain_source: str | None, forecast: str, precip: Path | None) -> None:
+    """Refuse unknown source names in one line before Prefect starts (nothing is contacted)."""
+    from pipeline.rain.forecast import forecast_source
+    from pipeline.rain.sources import rain_source as named
+
+    named(rain_source or ("local-zarr" if precip is not None else "imerg-early"), path=precip)
+    forecast_source(forecast)
 
 
 def build_watch_deployment(
@@ -109,6 +125,9 @@ def build_watch_deployment(
     dask_address: str | None = None,
     chunk: int = DEFAULT_CHUNK,
     device: str = "auto",
+    rain_source: str | None = None,
+    forecast: str = "ecmwf",
+    lead_hours: int = 72,
 ) -> Any:
     """The watch flow's Prefect deployment on ``cron`` (a ``RunnerDeployment``; paths
     made absolute so the runner can execute it from anywhere)."""
@@ -116,7 +135,8 @@ def build_watch_deployment(
 
     params = {"watchlist": _path(watchlist), "out": _path(out), "hours": hours, "precip": _path(precip),
               "stac_url": stac_url, "window_days": window_days, "checkpoint": _path(checkpoint),
-              "dask_address": dask_address, "chunk": chunk, "device": device}
+              "dask_address": dask_address, "chunk": chunk, "device": device, "rain_source": rain_source,
+              "forecast": forecast, "lead_hours": lead_hours}
     try:
         return rainfall_watch_flow.to_deployment(name=name, cron=cron, parameters=params,
                                                  description="slidewatch rainfall watch (intensity-duration alerts)",
@@ -133,13 +153,16 @@ def serve(
     cron: Annotated[str, typer.Option("--cron", help="When to check (cron, UTC).")] = DEFAULT_CRON,
     name: Annotated[str, typer.Option("--name", help="Deployment name.")] = DEPLOYMENT_NAME,
     hours: Annotated[float, typer.Option("--hours", min=0.5, help="Hours of rainfall checked at each run.")] = 72.0,
-    precip: Annotated[Path | None, typer.Option("--precip", help="Local IMERG-layout precipitation Zarr (default: IMERG on Planetary Computer).")] = None,
+    precip: Annotated[Path | None, typer.Option("--precip", help="Local IMERG-layout precipitation Zarr (then --rain-source local-zarr is the default).")] = None,
     stac_url: Annotated[str, typer.Option("--stac-url", help="STAC API of the triggered runs.")] = PLANETARY_COMPUTER_STAC,
     window_days: Annotated[int, typer.Option("--window-days", min=1, help="Days of imagery before the event for a triggered run.")] = 60,
     checkpoint: Annotated[Path | None, typer.Option("--checkpoint", help="U-Net checkpoint for the triggered runs.")] = None,
     dask_address: Annotated[str | None, typer.Option("--dask-address", envvar="SLIDEWATCH_DASK_ADDRESS", help="Dask scheduler address; default: a local cluster.")] = None,
     chunk: Annotated[int, typer.Option("--chunk", help="Chunk edge in pixels of the triggered runs.")] = DEFAULT_CHUNK,
     device: Annotated[str, typer.Option("--device", help="Inference device: auto, cpu or cuda.")] = "auto",
+    rain_source: Annotated[str | None, typer.Option("--rain-source", help="Observed rain: imerg-early (default; NASA IMERG V07 Early Run, about 4 h behind, needs EARTHDATA_TOKEN), imerg-late (about 14 h behind), imerg-v06-pc (Planetary Computer archive, ended 2021-05-31) or local-zarr (with --precip, the default then).")] = None,
+    forecast: Annotated[str, typer.Option("--forecast", help="Forecast checked too: ecmwf (IFS open data, keyless), gfs (NOAA, keyless) or none.")] = "ecmwf",
+    lead_hours: Annotated[int, typer.Option("--lead-hours", min=1, max=240, help="Hours of forecast checked ahead (1 to 3 days is usual).")] = 72,
 ) -> None:
     """Serve the rainfall watch on a cron schedule with Prefect (blocks; Ctrl-C stops it)."""
     from prefect import serve as prefect_serve
@@ -147,8 +170,10 @@ def serve(
     from pipeline.rain.watch import load_watchlist
 
     load_watchlist(watchlist)
+    _check_sources(rain_source, forecast, precip)
     deployment = build_watch_deployment(watchlist, out, cron, name=name, hours=hours, precip=precip,
                                         stac_url=stac_url, window_days=window_days, checkpoint=checkpoint,
-                                        dask_address=dask_address, chunk=chunk, device=device)
+                                        dask_address=dask_address, chunk=chunk, device=device,
+                                        rain_source=rain_source, forecast=forecast, lead_hours=lead_hours)
     err_console().print(f"serving deployment {name!r} on cron {cron!r} (UTC); Ctrl-C to stop")
     prefect_serve(deployment)

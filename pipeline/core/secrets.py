@@ -32,7 +32,7 @@ _SECRET_PARAMS = frozenset({
 _SECRET_PREFIXES = ("x-amz-", "x-goog-")
 _URL_RE = re.compile(r"(?:/vsicurl/)?https?://[^\s'\"<>()\[\]{},]+")
 #: Environment variables whose values are secrets to scrub from any text we show or save.
-SECRET_ENV_VARS = ("PC_SDK_SUBSCRIPTION_KEY",)
+SECRET_ENV_VARS = ("PC_SDK_SUBSCRIPTION_KEY", "EARTHDATA_TOKEN", "EARTHDATA_PASSWORD")
 
 
 def _is_secret_param(name: str) -> bool:

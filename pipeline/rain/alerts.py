@@ -43,9 +43,11 @@ class Alert:
     a: float
     b: float
     source: str
+    #: ``observed`` (rain that fell) or ``forecast`` (rain a forecast run expects)
+    kind: str = "observed"
 
     @classmethod
-    def from_event(cls, event: Event, threshold: Threshold) -> Alert:
+    def from_event(cls, event: Event, threshold: Threshold, kind: str = "observed") -> Alert:
         """The alert of ``event`` under ``threshold`` (whether or not it is exceeded)."""
         return cls(
             id=alert_id(event.region, event.start, event.source),
@@ -58,6 +60,7 @@ class Alert:
             a=threshold.a,
             b=threshold.b,
             source=event.source,
+            kind=kind,
         )
 
     @property

@@ -837,3 +837,19 @@ class GfsSource(_RunFetchingSource):
                 out.writelines(self._get(url, {"Range": e.byte_range.header}) for e in entries)
             files.append(f)
         return files
+
+
+#: Names accepted by :func:`forecast_source` (the watch's ``--forecast``).
+FORECAST_SOURCES: tuple[str, ...] = ("ecmwf", "gfs", "none")
+
+
+def forecast_source(name: str) -> ForecastSource | None:
+    """The forecast source called ``name``: ``ecmwf`` (ECMWF IFS open data, keyless),
+    ``gfs`` (NOAA GFS, keyless) or ``none`` (no forecast check). Nothing is contacted yet."""
+    if name == "none":
+        return None
+    if name == "ecmwf":
+        return EcmwfOpenDataSource()
+    if name == "gfs":
+        return GfsSource()
+    raise RainfallError(f"Unknown forecast source {name!r}.", hint=f"Use one of {', '.join(FORECAST_SOURCES)}.")

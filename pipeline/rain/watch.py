@@ -50,6 +50,7 @@ __all__ = [
     "WatchListError",
     "check_region",
     "exceeds",
+    "forecast_as_event",
     "imagery_window",
     "load_watchlist",
     "parse_now",
@@ -370,6 +371,16 @@ def imagery_window(event_start: datetime, days: int = 60) -> tuple[date, date]:
         raise RainfallError(f"Imagery window of {days} days is empty.", "use --window-days 1 or more (e.g. 60).")
     end = event_start.astimezone(timezone.utc).date() if event_start.tzinfo else event_start.date()
     return end - timedelta(days=days - 1), end
+
+
+def forecast_as_event(region: str, forecast: Any, bbox: tuple[float, float, float, float]) -> Event:
+    """A forecast event (:class:`pipeline.rain.forecast.ForecastEvent`) as an :class:`Event`
+    the threshold can judge: its rainy part, I = the mean rate while it rains, D = the hours
+    at or above the wet threshold, over the lead window; the source names the run."""
+    label = f"{forecast.source} run {forecast.run:%Y-%m-%dT%HZ}"
+    return Event(region=region, start=forecast.lead_start, end=forecast.lead_end,
+                 intensity_mm_h=float(forecast.wet_intensity_mm_h), duration_h=float(forecast.duration_days) * 24.0,
+                 source=label, bbox=tuple(bbox))  # type: ignore[arg-type]
 
 
 def parse_now(now: str | datetime | None) -> datetime:

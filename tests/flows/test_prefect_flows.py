@@ -196,13 +196,57 @@ def test_watch_once_command_prints_the_table(scenario):  # type: ignore[no-untyp
     app.command("noop")(lambda: None)  # a second command keeps `watch` a subcommand
     res = CliRunner().invoke(app, ["watch", "--watchlist", str(scenario["watchlist"]), "--out", str(scenario["out"]),
                                    "--once", "--check-only", "--hours", "96", "--now", NOW,
-                                   "--precip", str(scenario["precip"])], env={"COLUMNS": "250"})
+                                   "--precip", str(scenario["precip"]), "--forecast", "none"], env={"COLUMNS": "250"})
     assert res.exit_code == 1, res.output  # the 'outside' region's check failed: reported, non-zero exit
     assert "the check or run failed for outside" in res.output
     for needle in ("covered", "dry", "strict", "threshold", "alert", "below threshold", "check failed"):
         assert needle in res.output
     line = next(ln for ln in res.output.splitlines() if "covered" in ln)
     assert "yes" in line and f"{scenario['rows']['covered']['intensity_mm_h']:.2f}" in line
+
+
+def test_a_forecast_only_exceedance_is_a_forecast_alert_and_maps_the_forecast_event(scenario, tmp_path):  # type: ignore[no-untyped-def]
+    """Observed rain below the threshold, a forecast above it: one ``forecast`` alert in the
+    ledger, one run with the forecast event's rain; the next check triggers nothing."""
+    from datetime import timedelta
+
+    from pipeline.rain.forecast import ForecastEvent
+    from pipeline.rain.sources import LocalZarrSource
+
+    class Dry:  # the scenario's precipitation, all zero
+        def __init__(self, inner):  # type: ignore[no-untyped-def]
+            self.inner = inner
+
+        def read(self, *a, **k):  # type: ignore[no-untyped-def]
+            da = self.inner.read(*a, **k)
+            return (da * 0).assign_attrs(da.attrs)
+
+    class Forecast:
+        name = "fake NWP"
+
+        def forecast(self, bbox, issued_before, lead_hours):  # type: ignore[no-untyped-def]
+            start = issued_before.replace(minute=0, second=0, microsecond=0)
+            return ForecastEvent(source="fake NWP", run=start - timedelta(hours=6), lead_start=start,
+                                 lead_end=start + timedelta(hours=lead_hours), lead_window_h=(6.0, 6.0 + lead_hours),
+                                 intensity_mm_h=1.0, duration_days=1.0, total_mm=72.0, wet_intensity_mm_h=3.0,
+                                 windows=((6.0, 6.0 + lead_hours, 72.0),))
+
+    wl = tmp_path / "w.yaml"
+    wl.write_text("regions:\n" f"  - name: covered\n    region: '{_bbox_text(_inner_bbox())}'\n")
+    kwargs = {**scenario["kwargs"], "watchlist": wl, "out": tmp_path / "out",
+              "precip_source": Dry(LocalZarrSource(scenario["precip"])), "forecast_source": Forecast(), "lead_hours": 48}
+    n = len(scenario["calls"])
+    (row,) = scenario["flow"](**kwargs)
+    assert row["kind"] == "forecast" and row["alert"] and row["new"], row
+    assert row["status"] == "run finished" and "ABOVE threshold" in row["forecast"]
+    assert row["intensity_mm_h"] == 3.0 and row["duration_h"] == 24.0
+    claimed, finished = (json.loads(ln) for ln in (tmp_path / "out" / "alerts.jsonl").read_text().splitlines())
+    assert claimed["kind"] == "forecast" and claimed["source"].startswith("fake NWP run")
+    assert finished["status"] == "succeeded" and finished["id"] == claimed["id"]
+    assert len(scenario["calls"]) == n + 1 and scenario["calls"][-1]["rain"].intensity_mm_h == 3.0
+    (again,) = scenario["flow"](**kwargs)
+    assert again["kind"] == "forecast" and not again["new"] and again["status"] == "seen before (succeeded)"
+    assert len(scenario["calls"]) == n + 1
 
 
 def test_bad_watchlist_fails_before_prefect_runs(tmp_path):  # type: ignore[no-untyped-def]
