@@ -264,6 +264,7 @@ def rainfall_watch_flow(
     forecast: str = "none",
     lead_hours: int = 72,
     forecast_source: Any = None,
+    static_period: str = "month",
 ) -> list[dict]:
     """Check every watched region's rainfall over the ``hours`` before ``now`` (UTC, ISO;
     default: the current time) and start a regional run for each new alert.
@@ -275,8 +276,11 @@ def rainfall_watch_flow(
     observed rain stays below its threshold but whose forecast crosses it gets a
     ``forecast`` alert and a run mapping the forecast event's hazard. A forecast that cannot
     be read is reported in the row (``forecast`` column) and never fails the region. An
-    alert whose id is already in ``OUT/alerts.jsonl`` does not trigger again. A triggered run uses the event's P (mm/h) and D (days) and the ``window_days``
-    days of imagery ending on the event's start day. ``trigger=False`` only checks
+    alert whose id is already in ``OUT/alerts.jsonl`` does not trigger again. A triggered
+    run uses the event's P (mm/h) and D (days), and the ``window_days`` days of imagery
+    before the event's month (``static_period="month"``, default: every alert of a month
+    reuses one cube and LSI and recomputes only the hazard and exports) or before the
+    event's day (``"event"``). ``trigger=False`` only checks
     (nothing is recorded). Returns one row per region (I, D, threshold, alert, new,
     status, run directory); a region whose check or run fails gets a ``check failed`` /
     ``run failed`` status (a failed run is recorded as ``failed`` in the ledger) and the
@@ -313,7 +317,7 @@ def rainfall_watch_flow(
             log.info("%s: %s", entry.name, row["status"])
             continue
         alert = Alert.from_event(event, entry.threshold, kind=row["kind"])
-        start, end = imagery_window(min(event.start, when), window_days)  # a forecast event starts later
+        start, end = imagery_window(min(event.start, when), window_days, static_period)  # a forecast starts later
         run_dir = run_dir_for(out, entry.region.slug, start, end, name=entry.region.name)
         row.update(alert_id=alert.id, run_dir=str(run_dir))
         if not trigger:

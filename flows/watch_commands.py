@@ -75,6 +75,7 @@ def watch(
     rain_source: Annotated[str | None, typer.Option("--rain-source", help="Observed rain: imerg-early (default; NASA IMERG V07 Early Run, about 4 h behind, needs EARTHDATA_TOKEN), imerg-late (about 14 h behind), imerg-v06-pc (Planetary Computer archive, ended 2021-05-31) or local-zarr (with --precip, the default then).")] = None,
     forecast: Annotated[str, typer.Option("--forecast", help="Forecast checked too: ecmwf (IFS open data, keyless), gfs (NOAA, keyless) or none.")] = "ecmwf",
     lead_hours: Annotated[int, typer.Option("--lead-hours", min=1, max=240, help="Hours of forecast checked ahead (1 to 3 days is usual).")] = 72,
+    static_period: Annotated[str, typer.Option("--static-period", help="Imagery of a triggered run: month (the --window-days before the event's month, shared by every alert of that month, so the cube is reused) or event (ending on the event's day).")] = "month",
 ) -> None:
     """Check watched regions' recent rainfall against their intensity–duration thresholds and
     run the regions whose alert is new."""
@@ -82,13 +83,13 @@ def watch(
     from pipeline.rain.watch import load_watchlist
 
     load_watchlist(watchlist)  # fail fast, before Prefect starts
-    _check_sources(rain_source, forecast, precip)
+    _check_sources(rain_source, forecast, precip, static_period)
     while True:
         rows = rainfall_watch_flow(
             watchlist=_path(watchlist), out=_path(out), hours=hours, now=now, precip=_path(precip),
             stac_url=stac_url, window_days=window_days, checkpoint=_path(checkpoint), dask_address=dask_address,
             chunk=chunk, trigger=not check_only, device=device, rain_source=rain_source, forecast=forecast,
-            lead_hours=lead_hours,
+            lead_hours=lead_hours, static_period=static_period,
         )
         out_console().print(watch_table(rows, f"rainfall watch: last {hours:g} h before {now or 'now'}"))
         failed = [r["region"] for r in rows if str(r.get("status", "")).startswith(("run failed", "check failed"))]
@@ -102,13 +103,18 @@ def watch(
         time.sleep(every * 60)
 
 
-def _check_sources(rain_source: str | None, forecast: str, precip: Path | None) -> None:
+def _check_sources(rain_source: str | None, forecast: str, precip: Path | None, static_period: str = "month") -> None:
     """Refuse unknown source names in one line before Prefect starts (nothing is contacted)."""
     from pipeline.rain.forecast import forecast_source
     from pipeline.rain.sources import rain_source as named
 
+    from pipeline.core.errors import RainfallError
+    from pipeline.rain.watch import STATIC_PERIODS
+
     named(rain_source or ("local-zarr" if precip is not None else "imerg-early"), path=precip)
     forecast_source(forecast)
+    if static_period not in STATIC_PERIODS:
+        raise RainfallError(f"--static-period {static_period!r} is unknown.", f"use one of {', '.join(STATIC_PERIODS)}.")
 
 
 def build_watch_deployment(
@@ -128,6 +134,7 @@ def build_watch_deployment(
     rain_source: str | None = None,
     forecast: str = "ecmwf",
     lead_hours: int = 72,
+    static_period: str = "month",
 ) -> Any:
     """The watch flow's Prefect deployment on ``cron`` (a ``RunnerDeployment``; paths
     made absolute so the runner can execute it from anywhere)."""
@@ -136,7 +143,7 @@ def build_watch_deployment(
     params = {"watchlist": _path(watchlist), "out": _path(out), "hours": hours, "precip": _path(precip),
               "stac_url": stac_url, "window_days": window_days, "checkpoint": _path(checkpoint),
               "dask_address": dask_address, "chunk": chunk, "device": device, "rain_source": rain_source,
-              "forecast": forecast, "lead_hours": lead_hours}
+              "forecast": forecast, "lead_hours": lead_hours, "static_period": static_period}
     try:
         return rainfall_watch_flow.to_deployment(name=name, cron=cron, parameters=params,
                                                  description="slidewatch rainfall watch (intensity-duration alerts)",
@@ -163,6 +170,7 @@ def serve(
     rain_source: Annotated[str | None, typer.Option("--rain-source", help="Observed rain: imerg-early (default; NASA IMERG V07 Early Run, about 4 h behind, needs EARTHDATA_TOKEN), imerg-late (about 14 h behind), imerg-v06-pc (Planetary Computer archive, ended 2021-05-31) or local-zarr (with --precip, the default then).")] = None,
     forecast: Annotated[str, typer.Option("--forecast", help="Forecast checked too: ecmwf (IFS open data, keyless), gfs (NOAA, keyless) or none.")] = "ecmwf",
     lead_hours: Annotated[int, typer.Option("--lead-hours", min=1, max=240, help="Hours of forecast checked ahead (1 to 3 days is usual).")] = 72,
+    static_period: Annotated[str, typer.Option("--static-period", help="Imagery of a triggered run: month (the --window-days before the event's month, shared by every alert of that month, so the cube is reused) or event (ending on the event's day).")] = "month",
 ) -> None:
     """Serve the rainfall watch on a cron schedule with Prefect (blocks; Ctrl-C stops it)."""
     from prefect import serve as prefect_serve
@@ -170,10 +178,11 @@ def serve(
     from pipeline.rain.watch import load_watchlist
 
     load_watchlist(watchlist)
-    _check_sources(rain_source, forecast, precip)
+    _check_sources(rain_source, forecast, precip, static_period)
     deployment = build_watch_deployment(watchlist, out, cron, name=name, hours=hours, precip=precip,
                                         stac_url=stac_url, window_days=window_days, checkpoint=checkpoint,
                                         dask_address=dask_address, chunk=chunk, device=device,
-                                        rain_source=rain_source, forecast=forecast, lead_hours=lead_hours)
+                                        rain_source=rain_source, forecast=forecast, lead_hours=lead_hours,
+                                        static_period=static_period)
     err_console().print(f"serving deployment {name!r} on cron {cron!r} (UTC); Ctrl-C to stop")
     prefect_serve(deployment)

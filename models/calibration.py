@@ -7,10 +7,16 @@ model's probabilities there, and are stored in the checkpoint:
   threshold that maximises F1 (Dice) between "probability ≥ t" and the landslide labels.
   "High" therefore means *the model's own best guess that this pixel is (or would be, under
   the reference event) a landslide*; its validation precision and recall are stored.
-* **medium** starts at the highest probability at which medium and high together still
-  hold :data:`MEDIUM_RECALL` (90 %) of the validation landslide pixels. "Medium" therefore
-  means *less likely than high, but where nine in ten known landslides lie*.
-* **low** is the rest: one in ten validation landslide pixels fall there.
+* **medium** starts at the highest probability at which medium and high together hold
+  :data:`MEDIUM_RECALL` (90 %) of the validation landslide pixels, or, when high alone
+  already holds that many, half of the landslide pixels high misses (a model that finds
+  98 % with "high" gets a "medium" band that finds 99 %). "Medium" therefore means *less
+  likely than high, but where most of the known landslides that high misses lie*.
+* **low** is the rest: at most one in ten validation landslide pixels fall there.
+
+The thresholds are on the model's output scale: a network trained with a Dice loss gives
+scores that rank well but are not frequencies, so a "high" threshold of 0.02 is not a 2 %
+chance; the stored precision and recall say what the classes achieve.
 
 When the validation blocks hold no landslide pixel the training blocks are used, and the
 method says so.
@@ -31,11 +37,13 @@ import numpy as np
 from models.data import IGNORE, NormStats
 from models.splits import BlockSplit
 
-__all__ = ["INPUT_QUANTILES", "MEDIUM_RECALL", "class_thresholds", "input_ranges", "thresholds_from_scores",
+__all__ = ["CALIBRATION_VERSION", "INPUT_QUANTILES", "MEDIUM_RECALL", "class_thresholds", "input_ranges", "thresholds_from_scores",
            "training_world"]
 
 #: Share of validation landslide pixels that medium + high together hold.
 MEDIUM_RECALL = 0.9
+#: Bumped when the class calibration changes (the demo's cached model is then retrained).
+CALIBRATION_VERSION = 2
 #: The quantiles of the training pixels a checkpoint records per channel.
 INPUT_QUANTILES: tuple[float, float] = (0.005, 0.995)
 #: Store attributes copied into a checkpoint's ``world``.
@@ -60,7 +68,9 @@ def thresholds_from_scores(prob: np.ndarray, y: np.ndarray, medium_recall: float
     precision = tp / np.maximum(tp + fp, 1)
     f1 = np.where(tp > 0, 2 * precision * recall / np.maximum(precision + recall, 1e-12), 0.0)
     i_high = int(np.argmax(f1))
-    i_med = int(np.argmax(recall >= medium_recall)) if (recall >= medium_recall).any() else len(cand) - 1
+    target = max(medium_recall, recall[i_high] + (1.0 - recall[i_high]) / 2.0)
+    reach = recall >= target - 1e-12
+    i_med = int(np.argmax(reach)) if reach.any() else len(cand) - 1
     i_med = max(i_med, i_high)  # medium starts at or below high
     t_high, t_med = float(cand[i_high]), float(cand[i_med])
     if not t_med < t_high:  # no room between them: medium is an empty band just below high
@@ -95,7 +105,7 @@ def class_thresholds(predictor: Any, x: np.ndarray, y: np.ndarray, split: BlockS
             ys.append(y[b.r0:b.r1, b.c0:b.c1][k] == 1)
         out = thresholds_from_scores(np.concatenate(ps), np.concatenate(ys))
         out["method"] = (f"{which} blocks: high = the F1-best threshold, medium = the highest threshold with "
-                         f"recall >= {MEDIUM_RECALL:g}")
+                         f"recall >= max({MEDIUM_RECALL:g}, half-way from high's recall to 1)")
         out["blocks"] = which
         return out
     return {}

@@ -11,6 +11,7 @@ import pipeline
 from pipeline.core.files import fingerprint
 from pipeline.core.layout import zarr_attrs
 
+from models.calibration import CALIBRATION_VERSION
 from models.checkpoint import read_metadata
 from models.training import CHECKPOINT_NAME, TrainConfig, train
 
@@ -32,7 +33,7 @@ def ensure_demo_model(
     emit = on_event or (lambda kind, info: None)
     key = fingerprint({
         "train": DEMO_TRAIN, "lsi": zarr_attrs(lsi_path).get("slidewatch_fingerprint"),
-        "truth": truth.stat().st_size, "version": pipeline.__version__,
+        "truth": truth.stat().st_size, "version": pipeline.__version__, "calibration": CALIBRATION_VERSION,
     })
     path, stamp = model_dir / CHECKPOINT_NAME, model_dir / "demo_key.txt"
     if path.is_file() and stamp.is_file() and stamp.read_text().strip() == key and not retrain:

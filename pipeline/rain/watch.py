@@ -52,6 +52,7 @@ __all__ = [
     "exceeds",
     "forecast_as_event",
     "imagery_window",
+    "STATIC_PERIODS",
     "load_watchlist",
     "parse_now",
     "parse_watchlist",
@@ -364,12 +365,24 @@ def check_region(
     )
 
 
-def imagery_window(event_start: datetime, days: int = 60) -> tuple[date, date]:
+#: How a triggered run's imagery window is keyed: ``month`` (the ``days`` before the event's
+#: month: every event of a month shares one window, so its cube and LSI are reused and an
+#: alert recomputes only the rain-dependent layers) or ``event`` (the ``days`` ending on the
+#: event's day: freshest imagery, a new cube for every event day).
+STATIC_PERIODS: tuple[str, ...] = ("month", "event")
+
+
+def imagery_window(event_start: datetime, days: int = 60, period: str = "event") -> tuple[date, date]:
     """The pre-event imagery window of a run triggered by an event: ``days`` whole days
-    ending on the event's start date (inclusive)."""
+    ending on the event's start date (``period="event"``) or on the last day of the month
+    before it (``period="month"``; see :data:`STATIC_PERIODS`)."""
     if days < 1:
         raise RainfallError(f"Imagery window of {days} days is empty.", "use --window-days 1 or more (e.g. 60).")
+    if period not in STATIC_PERIODS:
+        raise RainfallError(f"Imagery period {period!r} is unknown.", f"use one of {', '.join(STATIC_PERIODS)}.")
     end = event_start.astimezone(timezone.utc).date() if event_start.tzinfo else event_start.date()
+    if period == "month":
+        end = end.replace(day=1) - timedelta(days=1)
     return end - timedelta(days=days - 1), end
 
 

@@ -103,7 +103,7 @@ def scenario(prefect_harness, tmp_path_factory):  # type: ignore[no-untyped-def]
     )
     event = check_region(LocalZarrSource(precip), Region("covered", bbox), NOW, hours=96)
     assert event is not None
-    start, end = imagery_window(event.start, 60)
+    start, end = imagery_window(event.start, 60, "month")  # the watch keys runs by the month before the event
     out = root / "out"
     calls: list[dict] = []
 

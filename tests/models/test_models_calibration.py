@@ -92,3 +92,17 @@ def test_training_calibrates_classes_and_records_its_world(tmp_path) -> None:  #
     assert set(meta.inputs["ranges"]) == set(meta.channels)
     lo, hi = meta.inputs["ranges"]["slope"]
     assert lo < hi
+
+
+def test_a_confident_model_still_gets_a_medium_band() -> None:
+    """High alone finds 98 of 100 landslide pixels: medium reaches half of the two it misses."""
+    rng = np.random.default_rng(1)
+    p_pos = np.r_[rng.uniform(0.5, 1.0, 98), 0.2, 0.05]
+    p_neg = rng.uniform(0.0, 0.3, 2000)
+    p = np.r_[p_pos, p_neg]
+    y = np.r_[np.ones(100, int), np.zeros(2000, int)]
+    out = thresholds_from_scores(p, y)
+    t_med, t_high = out["class_thresholds"]
+    assert out["high"]["recall"] == pytest.approx(0.98)
+    assert t_med == pytest.approx(0.2) and t_med < t_high  # the 99th landslide pixel is medium
+    assert out["medium_or_high"]["recall"] == pytest.approx(0.99)

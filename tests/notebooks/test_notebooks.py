@@ -112,10 +112,11 @@ def test_explore_a_run(small_run: SmallRun, kernel_path: Path) -> None:
     assert set(printed) == {"slope", "dem", "ndvi", "ndwi", "smi", "ndbi"}
     for name, value in printed.items():
         assert value == pytest.approx(float(lsi[f"contrib_{name}"].values[row, col]), abs=1e-6), name
-    r_m = float(lsi.attrs["rain_multiplier"])
+    assert lsi.attrs["rain_multiplier"] is None  # the rain-free LSI (hazard_mode "decoupled")
+    r_m = 1.0
     assert sum(printed.values()) * r_m == pytest.approx(float(lsi_score(xr.open_zarr(small_run.lsi_path)).values[row, col]), abs=1e-4)
     assert score == pytest.approx(sum(printed.values()) * r_m, abs=1e-5)
-    # Hand-computed LSI from the documented formula: sigmoid(k (R_m S - c)), k = 10, c = 0.30.
+    # Hand-computed LSI from the documented formula: sigmoid(k (S - c)), k = 10, c = 0.30.
     assert 1 / (1 + math.exp(-10.0 * (score - 0.30))) == pytest.approx(float(lsi["lsi"].values[row, col]), abs=1e-4)
 
     # The pixel is the highest-risk one: highest LSI among the U-Net's high class, else the

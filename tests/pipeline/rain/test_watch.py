@@ -286,3 +286,13 @@ def test_a_yaml_alias_bomb_is_refused_at_once(tmp_path):  # type: ignore[no-unty
     (tmp_path / "big.yaml").write_text("regions: []\n" + "#" * 1_100_000)
     with pytest.raises(WatchListError, match="over 1,000,000"):
         load_watchlist(tmp_path / "big.yaml")
+
+
+def test_month_keyed_imagery_window_is_shared_by_every_event_of_a_month():
+    """Every alert of a month gets the same window (so its cube is reused); the next month a new one."""
+    aug = {imagery_window(datetime(2024, 8, d, 5, tzinfo=UTC), 60, "month") for d in (1, 15, 31)}
+    assert aug == {(date(2024, 6, 2), date(2024, 7, 31))}
+    assert imagery_window(datetime(2024, 9, 1, tzinfo=UTC), 60, "month") == (date(2024, 7, 3), date(2024, 8, 31))
+    assert imagery_window(datetime(2024, 3, 10), 30, "month") == (date(2024, 1, 31), date(2024, 2, 29))
+    with pytest.raises(RainfallError, match="period 'season' is unknown"):
+        imagery_window(datetime(2024, 8, 20), 60, "season")
