@@ -236,8 +236,9 @@ class UnitCounts:
     ``confusion (U, 4)`` tp/fp/fn/tn at the threshold; ``size_hits``/``size_pixels``
     ``(U, S)`` detected and total landslide pixels per size class (:data:`SIZE_CLASSES`
     order); ``pos``/``neg`` ``(U, K)`` landslide and background pixels per score bin
-    (ascending). Bins are the distinct pooled scores when there are at most ``max_bins``
-    (then AUC and AP from them are exact), else pooled-score quantiles."""
+    (ascending). Bins are the distinct pooled scores (then AUC and AP from them are exact)
+    when there are at most ``max_bins`` of them or units × distinct scores is at most
+    ``exact_cells``; else ``max_bins`` pooled-score quantiles."""
 
     confusion: np.ndarray
     size_hits: np.ndarray
@@ -251,7 +252,14 @@ class UnitCounts:
         return int(self.confusion.shape[0])
 
 
-def unit_counts(units, threshold: float = 0.5, max_bins: int = 4096) -> UnitCounts:
+#: Largest units × distinct scores for which the bootstrap's curves are exact (else binned).
+EXACT_CELLS = 60_000_000
+#: Score bins when the curves cannot be exact (quantiles of the pooled scores).
+MAX_BINS = 65_536
+
+
+def unit_counts(units, threshold: float = 0.5, max_bins: int = MAX_BINS,
+                exact_cells: int = EXACT_CELLS) -> UnitCounts:
     """:class:`UnitCounts` from ``units``: a sequence of ``(prob, target, valid)`` arrays
     (any shapes; ``valid`` may be ``None``)."""
     units = list(units)
@@ -263,7 +271,7 @@ def unit_counts(units, threshold: float = 0.5, max_bins: int = 4096) -> UnitCoun
         prepped.append((prob, t, v))
     pooled = np.concatenate([p[v] for p, _, v in prepped]) if prepped else np.empty(0, np.float32)
     uniq = np.unique(pooled)
-    exact = uniq.size <= max_bins
+    exact = uniq.size <= max_bins or uniq.size * max(len(prepped), 1) <= exact_cells
     if exact:
         edges, k = uniq, max(uniq.size, 1)
     else:
@@ -273,8 +281,8 @@ def unit_counts(units, threshold: float = 0.5, max_bins: int = 4096) -> UnitCoun
     conf = np.zeros((n, 4), dtype=np.float64)
     hits = np.zeros((n, len(SIZE_CLASSES)), dtype=np.float64)
     pix = np.zeros((n, len(SIZE_CLASSES)), dtype=np.float64)
-    pos = np.zeros((n, k), dtype=np.float64)
-    neg = np.zeros((n, k), dtype=np.float64)
+    pos = np.zeros((n, k), dtype=np.float32)  # counts per bin are small integers: exact in float32
+    neg = np.zeros((n, k), dtype=np.float32)
     for i, (p, t, v) in enumerate(prepped):
         pred = p >= threshold
         c = confusion(pred, t, v)
@@ -343,9 +351,15 @@ def block_bootstrap(
         return {m: nan for m in BOOTSTRAP_METRICS}
     rng = np.random.default_rng(seed)
     w = rng.multinomial(n, np.full(n, 1.0 / n), size=n_resamples).astype(np.float64)  # (R, U)
-    vals = _metrics_from_sums(
-        w @ counts.confusion, w @ counts.size_hits, w @ counts.size_pixels, w @ counts.pos, w @ counts.neg
-    )
+    # resamples in chunks, so that the (chunk, bins) curve arrays stay near 64 MB
+    step = max(1, int(8_000_000 // max(counts.pos.shape[1], 1)))
+    parts = []
+    for i in range(0, n_resamples, step):
+        wi = w[i:i + step]
+        wf = wi.astype(np.float32)
+        parts.append(_metrics_from_sums(wi @ counts.confusion, wi @ counts.size_hits, wi @ counts.size_pixels,
+                                        wf @ counts.pos, wf @ counts.neg))
+    vals = {m: np.concatenate([p[m] for p in parts]) for m in parts[0]}
     lo_q, hi_q = 50 * (1 - confidence), 50 * (1 + confidence)
     out = {}
     for m in BOOTSTRAP_METRICS:
