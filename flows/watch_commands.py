@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
+from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -135,9 +136,11 @@ def build_watch_deployment(
     forecast: str = "ecmwf",
     lead_hours: int = 72,
     static_period: str = "month",
+    interval_s: float | None = None,
 ) -> Any:
-    """The watch flow's Prefect deployment on ``cron`` (a ``RunnerDeployment``; paths
-    made absolute so the runner can execute it from anywhere)."""
+    """The watch flow's Prefect deployment on ``cron`` (or every ``interval_s`` seconds when
+    given; a ``RunnerDeployment``; paths made absolute so the runner can execute it from
+    anywhere)."""
     from flows.prefect_flows import rainfall_watch_flow
 
     params = {"watchlist": _path(watchlist), "out": _path(out), "hours": hours, "precip": _path(precip),
@@ -145,7 +148,8 @@ def build_watch_deployment(
               "dask_address": dask_address, "chunk": chunk, "device": device, "rain_source": rain_source,
               "forecast": forecast, "lead_hours": lead_hours, "static_period": static_period}
     try:
-        return rainfall_watch_flow.to_deployment(name=name, cron=cron, parameters=params,
+        schedule: dict[str, Any] = {"interval": timedelta(seconds=interval_s)} if interval_s else {"cron": cron}
+        return rainfall_watch_flow.to_deployment(name=name, **schedule, parameters=params,
                                                  description="slidewatch rainfall watch (intensity-duration alerts)",
                                                  tags=["slidewatch", "watch"])
     except ValueError:
@@ -171,18 +175,28 @@ def serve(
     forecast: Annotated[str, typer.Option("--forecast", help="Forecast checked too: ecmwf (IFS open data, keyless), gfs (NOAA, keyless) or none.")] = "ecmwf",
     lead_hours: Annotated[int, typer.Option("--lead-hours", min=1, max=240, help="Hours of forecast checked ahead (1 to 3 days is usual).")] = 72,
     static_period: Annotated[str, typer.Option("--static-period", help="Imagery of a triggered run: month (the --window-days before the event's month, shared by every alert of that month, so the cube is reused) or event (ending on the event's day).")] = "month",
+    interval: Annotated[float | None, typer.Option("--interval", min=5.0, help="Check every this many seconds instead of --cron.")] = None,
 ) -> None:
-    """Serve the rainfall watch on a cron schedule with Prefect (blocks; Ctrl-C stops it)."""
+    """Serve the rainfall watch on a schedule with Prefect (blocks; Ctrl-C stops it).
+
+    Uses the Prefect server at PREFECT_API_URL; without one it starts a local Prefect
+    server (API and scheduler, on 127.0.0.1, SQLite under OUT/.prefect) and stops it on exit."""
     from prefect import serve as prefect_serve
 
     from pipeline.rain.watch import load_watchlist
 
     load_watchlist(watchlist)
     _check_sources(rain_source, forecast, precip, static_period)
-    deployment = build_watch_deployment(watchlist, out, cron, name=name, hours=hours, precip=precip,
-                                        stac_url=stac_url, window_days=window_days, checkpoint=checkpoint,
-                                        dask_address=dask_address, chunk=chunk, device=device,
-                                        rain_source=rain_source, forecast=forecast, lead_hours=lead_hours,
-                                        static_period=static_period)
-    err_console().print(f"serving deployment {name!r} on cron {cron!r} (UTC); Ctrl-C to stop")
-    prefect_serve(deployment)
+    from flows.prefect_server import prefect_api
+
+    with prefect_api(Path(out) / ".prefect") as (url, started):
+        how = "a local Prefect server started here (stopped on exit)" if started else "PREFECT_API_URL"
+        err_console().print(f"Prefect API: {url} ({how})")
+        deployment = build_watch_deployment(watchlist, out, cron, name=name, hours=hours, precip=precip,
+                                            stac_url=stac_url, window_days=window_days, checkpoint=checkpoint,
+                                            dask_address=dask_address, chunk=chunk, device=device,
+                                            rain_source=rain_source, forecast=forecast, lead_hours=lead_hours,
+                                            static_period=static_period, interval_s=interval)
+        when = f"every {interval:g} s" if interval else f"on cron {cron!r} (UTC)"
+        err_console().print(f"serving deployment {name!r} {when}; Ctrl-C to stop")
+        prefect_serve(deployment)

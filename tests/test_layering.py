@@ -45,7 +45,7 @@ ALLOWED: dict[str, set[str]] = {
 #: Third-party packages ``pipeline`` must never import.
 FORBIDDEN_IN_PIPELINE = {"torch", "prefect", "distributed", "typer", "rich", "flows", "models"}
 #: What a ``flows`` module may import from the rest of ``flows``.
-FLOWS_SHARED = {"flows.stages", "flows.dask_context", "flows.prefect_flows", "flows.console"}
+FLOWS_SHARED = {"flows.stages", "flows.dask_context", "flows.prefect_flows", "flows.prefect_server", "flows.console"}
 
 
 def module_name(path: Path, root: Path = REPO) -> str:
