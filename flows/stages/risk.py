@@ -94,12 +94,15 @@ def write_zone_risk(
                          "rerun the LSI stage with --hazard paper (it rebuilds the LSI store).")
     rm = float(prov.rain.multiplier) if prov.rain is not None else 1.0
     model = FlipEnsemble(predictor) if uncertainty else predictor
+    lsi_fp = lsi_lazy.attrs.get("slidewatch_fingerprint")
     store = TileStore(root / grid.zone_name,
-                      risk_fingerprint(lsi_lazy.attrs.get("slidewatch_fingerprint"), model, thresholds, tile, __version__,
-                                       rain=prov.rain, mode=mode))
+                      risk_fingerprint(lsi_fp, model, thresholds, tile, __version__, rain=prov.rain, mode=mode))
     if store.is_complete():  # same LSI store, checkpoint and settings: nothing to redo
         emit("reused", {"zone": grid.zone_name, "path": str(store.path)})
         return store.path, True
+    # the susceptibility does not depend on the rain: the key of everything but the hazard
+    sus_fp = risk_fingerprint(lsi_fp, model, thresholds, tile, __version__, rain=None, mode=mode)
+    previous = _same_susceptibility(store.path, sus_fp) if mode == "decoupled" else None
     # Read windows straight from zarr (no dask): each window reads only its own pixels.
     lsi = xr.open_zarr(lsi_path, chunks=None, decode_coords="all")
     if from_cube:  # bands the model reads from the cube itself (same grid, same coordinates)
@@ -116,6 +119,7 @@ def write_zone_risk(
         attrs = risk_zone_attrs(prov, grid.zone_name, grid.epsg, str(lsi_path), model, thresholds, __version__,
                                 mode=mode, thresholds_source=thresholds_source)
         attrs.update(extra_attrs or {})
+        attrs["susceptibility_fingerprint"] = sus_fp
         # derived: a group made from other inputs is replaced
         store.prepare(template(grid, RISK_VARIABLES, risk_attrs(thresholds, mode)), attrs, overwrite=True)
         tiles = grid.tiles(CHUNKS_PER_TILE)
@@ -126,6 +130,12 @@ def write_zone_risk(
             if t.key in done:
                 emit("tile", {"zone": f"{grid.zone_name} risk", "tile": t.key, "skipped": True})
         pending = [(slice(t.row0, t.row1), slice(t.col0, t.col1)) for t in tiles if t.key not in done]
+        if previous is not None:  # only the rain changed: the hazard from the stored susceptibility
+            emit("note", {"text": f"{grid.zone_name}: same inputs, model and settings, other rain: the hazard is "
+                                  "recomputed from the stored susceptibility (no model run)"})
+            _rehazard(store, previous, by_window, pending, thresholds, rm, mode, uncertainty, verify, grid.zone_name,
+                      emit)
+            pending = []
         for (sy, sx), out in iter_chunk_predictions(
             lsi, model, channels=list(model.channels), windows=pending, tile=tile,
             batch_size=batch_size, stats=stats,
@@ -142,6 +152,39 @@ def write_zone_risk(
         store.release()
     emit("written", {"zone": f"{grid.zone_name} risk", "stage": "risk", "path": str(path)})
     return path, False
+
+
+def _same_susceptibility(path: Path, sus_fp: str) -> GenerationGuard | None:
+    """A guard on the finished group at ``path`` when its susceptibility was made from the
+    same inputs, model and settings (``sus_fp``), else None."""
+    if not path.exists():
+        return None
+    try:
+        attrs = dict(zarr.open_group(str(path), mode="r").attrs)
+    except Exception:  # noqa: BLE001 - unreadable: predict afresh
+        return None
+    if attrs.get(COMPLETE_ATTR) is not True or attrs.get("susceptibility_fingerprint") != sus_fp:
+        return None
+    return GenerationGuard(path)
+
+
+def _rehazard(store: TileStore, previous: GenerationGuard, by_window: dict, pending: list, thresholds: tuple,
+              rm: float, mode: str, uncertainty: bool, verify: Callable[[], None], zone: str, emit: Event) -> None:
+    """Write the pending tiles from the previous group's susceptibility with this rain's hazard."""
+    old = xr.open_zarr(previous.path, chunks=None, decode_coords="all", consolidated=False)
+
+    def verify_both() -> None:
+        verify()
+        previous.check()
+
+    for sy, sx in pending:
+        t: Tile = by_window[(sy.start, sy.stop, sx.start, sx.stop)]
+        sub = old.isel(y=sy, x=sx)
+        arrays = risk_tile(np.asarray(sub["susceptibility"].values), np.asarray(sub["lsi"].values),
+                           np.asarray(sub["quality"].values), thresholds, rain_multiplier=rm, mode=mode,
+                           uncertainty=np.asarray(sub["uncertainty"].values) if uncertainty else None)
+        store.write_tile(t, tile_dataset(arrays, sub[["lsi", "quality"]]), verify=verify_both)
+        emit("tile", {"zone": f"{zone} risk", "tile": t.key, "skipped": False})
 
 
 def check_model_channels(lsi: xr.Dataset, lsi_path: Path, predictor: PredictorLike,

@@ -61,10 +61,13 @@ def test_same_cube_under_two_rains_same_susceptibility_hazard_orders_as_rain(tin
     assert heavy.multiplier > light.multiplier
     layers = {}
     lsi_gen = {}
+    events: dict[str, list] = {}
     for name, rain in (("light", light), ("heavy", heavy)):
         stages.lsi_stage(result, rain)
         lsi_gen[name] = xr.open_zarr(result.zones[0].lsi_path).attrs["slidewatch_generation"]
-        stages.risk_stage(result, rain, ckpt, tile=32, uncertainty=False)
+        events[name] = []
+        stages.risk_stage(result, rain, ckpt, tile=32, uncertainty=False,
+                          on_event=lambda k, i, n=name: events[n].append((k, i)))
         layers[name] = open_zone(result.run_dir, "utm48n").load()
     assert lsi_gen["light"] == lsi_gen["heavy"], "the rain-free LSI store was rebuilt for another rain"
     a, b = layers["light"], layers["heavy"]
@@ -80,6 +83,10 @@ def test_same_cube_under_two_rains_same_susceptibility_hazard_orders_as_rain(tin
     np.testing.assert_allclose(hb, 1 - (1 - s.astype(np.float64)) ** heavy.multiplier, rtol=1e-5, atol=1e-7)
     assert b.attrs["rain_multiplier"] == heavy.multiplier and a.attrs["rain_multiplier"] == light.multiplier
     assert "1 - (1 - susceptibility) ** R_m" in b.attrs["hazard_formula"]
+    # only the rain changed: the second map reuses the stored susceptibility, the model never runs
+    (stats,) = [i["stats"] for k, i in events["heavy"] if k == "inference"]
+    assert stats["model_calls"] == 0
+    assert any(k == "note" and "recomputed from the stored susceptibility" in i["text"] for k, i in events["heavy"])
 
 
 def test_paper_mode_scales_the_lsi_by_the_rain(tiny) -> None:  # type: ignore[no-untyped-def]
