@@ -306,7 +306,7 @@ def rainfall_watch_flow(
             rows.append(row)
             log.error("%s: rainfall check failed: %s", entry.name, exc)
             continue
-        row = watch_row(entry.name, event, entry.threshold)
+        row = watch_row(entry.name, event, entry.threshold, source=src, now=when)
         row["kind"] = "observed"
         rows.append(row)
         if (event is None or not row["alert"]) and fc_src is not None:
@@ -316,7 +316,9 @@ def rainfall_watch_flow(
         if event is None or not row["alert"]:
             log.info("%s: %s", entry.name, row["status"])
             continue
-        alert = Alert.from_event(event, entry.threshold, kind=row["kind"])
+        observed = row["kind"] == "observed"  # a percentile threshold reads the observed window before now
+        alert = Alert.from_event(event, entry.threshold, kind=row["kind"], source=src if observed else None,
+                                 now=when if observed else None)
         start, end = imagery_window(min(event.start, when), window_days, static_period)  # a forecast starts later
         run_dir = run_dir_for(out, entry.region.slug, start, end, name=entry.region.name)
         row.update(alert_id=alert.id, run_dir=str(run_dir))

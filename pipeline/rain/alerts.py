@@ -45,10 +45,43 @@ class Alert:
     source: str
     #: ``observed`` (rain that fell) or ``forecast`` (rain a forecast run expects)
     kind: str = "observed"
+    #: which threshold judged it: ``intensity-duration`` (a, b) or ``percentile`` (the fields
+    #: below; ``a``/``b`` are then unused and ``threshold_mm_h`` is ``threshold_mm / window_h``).
+    #: Defaults keep ledgers written before percentile thresholds loadable.
+    threshold_kind: str = "intensity-duration"
+    #: percentile threshold: the climatology's percentile of ``window_h``-hour accumulations, mm
+    threshold_mm: float | None = None
+    #: percentile threshold: the region-mean accumulation over ``window_h`` hours that was judged, mm
+    accumulation_mm: float | None = None
+    percentile: float | None = None
+    window_h: float | None = None
 
     @classmethod
-    def from_event(cls, event: Event, threshold: Threshold, kind: str = "observed") -> Alert:
-        """The alert of ``event`` under ``threshold`` (whether or not it is exceeded)."""
+    def from_event(cls, event: Event, threshold: Threshold, kind: str = "observed", *, source: Any = None,
+                   now: Any = None) -> Alert:
+        """The alert of ``event`` under ``threshold`` (whether or not it is exceeded);
+        ``source`` and ``now`` are what a percentile threshold reads the accumulation from
+        (:meth:`pipeline.rain.watch.Threshold.judge`)."""
+        if threshold.kind != "intensity-duration":
+            j = threshold.judge(event, source, now)
+            return cls(
+                id=alert_id(event.region, event.start, event.source),
+                region=event.region,
+                event_start=event.start.isoformat(),
+                event_end=event.end.isoformat(),
+                intensity_mm_h=event.intensity_mm_h,
+                duration_h=event.duration_h,
+                threshold_mm_h=j.threshold_mm_h,
+                a=threshold.a,
+                b=threshold.b,
+                source=event.source,
+                kind=kind,
+                threshold_kind=j.kind,
+                threshold_mm=j.threshold,
+                accumulation_mm=j.value,
+                percentile=j.percentile,
+                window_h=j.window_h,
+            )
         return cls(
             id=alert_id(event.region, event.start, event.source),
             region=event.region,

@@ -68,6 +68,7 @@ __all__ = [
     "parse_ecmwf_index",
     "parse_wgrib2_idx",
     "read_grib_precipitation",
+    "in_grib_process",
 ]
 
 log = logging.getLogger(__name__)
@@ -238,8 +239,51 @@ def _projected(ec, h, values: np.ndarray, bbox: BBox | None, name: str) -> xr.Da
     return xr.DataArray(grid, dims=("y", "x"), coords={"lat": (("y", "x"), lat), "lon": (("y", "x"), lon)})
 
 
+#: The process that decodes GRIB files (see :func:`read_grib_precipitation`), started once.
+_GRIB_WORKER: Any = None
+
+
+def _grib_worker() -> Any:
+    global _GRIB_WORKER
+    if _GRIB_WORKER is None:
+        import atexit
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        _GRIB_WORKER = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+        atexit.register(_GRIB_WORKER.shutdown, wait=False, cancel_futures=True)
+    return _GRIB_WORKER
+
+
 def read_grib_precipitation(path: str | os.PathLike, bbox: Sequence[float] | None = None) -> list[PrecipMessage]:
     """Every precipitation message of a GRIB2 file, in file order, cropped to ``bbox``.
+
+    The file is decoded in a separate, reused worker process: the ecCodes wheels load their
+    bundled libraries (eckit, and with it a PROJ and an SQLite of their own) with
+    ``RTLD_GLOBAL``, which in this process would take over pyproj's and rasterio's PROJ
+    ("no database context specified") and crash the interpreter at exit. See
+    :func:`decode_grib_precipitation` for what is read.
+    """
+    from concurrent.futures.process import BrokenProcessPool
+
+    try:
+        return _grib_worker().submit(decode_grib_precipitation, str(path), bbox).result()
+    except BrokenProcessPool:  # the worker died (killed, out of memory): one clear line, a fresh worker next time
+        global _GRIB_WORKER
+        _GRIB_WORKER = None
+        raise RainfallError(f"The GRIB decoding process died while reading {Path(path).name}.",
+                            hint="Retry; if it dies again, check the file and the free memory.") from None
+
+
+def in_grib_process(fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(*args)`` run in the GRIB worker process (where ecCodes may be imported); ``fn``
+    must be importable by name (a module-level function)."""
+    return _grib_worker().submit(fn, *args).result()
+
+
+def decode_grib_precipitation(path: str | os.PathLike, bbox: Sequence[float] | None = None) -> list[PrecipMessage]:
+    """Every precipitation message of a GRIB2 file, in file order, cropped to ``bbox``
+    (in this process: call :func:`read_grib_precipitation` instead).
 
     Precipitation is recognised from the message's parameter keys: WMO 0/1/8 (APCP, total
     precipitation, kg m-2), 0/1/52 (total precipitation rate, kg m-2 s-1), 0/1/7 (PRATE)
@@ -840,16 +884,22 @@ class GfsSource(_RunFetchingSource):
 
 
 #: Names accepted by :func:`forecast_source` (the watch's ``--forecast``).
-FORECAST_SOURCES: tuple[str, ...] = ("ecmwf", "gfs", "none")
+FORECAST_SOURCES: tuple[str, ...] = ("ecmwf", "gfs", "open-meteo", "none")
 
 
 def forecast_source(name: str) -> ForecastSource | None:
     """The forecast source called ``name``: ``ecmwf`` (ECMWF IFS open data, keyless),
-    ``gfs`` (NOAA GFS, keyless) or ``none`` (no forecast check). Nothing is contacted yet."""
+    ``gfs`` (NOAA GFS, keyless), ``open-meteo`` (Open-Meteo point forecast at the bbox centre,
+    keyless) or ``none`` (no forecast check). Nothing is contacted yet."""
     if name == "none":
         return None
     if name == "ecmwf":
         return EcmwfOpenDataSource()
     if name == "gfs":
         return GfsSource()
+    if name == "open-meteo":
+        # pipeline.rain.openmeteo imports this module, so import it here.
+        from pipeline.rain.openmeteo import OpenMeteoSource
+
+        return OpenMeteoSource()
     raise RainfallError(f"Unknown forecast source {name!r}.", hint=f"Use one of {', '.join(FORECAST_SOURCES)}.")

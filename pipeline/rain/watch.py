@@ -8,11 +8,31 @@ Pure library (no orchestration): :mod:`flows.prefect_flows` wires it into a Pref
         - name: upper-valley                 # output folder name and alert key
           region: 103.10,29.80,103.20,29.90  # built-in name | bbox w,s,e,n | GeoJSON path
           threshold: {a: 2.20, b: 0.44}      # optional: I = a · D^-b (I mm/h, D hours)
+        - name: lower-valley
+          region: shapes/lower.geojson
+          threshold: {percentile: 95, climatology: data/precip.zarr, window_h: 72}  # local percentile
 
   GeoJSON paths are relative to the watch-list file.
 * The **threshold** defaults to the global minimum intensity–duration threshold for shallow
   landslides of Guzzetti et al. (2008, Landslides 5:3-17): ``I = 2.20 · D^-0.44`` with I
   in mm/h and D in **hours** (the same curve ``pipeline.rain.sources.P0_MM_H`` is taken from).
+* A **local percentile threshold** (``threshold: {percentile: 95, climatology: precip.zarr,
+  window_h: 72}``; the path is relative to the watch-list file, ``window_h`` defaults to 72 h,
+  ``percentile`` lies in (50, 100)) judges rain against the precipitation source's own
+  climatology at that place, as NASA's LHASA does (Kirschbaum & Stanley 2018, Earth's Future
+  6:505-523, "Satellite-based assessment of rainfall-triggered landslide hazard for situational
+  awareness"): the threshold is the ``percentile``-th percentile (numpy's linear interpolation)
+  of the region-mean rainfall accumulated over ``window_h`` hours, taken over every window of
+  the climatology store (all of it, in the layout :class:`pipeline.rain.sources.LocalZarrSource`
+  reads), windows starting at its first step and sliding by one day; missing steps count as dry.
+  It is computed once per region (bbox) and climatology and cached in memory
+  (:func:`climatology_window_sums`). An event **exceeds** it when the region-mean accumulation
+  over the ``window_h`` hours before the check time ``now`` (read from the watch's source) is
+  strictly above it; without a source (e.g. a forecast event) the event's own total ``I · D``
+  is compared instead. Region means are cos(lat)-weighted, as in
+  :func:`pipeline.rain.sources.rain_event`. A climatology shorter than
+  :data:`MIN_CLIMATOLOGY_DAYS` days is refused. :meth:`Threshold.judge` says which kind of
+  threshold judged an event (``Threshold.kind``: ``intensity-duration`` or ``percentile``).
 * :func:`check_region` reads the last ``hours`` of precipitation over a region and finds
   the latest rainfall **event**: wet steps (some cell at or above the wet threshold)
   separated from earlier rain by at least ``min_gap_h`` dry hours. Its start is found by
@@ -44,7 +64,14 @@ __all__ = [
     "GUZZETTI_A",
     "GUZZETTI_B",
     "Event",
+    "ID_KIND",
+    "Judgement",
+    "MIN_CLIMATOLOGY_DAYS",
+    "PERCENTILE_KIND",
     "Threshold",
+    "accumulation_mm",
+    "climatology_window_sums",
+    "clear_climatology_cache",
     "WatchEntry",
     "WatchList",
     "WatchListError",
@@ -71,16 +98,85 @@ MAX_LOOKBACK_H = 240.0
 # --------------------------------------------------------------------------- threshold
 
 
+#: :attr:`Threshold.kind` of the intensity–duration curve ``I = a · D^-b`` (the default).
+ID_KIND = "intensity-duration"
+#: :attr:`Threshold.kind` of a local percentile of the source's climatology (LHASA-style).
+PERCENTILE_KIND = "percentile"
+#: Default accumulation window of a percentile threshold, hours.
+DEFAULT_WINDOW_H = 72.0
+#: Shortest climatology a percentile threshold accepts, days.
+MIN_CLIMATOLOGY_DAYS = 30.0
+
+
+@dataclass(frozen=True)
+class Judgement:
+    """How a threshold judged an event: its ``kind``, whether it is ``exceeded``, the
+    ``threshold`` and the event's ``value`` in ``units`` (``mm/h`` for intensity–duration:
+    I against a·D^-b; ``mm`` for percentile: the accumulation over ``window_h`` hours against
+    the climatology's percentile), and ``threshold_mm_h`` (the percentile as a mean rate over
+    ``window_h``)."""
+
+    kind: str
+    exceeded: bool
+    threshold: float
+    value: float
+    units: str
+    threshold_mm_h: float
+    window_h: float | None = None
+    percentile: float | None = None
+
+
 @dataclass(frozen=True)
 class Threshold:
-    """An intensity–duration threshold ``I = a · D^-b`` (I in mm/h, D in hours)."""
+    """An intensity–duration threshold ``I = a · D^-b`` (I in mm/h, D in hours), or, with
+    ``kind="percentile"`` (:meth:`local_percentile`), the ``percentile`` of the region-mean
+    ``window_h``-hour accumulations of the ``climatology`` store (see the module docstring)."""
 
     a: float = GUZZETTI_A
     b: float = GUZZETTI_B
+    kind: str = ID_KIND
+    percentile: float | None = None
+    climatology: str | None = None
+    window_h: float | None = None
+
+    @classmethod
+    def local_percentile(cls, percentile: float, climatology: str | os.PathLike,
+                         window_h: float = DEFAULT_WINDOW_H) -> Threshold:
+        """A local percentile threshold (``a``, ``b`` keep their defaults and are not used)."""
+        return cls(kind=PERCENTILE_KIND, percentile=float(percentile), climatology=str(climatology),
+                   window_h=float(window_h))
 
     def intensity(self, duration_h: float) -> float:
         """The threshold intensity (mm/h) at ``duration_h`` hours."""
         return threshold_mm_h(duration_h, self.a, self.b)
+
+    def threshold_mm(self, bbox: tuple[float, float, float, float]) -> float:
+        """A percentile threshold's value over ``bbox``: mm accumulated over ``window_h`` hours."""
+        if self.kind != PERCENTILE_KIND or self.climatology is None or self.percentile is None:
+            raise RainfallError(f"A {self.kind} threshold has no percentile value in mm.",
+                                "use Threshold.local_percentile(...) for a percentile threshold.")
+        window_h = float(self.window_h if self.window_h is not None else DEFAULT_WINDOW_H)
+        return float(np.percentile(climatology_window_sums(self.climatology, bbox, window_h), self.percentile))
+
+    def judge(self, event: Event, source: Any = None, now: datetime | str | np.datetime64 | None = None) -> Judgement:
+        """Judge ``event``. Intensity–duration: I against ``a · D^-b`` (:func:`exceeds`).
+        Percentile: the region-mean accumulation over the ``window_h`` hours before ``now``
+        (default: the event's end) read from ``source``, or without a source the event's
+        total ``I · D``, strictly above :meth:`threshold_mm` over the event's bbox."""
+        if self.kind == ID_KIND:
+            thr = self.intensity(event.duration_h)
+            return Judgement(ID_KIND, exceeds(event.intensity_mm_h, event.duration_h, self.a, self.b), thr,
+                             float(event.intensity_mm_h), "mm/h", thr)
+        if self.kind != PERCENTILE_KIND:
+            raise RainfallError(f"Threshold kind {self.kind!r} is unknown.", f"use {ID_KIND!r} or {PERCENTILE_KIND!r}.")
+        window_h = float(self.window_h if self.window_h is not None else DEFAULT_WINDOW_H)
+        thr = self.threshold_mm(event.bbox)
+        if source is not None:
+            value = accumulation_mm(source, event.bbox, event.end if now is None else now, window_h)
+        else:
+            value = float(event.intensity_mm_h) * float(event.duration_h)
+        exceeded = bool(np.isfinite(value) and value > thr)
+        return Judgement(PERCENTILE_KIND, exceeded, thr, value, "mm", thr / window_h, window_h, self.percentile)
 
 
 def threshold_mm_h(duration_h: float, a: float = GUZZETTI_A, b: float = GUZZETTI_B) -> float:
@@ -98,6 +194,99 @@ def exceeds(intensity_mm_h: float, duration_h: float, a: float = GUZZETTI_A, b: 
     if not (np.isfinite(intensity_mm_h) and np.isfinite(duration_h)) or duration_h <= 0:
         return False
     return float(intensity_mm_h) >= threshold_mm_h(duration_h, a, b)
+
+
+# --------------------------------------------------------------------------- local percentile
+
+_CLIMATOLOGY_CACHE: dict[tuple[str, tuple[float, ...], float], np.ndarray] = {}
+
+
+def clear_climatology_cache() -> None:
+    """Forget the cached climatology window sums (e.g. after rewriting a store)."""
+    _CLIMATOLOGY_CACHE.clear()
+
+
+def _climatology_times(path: str | os.PathLike) -> tuple[np.ndarray, float]:
+    """The time steps (datetime64[s]) and step (hours) of a climatology store; RainfallError
+    when it is missing, unreadable or shorter than :data:`MIN_CLIMATOLOGY_DAYS` days."""
+    from pipeline.rain.sources import LocalZarrSource, _time_values_as_datetime64
+
+    src = LocalZarrSource(path)
+    if not Path(path).exists():
+        raise RainfallError(f"Climatology {path} does not exist.",
+                            "point 'climatology:' at a precipitation Zarr (relative to the watch list).")
+    ds = src.open()
+    tname = src.layout.time
+    if tname not in ds.coords and tname not in ds.variables:
+        raise RainfallError(f"Climatology {path} has no {tname!r} coordinate.",
+                            "write it in the layout of the watch's precipitation store.")
+    times = np.sort(_time_values_as_datetime64(np.asarray(ds[tname].values)).astype("datetime64[s]"))
+    step_h = float(src.layout.step_minutes) / 60.0
+    days = 0.0 if times.size == 0 else ((times[-1] - times[0]) / np.timedelta64(1, "s") / 3600.0 + step_h) / 24.0
+    if days < MIN_CLIMATOLOGY_DAYS:
+        raise RainfallError(
+            f"Climatology {path} covers {days:.1f} days, too short to be a climatology "
+            f"(at least {MIN_CLIMATOLOGY_DAYS:g} days).",
+            "use years of the source's own precipitation at that place (LHASA uses the whole record).")
+    return times, step_h
+
+
+def _region_mean_mm_h(rate: Any) -> tuple[np.ndarray, np.ndarray, float]:
+    """Times, cos(lat)-weighted region-mean rate (mm/h; NaN cells ignored, all-NaN steps 0)
+    and step (hours) of a ``(time, lat, lon)`` rate from a source's ``read``."""
+    w = np.cos(np.deg2rad(rate["lat"])).astype(np.float64)
+    valid = rate.notnull()
+    num = (rate.fillna(0).astype(np.float64) * w).sum(("lat", "lon"))
+    den = (valid * w).sum(("lat", "lon"))
+    num, den = np.asarray(num.values, dtype=np.float64), np.asarray(den.values, dtype=np.float64)
+    mean = np.divide(num, den, out=np.zeros_like(num), where=den > 0)
+    times = np.asarray(rate["time"].values).astype("datetime64[s]")
+    return times, mean, float(rate.attrs.get("step_minutes", 30.0)) / 60.0
+
+
+def accumulation_mm(source: Any, bbox: tuple[float, float, float, float],
+                    now: datetime | str | np.datetime64, window_h: float = DEFAULT_WINDOW_H) -> float:
+    """Region-mean rainfall (mm) accumulated over the ``window_h`` hours before ``now``."""
+    end = _utc_naive(now)
+    start = end - np.timedelta64(round(float(window_h) * 3600), "s")
+    _, mean, step_h = _region_mean_mm_h(source.read(tuple(bbox), start, end))
+    return float(mean.sum() * step_h)
+
+
+def climatology_window_sums(path: str | os.PathLike, bbox: tuple[float, float, float, float],
+                            window_h: float = DEFAULT_WINDOW_H) -> np.ndarray:
+    """Region-mean ``window_h``-hour accumulations (mm) over the whole climatology store at
+    ``path``, windows starting at its first step and sliding by one day (missing steps are
+    dry). Computed once per (store, bbox, window) and cached in memory."""
+    from pipeline.rain.sources import LocalZarrSource
+
+    key = (str(Path(path).resolve()), tuple(round(float(v), 9) for v in bbox), float(window_h))
+    cached = _CLIMATOLOGY_CACHE.get(key)
+    if cached is not None:
+        return cached
+    if not (math.isfinite(float(window_h)) and window_h > 0):
+        raise RainfallError(f"Percentile window_h={window_h!r} must be > 0 hours.", "use e.g. window_h: 72.")
+    times, step_h = _climatology_times(path)
+    step = np.timedelta64(round(step_h * 3600), "s")
+    t, mean, step_h = _region_mean_mm_h(LocalZarrSource(path).read(tuple(bbox), times[0], times[-1] + step))
+    step_s = step_h * 3600.0
+    idx = np.rint((t - times[0]) / np.timedelta64(1, "s") / step_s).astype(np.int64)
+    n = round(((times[-1] - times[0]) / np.timedelta64(1, "s")) / step_s) + 1
+    series = np.zeros(n, dtype=np.float64)
+    series[idx] = mean  # a regular grid: steps the store lacks are dry
+    n_win = round(float(window_h) / step_h)
+    n_day = max(1, round(24.0 / step_h))
+    if n_win < 1 or n_win > n:
+        raise RainfallError(
+            f"Percentile window_h={window_h:g} h does not fit the climatology {path} "
+            f"({n * step_h / 24:.1f} days of {step_h * 60:g}-minute steps).",
+            "use a window of at least one step and shorter than the climatology.")
+    cs = np.concatenate([[0.0], np.cumsum(series)])
+    starts = np.arange(0, n - n_win + 1, n_day)
+    sums = (cs[starts + n_win] - cs[starts]) * step_h
+    sums.setflags(write=False)
+    _CLIMATOLOGY_CACHE[key] = sums
+    return sums
 
 
 # --------------------------------------------------------------------------- watch lists
@@ -139,12 +328,42 @@ def _number(value: Any, what: str, where: str) -> float:
     return float(value)
 
 
-def _parse_threshold(doc: Any, where: str) -> Threshold:
+def _parse_percentile_threshold(doc: Mapping[str, Any], where: str, base: Path | None) -> Threshold:
+    hint = "write e.g. 'threshold: {percentile: 95, climatology: data/precip.zarr, window_h: 72}'."
+    unknown = sorted(map(str, set(doc) - {"percentile", "climatology", "window_h"}))
+    if unknown:
+        raise WatchListError(f"{where}: unknown threshold key(s) {unknown} for a percentile threshold.",
+                             "a percentile threshold takes only percentile, climatology and window_h.")
+    p = doc.get("percentile")
+    if isinstance(p, bool) or not isinstance(p, (int, float)) or not math.isfinite(p) or not 50 < p < 100:
+        raise WatchListError(f"{where}: threshold percentile = {p!r} is not a number in (50, 100).", hint)
+    w = doc.get("window_h", DEFAULT_WINDOW_H)
+    if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or w <= 0:
+        raise WatchListError(f"{where}: threshold window_h = {w!r} must be a number of hours > 0.", hint)
+    clim = doc.get("climatology")
+    if not isinstance(clim, str) or not clim.strip():
+        raise WatchListError(f"{where}: a percentile threshold needs 'climatology' (a precipitation Zarr path).", hint)
+    path = Path(clim.strip()).expanduser()
+    if base is not None and not path.is_absolute():
+        path = base / path
+    if not path.exists():
+        raise WatchListError(f"{where}: climatology {path} does not exist.",
+                             "give the precipitation Zarr's path, relative to the watch-list file.")
+    try:
+        _climatology_times(path)
+    except RainfallError as exc:
+        raise WatchListError(f"{where}: {exc.message}", exc.hint) from None
+    return Threshold.local_percentile(float(p), str(path), float(w))
+
+
+def _parse_threshold(doc: Any, where: str, base: Path | None = None) -> Threshold:
     if doc is None:
         return Threshold()
     if not isinstance(doc, Mapping):
         raise WatchListError(f"{where}: 'threshold' must be a mapping {{a, b}}, got {doc!r}.",
                              "write 'threshold: {a: 2.20, b: 0.44}' (I = a·D^-b, mm/h and hours) or leave it out.")
+    if "percentile" in doc or "climatology" in doc:
+        return _parse_percentile_threshold(doc, where, base)
     unknown = sorted(set(doc) - {"a", "b"})
     if unknown:
         raise WatchListError(f"{where}: unknown threshold key(s) {unknown}.", "use only 'a' and 'b' (I = a·D^-b).")
@@ -208,7 +427,7 @@ def parse_watchlist(doc: Any, base: Path | None = None, source: str = "watch lis
         if name in seen:
             raise WatchListError(f"{where}: name {name!r} is used twice.", "give every watched region its own name.")
         seen.add(name)
-        entries.append(WatchEntry(name, named, text, _parse_threshold(item.get("threshold"), where)))
+        entries.append(WatchEntry(name, named, text, _parse_threshold(item.get("threshold"), where, base)))
     return WatchList(tuple(entries))
 
 
@@ -410,16 +629,24 @@ def parse_now(now: str | datetime | None) -> datetime:
     return t if t.tzinfo else t.replace(tzinfo=timezone.utc)
 
 
-def watch_row(name: str, event: Event | None, threshold: Threshold) -> dict[str, Any]:
-    """What a check reports for one region: I, D, the threshold at D, whether it is exceeded,
-    the event's bounds, and the fields the flow fills in (alert id, new, status, run dir)."""
+def watch_row(name: str, event: Event | None, threshold: Threshold, *, source: Any = None,
+              now: datetime | str | np.datetime64 | None = None) -> dict[str, Any]:
+    """What a check reports for one region: I, D, the threshold (``threshold_kind``; at D for
+    intensity–duration; for a percentile also ``threshold_mm`` and the ``accumulation_mm``
+    over ``window_h`` before ``now`` read from ``source``, see :meth:`Threshold.judge`),
+    whether it is exceeded, the event's bounds, and the fields the flow fills in (alert id,
+    new, status, run dir)."""
     if event is None:
         return {"region": name, "intensity_mm_h": 0.0, "duration_h": 0.0, "threshold_mm_h": None,
                 "alert": False, "new": False, "alert_id": None, "status": "dry", "run_dir": None,
-                "event_start": None, "event_end": None}
-    return {"region": name, "intensity_mm_h": event.intensity_mm_h, "duration_h": event.duration_h,
-            "threshold_mm_h": threshold.intensity(event.duration_h),
-            "alert": exceeds(event.intensity_mm_h, event.duration_h, threshold.a, threshold.b),
-            "new": False, "alert_id": None, "status": "below threshold", "run_dir": None,
-            "event_start": event.start.isoformat(), "event_end": event.end.isoformat()}
-
+                "event_start": None, "event_end": None, "threshold_kind": threshold.kind,
+                "threshold_mm": None, "accumulation_mm": None}
+    j = threshold.judge(event, source, now)
+    row = {"region": name, "intensity_mm_h": event.intensity_mm_h, "duration_h": event.duration_h,
+           "threshold_mm_h": j.threshold_mm_h, "alert": j.exceeded,
+           "new": False, "alert_id": None, "status": "below threshold", "run_dir": None,
+           "event_start": event.start.isoformat(), "event_end": event.end.isoformat(), "threshold_kind": j.kind,
+           "threshold_mm": None, "accumulation_mm": None}
+    if j.kind == PERCENTILE_KIND:
+        row.update(threshold_mm=j.threshold, accumulation_mm=j.value, window_h=j.window_h, percentile=j.percentile)
+    return row

@@ -4,6 +4,8 @@ keyless sources against a local HTTP server (no real network)."""
 
 from __future__ import annotations
 
+import importlib.util
+
 import http.server
 import json
 import logging
@@ -31,11 +33,13 @@ from pipeline.rain.forecast import (
     latest_run,
     parse_ecmwf_index,
     parse_wgrib2_idx,
+    in_grib_process,
     read_grib_precipitation,
 )
 from tests.factors_testdata import fixture_path
 
-eccodes = pytest.importorskip("eccodes")
+if importlib.util.find_spec("eccodes") is None:  # never imported here: see read_grib_precipitation
+    pytest.skip("eccodes is not installed", allow_module_level=True)
 
 R = "rainfall"
 ECMWF, GFS, HRRR, RDPA = "ecmwf-opendata", "noaa-gfs-gefs", "noaa-hrrr", "cmc-rdpa"
@@ -45,7 +49,14 @@ EUROPE = (5.0, 43.0, 10.0, 47.0)
 
 
 def _nearest(path, number: int, lat: float, lon: float) -> float:
-    """An independent decode: ecCodes' own nearest-point lookup in message ``number``."""
+    """An independent decode: ecCodes' own nearest-point lookup in message ``number`` (in
+    the GRIB worker process: ecCodes' bundled PROJ must not load into the test process)."""
+    return in_grib_process(_nearest_here, str(path), number, lat, lon)
+
+
+def _nearest_here(path, number: int, lat: float, lon: float) -> float:
+    import eccodes
+
     with open(path, "rb") as fh:
         for _ in range(number):
             h = eccodes.codes_grib_new_from_file(fh)
@@ -417,6 +428,12 @@ def test_gfs_source_fetches_apcp_by_idx_ranges_and_falls_back_one_run(server, ca
 def _ecmwf_tp(step: int, metres: float) -> bytes:
     """A tp message at ``step`` made from the real 0.4° step-0 tp message (ECMWF keys, CCSDS)."""
     raw = fixture_path(R, ECMWF, "ifs-0p4beta-oper-20240101T00-step0-tp.grib2").read_bytes()
+    return in_grib_process(_ecmwf_tp_here, raw, step, metres)
+
+
+def _ecmwf_tp_here(raw: bytes, step: int, metres: float) -> bytes:
+    import eccodes
+
     h = eccodes.codes_new_from_message(raw)
     try:
         eccodes.codes_set(h, "endStep", step)
@@ -488,3 +505,15 @@ def test_sources_state_their_facts():
     with pytest.raises(RainfallError, match="lead_hours"):
         g.forecast(EUROPE, datetime(2025, 1, 1), 0)
     assert ByteRange(10, 5).header == "bytes=10-14"
+
+
+def test_eccodes_never_loads_into_this_process():
+    """ecCodes' wheels load their own PROJ globally; decoded in a worker, this process's
+    pyproj keeps its database (before: "no database context specified", then a crash at exit)."""
+    import sys
+
+    from pyproj import CRS
+
+    msgs = read_grib_precipitation(fixture_path(R, GFS, GFS06), EUROPE)
+    assert msgs and "eccodes" not in sys.modules and "gribapi" not in sys.modules
+    assert CRS.from_user_input("EPSG:4326").to_epsg() == 4326
