@@ -32,6 +32,7 @@ bench: $(STAMP)
 	$(BIN)/python tests/benchmarks/bench_inference.py
 	$(BIN)/python tests/benchmarks/bench_grd.py
 	$(BIN)/python tests/benchmarks/bench_tiles.py
+	-$(BIN)/python tests/benchmarks/bench_alert.py
 
 clean-demo:
 	rm -rf data/demo out/demo
