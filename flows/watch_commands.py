@@ -112,7 +112,10 @@ def _check_sources(rain_source: str | None, forecast: str, precip: Path | None, 
     from pipeline.core.errors import RainfallError
     from pipeline.rain.watch import STATIC_PERIODS
 
-    named(rain_source or ("local-zarr" if precip is not None else "imerg-early"), path=precip)
+    src = named(rain_source or ("local-zarr" if precip is not None else "imerg-early"), path=precip)
+    check = getattr(src, "check_credentials", None)
+    if check is not None:  # a missing login is one line now, not a failed check per region later
+        check()
     forecast_source(forecast)
     if static_period not in STATIC_PERIODS:
         raise RainfallError(f"--static-period {static_period!r} is unknown.", f"use one of {', '.join(STATIC_PERIODS)}.")

@@ -516,7 +516,8 @@ def _earthdata_credentials(label: str) -> _Credentials:
     raise AccountRequiredError(
         f"{label} needs an Earthdata login, and EARTHDATA_TOKEN is not set.",
         hint="Set EARTHDATA_TOKEN to a bearer token from urs.earthdata.nasa.gov (or EARTHDATA_USERNAME and "
-        "EARTHDATA_PASSWORD), or use --rain-intensity/--rain-duration.")
+        "EARTHDATA_PASSWORD), or give the rain yourself (--rain-intensity/--rain-duration for a run, "
+        "--precip with a local store for the watch).")
 
 
 def _scrub(text: str, secrets: Sequence[str]) -> str:
@@ -586,6 +587,10 @@ class ImergRunSource:
     @property
     def needs_credentials(self) -> bool:
         return True
+
+    def check_credentials(self) -> None:
+        """Refuse (one line, nothing contacted) when no Earthdata login is in the environment."""
+        _earthdata_credentials(self.spec.label)
 
     @property
     def coverage_lat(self) -> tuple[float, float]:

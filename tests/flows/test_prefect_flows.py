@@ -371,3 +371,21 @@ def test_train_flow_passes_its_parameters_to_training(prefect_harness, monkeypat
     assert (cfg.epochs, cfg.arch, cfg.base_width, cfg.channels, cfg.seed, cfg.device) == (
         3, "unet", 8, ("slope", "lsi"), 4, "cpu")
     assert seen["cube"] == tmp_path / "lsi.zarr" and seen["progress"] is False
+
+
+def test_watch_without_an_earthdata_login_is_one_line_before_prefect_starts(tmp_path, monkeypatch):  # type: ignore[no-untyped-def]
+    import typer
+
+    from flows.watch_commands import watch
+
+    for var in ("EARTHDATA_TOKEN", "EARTHDATA_USERNAME", "EARTHDATA_PASSWORD"):
+        monkeypatch.delenv(var, raising=False)
+    (tmp_path / "w.yaml").write_text("regions:\n  - name: a\n    region: 103.10,29.80,103.20,29.90\n")
+    app = typer.Typer()
+    app.command("watch")(watch)
+    app.command("noop")(lambda: None)
+    res = CliRunner().invoke(app, ["watch", "--watchlist", str(tmp_path / "w.yaml"), "--once", "--out",
+                                   str(tmp_path / "out")], env={"COLUMNS": "250"})
+    text = " ".join(res.output.split())
+    assert res.exit_code == 2 and "EARTHDATA_TOKEN is not set" in text and "Fix:" in text, res.output
+    assert "Traceback" not in res.output and not (tmp_path / "out").exists()
