@@ -564,14 +564,10 @@ def read_features(
 def _read_mask_tif(path: Path, grid: Grid, labels: LabelValues | None = None) -> np.ndarray:
     """A mask raster's values mapped by ``labels`` (default :data:`MASK_DEFAULT`), aligned
     onto ``grid`` with nearest-neighbour resampling (:data:`IGNORE` outside the mask)."""
+    from pipeline.acquire.rasters import open_raster
+
     labels = labels or MASK_DEFAULT
-    try:
-        src = rasterio.open(path)
-    except rasterio.errors.RasterioIOError as exc:
-        raise InputDataError(f"cannot open mask raster {path}: {exc}") from exc
-    with src:
-        if src.crs is None:
-            raise InputDataError(f"mask raster {path} has no CRS.", "assign one (gdal_edit.py -a_srs).")
+    with open_raster(path, "mask raster") as src:
         data = src.read(1)
         nodata = src.nodata
         valid = np.ones(data.shape, bool)

@@ -153,13 +153,7 @@ def read_raster(path: str | Path, bands: Sequence[str] | None = None) -> xr.Data
     grid, or bands whose names are unknown (no description and no ``bands``).
     """
     path = Path(path)
-    try:
-        src = rasterio.open(path)
-    except rasterio.errors.RasterioIOError as exc:
-        raise InputDataError(f"cannot open raster {path}: {exc}") from exc
-    with src:
-        if src.crs is None:
-            raise InputDataError(f"raster {path} has no CRS.", "assign one (gdal_edit.py -a_srs EPSG:...).")
+    with open_raster(path) as src:
         t = src.transform
         if t.b != 0 or t.d != 0:
             raise InputDataError(f"raster {path} has a rotated grid.", "warp it north-up first (gdalwarp).")
@@ -172,6 +166,20 @@ def read_raster(path: str | Path, bands: Sequence[str] | None = None) -> xr.Data
     )
     ds.attrs["source"] = str(path)
     return _georeference(ds, crs, t)
+
+
+
+def open_raster(path: Path, what: str = "raster"):  # type: ignore[no-untyped-def]
+    """``rasterio.open(path)`` for a raster that must carry a CRS: one-line
+    :class:`InputDataError` naming ``what`` when it cannot be opened or has none."""
+    try:
+        src = rasterio.open(path)
+    except rasterio.errors.RasterioIOError as exc:
+        raise InputDataError(f"cannot open {what} {path}: {exc}") from exc
+    if src.crs is None:
+        src.close()
+        raise InputDataError(f"{what} {path} has no CRS.", "assign one (gdal_edit.py -a_srs EPSG:...).")
+    return src
 
 
 def _attrs(name: str) -> dict:
@@ -188,13 +196,7 @@ def _warp_dem(path: Path, ds: xr.Dataset) -> np.ndarray:
     """A DEM raster warped (bilinear) onto the grid of ``ds``; NaN outside it."""
     h, w = ds.sizes["y"], ds.sizes["x"]
     out = np.full((h, w), np.nan, dtype=np.float32)
-    try:
-        src = rasterio.open(path)
-    except rasterio.errors.RasterioIOError as exc:
-        raise InputDataError(f"cannot open DEM {path}: {exc}") from exc
-    with src:
-        if src.crs is None:
-            raise InputDataError(f"DEM {path} has no CRS.", "assign one (gdal_edit.py -a_srs EPSG:...).")
+    with open_raster(path, "DEM") as src:
         rasterio.warp.reproject(
             rasterio.band(src, 1), out,
             src_nodata=src.nodata, dst_transform=ds.rio.transform(), dst_crs=ds.rio.crs,

@@ -62,39 +62,15 @@ class Alert:
         """The alert of ``event`` under ``threshold`` (whether or not it is exceeded);
         ``source`` and ``now`` are what a percentile threshold reads the accumulation from
         (:meth:`pipeline.rain.watch.Threshold.judge`)."""
-        if threshold.kind != "intensity-duration":
-            j = threshold.judge(event, source, now)
-            return cls(
-                id=alert_id(event.region, event.start, event.source),
-                region=event.region,
-                event_start=event.start.isoformat(),
-                event_end=event.end.isoformat(),
-                intensity_mm_h=event.intensity_mm_h,
-                duration_h=event.duration_h,
-                threshold_mm_h=j.threshold_mm_h,
-                a=threshold.a,
-                b=threshold.b,
-                source=event.source,
-                kind=kind,
-                threshold_kind=j.kind,
-                threshold_mm=j.threshold,
-                accumulation_mm=j.value,
-                percentile=j.percentile,
-                window_h=j.window_h,
-            )
-        return cls(
-            id=alert_id(event.region, event.start, event.source),
-            region=event.region,
-            event_start=event.start.isoformat(),
-            event_end=event.end.isoformat(),
-            intensity_mm_h=event.intensity_mm_h,
-            duration_h=event.duration_h,
-            threshold_mm_h=threshold.intensity(event.duration_h),
-            a=threshold.a,
-            b=threshold.b,
-            source=event.source,
-            kind=kind,
-        )
+        common = dict(id=alert_id(event.region, event.start, event.source), region=event.region,
+                      event_start=event.start.isoformat(), event_end=event.end.isoformat(),
+                      intensity_mm_h=event.intensity_mm_h, duration_h=event.duration_h, a=threshold.a,
+                      b=threshold.b, source=event.source, kind=kind)
+        if threshold.kind == "intensity-duration":
+            return cls(**common, threshold_mm_h=threshold.intensity(event.duration_h))
+        j = threshold.judge(event, source, now)
+        return cls(**common, threshold_mm_h=j.threshold_mm_h, threshold_kind=j.kind, threshold_mm=j.threshold,
+                   accumulation_mm=j.value, percentile=j.percentile, window_h=j.window_h)
 
     @property
     def start(self) -> datetime:
