@@ -244,25 +244,17 @@ class TileStore:
         ``verify`` runs after the tile is written and before it enters the ledger (e.g.
         :meth:`GenerationGuard.check` on the store it was read from): when it raises, the
         tile is not recorded, so a resume writes it again."""
-        region = {"y": slice(tile.row0, tile.row1), "x": slice(tile.col0, tile.col1)}
-        drop = [n for n, v in ds.variables.items() if not set(v.dims) >= {"y", "x"}]
-        ds = ds.drop_vars(drop + [c for c in ("x", "y") if c in ds.coords and c not in drop])
-        ds.attrs = {}
-        for var in ds.data_vars.values():
-            var.attrs = {}
-            var.encoding = {}
-        try:
-            ds.to_zarr(str(self.partial), region=region, mode="r+", zarr_format=3, consolidated=False)
-        except OSError as exc:
-            if exc.errno in _FATAL_WRITE_ERRNO:
-                raise StoreError(f"Cannot write tile {tile.key} into {self.partial}: {exc.strerror}.",
-                                 "free disk space or choose a writable --out, then rerun to resume.") from None
-            raise
+        write_region(self.partial, tile, ds)
+        self.record([tile.key], verify=verify)
+
+    def record(self, keys: Iterable[str], verify: Callable[[], None] | None = None) -> None:
+        """Enter tiles already written into the partial store (e.g. by :func:`write_region` on
+        a Dask worker) in the ledger, after ``verify`` (as in :meth:`write_tile`) passed."""
         if verify is not None:
             verify()
         with self._ledger_lock:
             done = self.done()
-            done.add(tile.key)
+            done.update(keys)
             self._write_ledger(done)
 
     def has_data(self, name: str) -> bool:
@@ -300,6 +292,27 @@ class TileStore:
         tmp = ledger.with_suffix(".tmp")
         tmp.write_text(json.dumps({"fingerprint": self.fingerprint, "tiles": sorted(tiles)}))
         tmp.replace(ledger)
+
+
+def write_region(partial: Path, tile: Tile, ds: xr.Dataset) -> None:
+    """Compute ``ds`` and write it into ``tile``'s aligned region of the partial store at
+    ``partial`` (made by :meth:`TileStore.prepare`). Needs no :class:`TileStore` (no lock,
+    no ledger), so it runs on a Dask worker; the driver then :meth:`TileStore.record`\ s the
+    tile."""
+    region = {"y": slice(tile.row0, tile.row1), "x": slice(tile.col0, tile.col1)}
+    drop = [n for n, v in ds.variables.items() if not set(v.dims) >= {"y", "x"}]
+    ds = ds.drop_vars(drop + [c for c in ("x", "y") if c in ds.coords and c not in drop])
+    ds.attrs = {}
+    for var in ds.data_vars.values():
+        var.attrs = {}
+        var.encoding = {}
+    try:
+        ds.to_zarr(str(partial), region=region, mode="r+", zarr_format=3, consolidated=False)
+    except OSError as exc:
+        if exc.errno in _FATAL_WRITE_ERRNO:
+            raise StoreError(f"Cannot write tile {tile.key} into {partial}: {exc.strerror}.",
+                             "free disk space or choose a writable --out, then rerun to resume.") from None
+        raise
 
 
 def write_tiles(
