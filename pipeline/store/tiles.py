@@ -297,8 +297,8 @@ class TileStore:
 def write_region(partial: Path, tile: Tile, ds: xr.Dataset) -> None:
     """Compute ``ds`` and write it into ``tile``'s aligned region of the partial store at
     ``partial`` (made by :meth:`TileStore.prepare`). Needs no :class:`TileStore` (no lock,
-    no ledger), so it runs on a Dask worker; the driver then :meth:`TileStore.record`\ s the
-    tile."""
+    no ledger), so it runs on a Dask worker; the driver then enters
+    the tile with :meth:`TileStore.record`."""
     region = {"y": slice(tile.row0, tile.row1), "x": slice(tile.col0, tile.col1)}
     drop = [n for n, v in ds.variables.items() if not set(v.dims) >= {"y", "x"}]
     ds = ds.drop_vars(drop + [c for c in ("x", "y") if c in ds.coords and c not in drop])
