@@ -24,6 +24,7 @@ Credentials never leave the process: hrefs and messages go through
 from __future__ import annotations
 
 import logging
+import warnings
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any, Protocol
@@ -218,15 +219,20 @@ class StacApiSource:
             else:
                 client_side_cloud = True
         try:
-            search = self.client.search(
-                collections=[collection],
-                bbox=list(bbox),
-                datetime=datetime,
-                query=query,
-                max_items=None if max_items is None else max_items + 1,  # one more tells "too many"
-                limit=PAGE_SIZE if max_items is None else min(PAGE_SIZE, max_items + 1),
-            )
-            items = list(search.items())
+            with warnings.catch_warnings():
+                # Planetary Computer's landing page advertises its search link without a method
+                # ("GET" by the spec) while its API takes POST, which pystac-client warns about on
+                # every search; the POST is what we mean (paging tokens ride in the body).
+                warnings.filterwarnings("ignore", message="The requested method 'POST' is not advertised")
+                search = self.client.search(
+                    collections=[collection],
+                    bbox=list(bbox),
+                    datetime=datetime,
+                    query=query,
+                    max_items=None if max_items is None else max_items + 1,  # one more tells "too many"
+                    limit=PAGE_SIZE if max_items is None else min(PAGE_SIZE, max_items + 1),
+                )
+                items = list(search.items())
         except APIError as exc:
             raise _search_error(collection, self.url, exc, self.retries + 1) from None
         except requests.HTTPError as exc:  # from signing: Planetary Computer's token endpoint

@@ -294,7 +294,7 @@ def _paste(mosaic: np.ndarray, lattice, tile: DemTile, ds, tr, crs, env) -> None
     from rasterio.windows import transform as window_transform
 
     h, w = mosaic.shape
-    u0, v0 = ~lattice * (tr.c, tr.f)
+    u0, v0 = ~lattice @ (tr.c, tr.f)
     same_lattice = (abs(tr.a / lattice.a - 1) < 1e-9 and abs(tr.e / lattice.e - 1) < 1e-9
                     and abs(u0 - round(u0)) < 1e-6 and abs(v0 - round(v0)) < 1e-6)
     if same_lattice:  # the usual case: a copy of the overlapping window
@@ -310,7 +310,7 @@ def _paste(mosaic: np.ndarray, lattice, tile: DemTile, ds, tr, crs, env) -> None
         return
     # another lattice (resolution or alignment): the tile's window under the mosaic, resampled onto it
     inv = ~tr
-    us, vs = zip(*(inv * (lattice.c + i * lattice.a * w, lattice.f + j * lattice.e * h) for i in (0, 1) for j in (0, 1)))
+    us, vs = zip(*(inv @ (lattice.c + i * lattice.a * w, lattice.f + j * lattice.e * h) for i in (0, 1) for j in (0, 1)))
     c0, c1 = max(0, math.floor(min(us)) - 2), min(ds.width, math.ceil(max(us)) + 2)
     r0, r1 = max(0, math.floor(min(vs)) - 2), min(ds.height, math.ceil(max(vs)) + 2)
     if c1 <= c0 or r1 <= r0:
