@@ -1,4 +1,5 @@
-"""Run exports: COGs of a risk zone and the run's STAC item (pipeline/products/cog.py, pipeline/products/stac_item.py).
+"""Run exports: COGs of a risk zone and its STAC item (pipeline/products/cog.py, pipeline/products/stac_item.py);
+the whole catalog (collection, model item, offline schema validation) is tested in test_stac_catalog.py.
 
 Small synthetic risk zones (300 x 257 px at 10 m, EPSG:32648, NaN holes and 255 classes)
 are built in each test; references are hand-written grids, numpy and pyproj.
@@ -26,7 +27,7 @@ import pipeline.products.cog as export
 from pipeline.core.config import TimeWindow
 from pipeline.core.errors import InputDataError, StoreError, TimeWindowError
 from pipeline.products.cog import write_cogs
-from pipeline.products.stac_item import InputRef, export_run, input_refs, run_item, write_item
+from pipeline.products.stac_item import InputRef, export_run, input_refs, write_item, zone_item
 
 H, W, RES = 257, 300, 10.0
 X0, Y1 = 320000.0, 3309440.0
@@ -97,10 +98,14 @@ def _rio_validate(path: Path, *, subprocess_cli: bool) -> None:
 def test_cogs_are_valid_and_round_trip(tmp_path):
     ds = make_zone()
     paths = write_cogs(ds, tmp_path / "exports", "utm48n", blocksize=64)
-    assert paths == {"probability": tmp_path / "exports" / "risk_utm48n_probability.tif",
-                     "class": tmp_path / "exports" / "risk_utm48n_class.tif"}
+    assert {k: p.name for k, p in paths.items()} == {
+        "probability": "risk_utm48n_probability.tif", "class": "risk_utm48n_class.tif",
+        "lsi": "risk_utm48n_lsi.tif", "quality": "risk_utm48n_quality.tif",  # every layer of the zone
+        "probability_style": "risk_utm48n_probability.qml", "class_style": "risk_utm48n_class.qml",
+        "lsi_style": "risk_utm48n_lsi.qml"}
+    assert all(p.parent == tmp_path / "exports" for p in paths.values())
     assert sorted(p.name for p in (tmp_path / "exports").iterdir()) == sorted(p.name for p in paths.values())
-    for kind, p in paths.items():
+    for kind, p in ((k, p) for k, p in paths.items() if p.suffix == ".tif"):
         valid, errors, warns = cog_validate(p, strict=True, quiet=True)
         assert valid and not errors and not warns, (errors, warns)
         _rio_validate(p, subprocess_cli=kind == "probability")
@@ -151,14 +156,14 @@ def test_cog_from_numpy_with_default_blocks_and_float_classes(tmp_path, monkeypa
     monkeypatch.setattr(export, "IN_MEMORY_MAX_PIXELS", 0)
     ds = make_zone(chunks=None, class_as_float=True, seed=11)
     paths = write_cogs(ds, tmp_path, "utm48n")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["risk_utm48n_class.tif", "risk_utm48n_probability.tif"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in paths.values())
     with rasterio.open(paths["class"]) as src:
         assert src.block_shapes[0] == (512, 512) and src.overviews(1) == []  # smaller than one tile
         np.testing.assert_array_equal(src.read(1), _class_ref(ds))
         assert (src.read(1) == 255).sum() == np.isnan(ds["probability"].values).sum()
     with rasterio.open(paths["probability"]) as src:
         np.testing.assert_array_equal(src.read(1), ds["probability"].values)
-    for p in paths.values():
+    for p in (p for p in paths.values() if p.suffix == ".tif"):
         assert cog_validate(p, quiet=True)[0]
         _rio_validate(p, subprocess_cli=False)
 
@@ -210,7 +215,7 @@ def test_failed_write_leaves_no_partial_file(tmp_path):
         write_cogs(_failing(other, "risk_class"), out, "utm48n", blocksize=64)
     # the pair is replaced together or not at all: both files of the earlier export are untouched
     assert {k: p.read_bytes() for k, p in good.items()} == before
-    assert sorted(p.name for p in out.iterdir()) == ["risk_utm48n_class.tif", "risk_utm48n_probability.tif"]
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in good.values())
 
 
 def test_temporaries_of_a_killed_export_are_removed_by_the_next(tmp_path):
@@ -220,9 +225,8 @@ def test_temporaries_of_a_killed_export_are_removed_by_the_next(tmp_path):
         p.write_bytes(b"half a file")
     unrelated = tmp_path / ".risk_utm47n_class.tif.0123456789ab.gtiff.tif"  # another zone's: left alone
     unrelated.write_bytes(b"x")
-    write_cogs(make_zone(chunks=None), tmp_path, "utm48n", blocksize=64)
-    assert sorted(p.name for p in tmp_path.iterdir()) == [unrelated.name, "risk_utm48n_class.tif",
-                                                          "risk_utm48n_probability.tif"]
+    written = write_cogs(make_zone(chunks=None), tmp_path, "utm48n", blocksize=64)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([unrelated.name, *(p.name for p in written.values())])
 
 
 def test_invalid_cog_is_refused(tmp_path, monkeypatch):
@@ -274,11 +278,11 @@ def test_stac_item_single_zone(tmp_path):
         "sentinel-2-l2a": [("S2_0", f"{base}/sentinel-2-l2a/items/S2_0"), ("S2_1", f"{base}/sentinel-2-l2a/items/S2_1")],
         "cop-dem-glo-30": [("DEM_0", f"{base}/cop-dem-glo-30/items/DEM_0"), ("NOLINK", None)],
     })
-    item = run_item(run, {"utm48n": ds}, cogs={"utm48n": cogs}, quicklooks={"utm48n": png},
-                    run_info={"alert": {"region": "Test Valley", "intensity_mm_h": 12.5}})
-    path = write_item(item, run / "exports" / f"{item.id}.json")
-    assert item.id == "slidewatch-risk-test-valley-20240701_20240831"
-    assert [p.name for p in (run / "exports").glob(".*")] == []  # no temporaries left
+    item = zone_item(run, "utm48n", ds, cogs=cogs, quicklook=png,
+                     run_info={"alert": {"region": "Test Valley", "intensity_mm_h": 12.5}})
+    path = write_item(item, run / "exports" / "items" / f"{item.id}.json")
+    assert item.id == "slidewatch-risk-test-valley-20240701_20240831-utm48n"
+    assert [p.name for p in (run / "exports" / "items").glob(".*")] == []  # no temporaries left
 
     d = json.loads(path.read_text())
     PydanticItem.model_validate(d)  # offline core validation
@@ -298,6 +302,7 @@ def test_stac_item_single_zone(tmp_path):
     assert (p["slidewatch:rain_intensity_mm_h"], p["slidewatch:rain_duration_days"], p["slidewatch:rain_multiplier"]) == (12.5, 2.0, 1.75)
     assert p["slidewatch:alert"] == {"region": "Test Valley", "intensity_mm_h": 12.5}
     assert p["slidewatch:input_items"] == {"sentinel-2-l2a": ["S2_0", "S2_1"], "cop-dem-glo-30": ["DEM_0"]}
+    assert p["slidewatch:zone"] == "utm48n" and p["gsd"] == 10.0
     assert back.datetime is None
     assert back.common_metadata.start_datetime == datetime(2024, 7, 1, tzinfo=timezone.utc)
     assert back.common_metadata.end_datetime == datetime(2024, 8, 31, 23, 59, 59, tzinfo=timezone.utc)
@@ -311,33 +316,37 @@ def test_stac_item_single_zone(tmp_path):
     grid = {"proj:code": "EPSG:32648", "proj:shape": [257, 300],
             "proj:transform": [10.0, 0.0, 320000.0, 0.0, -10.0, 3309440.0],
             "proj:bbox": [320000.0, 3309440.0 - 2570.0, 323000.0, 3309440.0]}
-    for key in ("zarr_utm48n", "probability_utm48n", "class_utm48n"):
+    for key in ("zarr", "probability", "class"):
         a = d["assets"][key]
         for k, v in grid.items():
             assert a[k] == pytest.approx(v) if k != "proj:code" else a[k] == v, (key, k)
     assert {k: p[k] for k in grid} == grid
 
     # assets: hrefs relative to the item, resolving to the files
-    assert d["assets"]["probability_utm48n"]["href"] == "risk_utm48n_probability.tif"
-    assert d["assets"]["zarr_utm48n"]["href"] == "../risk.zarr"
-    assert Path(back.assets["class_utm48n"].get_absolute_href()) == cogs["class"]
-    assert Path(back.assets["quicklook_utm48n"].get_absolute_href()) == png
-    assert set(back.assets["quicklook_utm48n"].roles) == {"overview", "thumbnail"}
-    assert back.assets["probability_utm48n"].media_type == "image/tiff; application=geotiff; profile=cloud-optimized"
-    assert back.assets["zarr_utm48n"].media_type == "application/vnd+zarr"
-    assert d["assets"]["zarr_utm48n"]["xarray:open_kwargs"]["group"] == "utm48n"
-    assert set(d["assets"]["zarr_utm48n"]["cube:variables"]) == {"probability", "risk_class", "lsi", "quality"}
-    assert d["assets"]["zarr_utm48n"]["cube:dimensions"]["x"]["extent"] == [320005.0, 322995.0]
+    assert d["assets"]["probability"]["href"] == "../risk_utm48n_probability.tif"
+    assert d["assets"]["zarr"]["href"] == "../../risk.zarr"
+    assert Path(back.assets["class"].get_absolute_href()) == cogs["class"]
+    assert Path(back.assets["quicklook"].get_absolute_href()) == png
+    assert set(back.assets["quicklook"].roles) == {"overview", "thumbnail"}
+    assert back.assets["probability"].media_type == "image/tiff; application=geotiff; profile=cloud-optimized"
+    assert back.assets["zarr"].media_type == "application/vnd+zarr"
+    assert d["assets"]["zarr"]["xarray:open_kwargs"]["group"] == "utm48n"
+    variables = d["assets"]["zarr"]["cube:variables"]
+    assert {k for k, v in variables.items() if v["type"] == "data"} == {"probability", "risk_class", "lsi", "quality"}
+    assert variables["spatial_ref"] == {"dimensions": [], "type": "auxiliary",
+                                        "description": "coordinate reference system (CF grid mapping)"}
+    assert d["assets"]["zarr"]["cube:dimensions"]["x"]["extent"] == [320005.0, 322995.0]
+    assert d["assets"]["zarr"]["cube:dimensions"]["y"]["extent"] == [3309440.0 - 2565.0, 3309435.0]
 
     # raster extension against numpy
     prob = ds["probability"].values.astype(np.float64)
-    band = d["assets"]["probability_utm48n"]["raster:bands"][0]
+    band = d["assets"]["probability"]["raster:bands"][0]
     assert band["data_type"] == "float32" and band["nodata"] == "nan"
     assert band["statistics"]["mean"] == pytest.approx(np.nanmean(prob))
     assert band["statistics"]["valid_percent"] == pytest.approx(100 * np.isfinite(prob).mean())
-    cband = d["assets"]["class_utm48n"]["raster:bands"][0]
+    cband = d["assets"]["class"]["raster:bands"][0]
     assert cband["data_type"] == "uint8" and cband["nodata"] == 255
-    classes = {c["value"]: c for c in d["assets"]["class_utm48n"]["classification:classes"]}
+    classes = {c["value"]: c for c in d["assets"]["class"]["classification:classes"]}
     cls = _class_ref(ds)
     assert {v: classes[v]["count"] for v in (0, 1, 2, 255)} == {v: int((cls == v).sum()) for v in (0, 1, 2, 255)}
     assert classes[255]["nodata"] is True
@@ -351,7 +360,7 @@ def test_stac_item_single_zone(tmp_path):
     assert 103.0 < w < e < 103.3 and 29.8 < s < n < 30.0  # UTM 48N around (103.15 E, 29.89 N)
 
 
-def test_stac_item_two_zones_and_explicit_inputs(tmp_path):
+def test_stac_items_of_two_zones_and_explicit_inputs(tmp_path):
     from shapely.geometry import shape
     from stac_pydantic import Item as PydanticItem
 
@@ -361,48 +370,50 @@ def test_stac_item_two_zones_and_explicit_inputs(tmp_path):
     cogs = {"utm47n": write_cogs(a, run / "exports", "utm47n", blocksize=64),
             "utm48n": write_cogs(b, run / "exports", "utm48n", blocksize=64)}
     refs = [InputRef("sentinel-1-rtc", "S1_0", "https://example.test/items/S1_0"), InputRef(None, "X", None)]
-    item = run_item(run, {"utm48n": b, "utm47n": a}, cogs=cogs, inputs=refs,
-                    window=TimeWindow(datetime(2024, 7, 1).date(), datetime(2024, 7, 31).date()))
-    d = item.to_dict()
-    PydanticItem.model_validate(d)
-    assert item.id == "slidewatch-risk-test-valley-20240701_20240731"
-    assert [ln.href for ln in item.links if ln.rel == "derived_from"] == ["https://example.test/items/S1_0"]
-    assert d["assets"]["zarr_utm47n"]["proj:code"] == "EPSG:32647" and d["assets"]["zarr_utm48n"]["proj:code"] == "EPSG:32648"
-    assert d["assets"]["zarr_utm47n"]["xarray:open_kwargs"]["group"] == "utm47n"
-    assert "proj:code" not in d["properties"]  # zones differ: projection per asset only
-    assert d["properties"]["slidewatch:zones"] == ["utm47n", "utm48n"]
-    w, s, e, n = item.bbox
-    for epsg, x0 in ((32647, 800000.0), (32648, 200000.0)):
+    window = TimeWindow(datetime(2024, 7, 1).date(), datetime(2024, 7, 31).date())
+    items = {z: zone_item(run, z, ds, cogs=cogs[z], inputs=refs, window=window) for z, ds in (("utm47n", a), ("utm48n", b))}
+    for z, epsg, x0 in (("utm47n", 32647, 800000.0), ("utm48n", 32648, 200000.0)):
+        item = items[z]
+        d = item.to_dict()
+        PydanticItem.model_validate(d)
+        assert item.id == f"slidewatch-risk-test-valley-20240701_20240731-{z}"
+        assert [ln.href for ln in item.links if ln.rel == "derived_from"] == ["https://example.test/items/S1_0"]
+        assert d["properties"]["proj:code"] == d["assets"]["zarr"]["proj:code"] == f"EPSG:{epsg}"
+        assert d["assets"]["zarr"]["xarray:open_kwargs"]["group"] == z
+        assert d["assets"]["class"]["href"] == f"../risk_{z}_class.tif"
+        assert d["properties"]["slidewatch:zone"] == z
+        w, s, e, n = item.bbox
         for lon, lat in _corners_lonlat(epsg, x0, Y1):
             assert w - 1e-9 <= lon <= e + 1e-9 and s - 1e-9 <= lat <= n + 1e-9
-    assert shape(item.geometry).area > 0
-    assert w < 102.0 < e  # spans the zone boundary at 102 E
+        assert shape(item.geometry).area > 0
+    bboxes = [it.bbox for it in items.values()]
+    assert min(b[0] for b in bboxes) < 102.0 < max(b[2] for b in bboxes)  # together they span the boundary at 102 E
 
 
 def test_item_refuses_incomplete_or_unlabelled_runs(tmp_path):
     ds = make_zone(chunks=None)
     ds.attrs["slidewatch_complete"] = False
     with pytest.raises(StoreError, match=r"\['utm48n'\].*not marked slidewatch_complete"):
-        run_item(tmp_path, {"utm48n": ds})
+        zone_item(tmp_path, "utm48n", ds)
     ds.attrs.pop("time_window")
     with pytest.raises(TimeWindowError, match="time_window"):
-        run_item(tmp_path, {"utm48n": ds}, require_complete=False)
-    item = run_item(tmp_path, {"utm48n": ds}, require_complete=False,
-                    window=TimeWindow(datetime(2024, 8, 1).date(), datetime(2024, 8, 2).date()))
-    assert item.properties["slidewatch:complete"] is False and not item.assets.keys() - {"zarr_utm48n"}
+        zone_item(tmp_path, "utm48n", ds, require_complete=False)
+    item = zone_item(tmp_path, "utm48n", ds, require_complete=False,
+                     window=TimeWindow(datetime(2024, 8, 1).date(), datetime(2024, 8, 2).date()))
+    assert item.properties["slidewatch:complete"] is False and not item.assets.keys() - {"zarr"}
     ds.attrs["time_window"] = ["2024-08-01", "2024-08-03"]
-    assert run_item(tmp_path, {"utm48n": ds}, require_complete=False).properties["end_datetime"] == "2024-08-03T23:59:59Z"
+    assert zone_item(tmp_path, "utm48n", ds, require_complete=False).properties["end_datetime"] == "2024-08-03T23:59:59Z"
     ds.attrs["time_window"] = "2024-13-01/2024-08-03"
     with pytest.raises(TimeWindowError, match="Unreadable time_window"):
-        run_item(tmp_path, {"utm48n": ds}, require_complete=False)
+        zone_item(tmp_path, "utm48n", ds, require_complete=False)
     ds.attrs.pop("region")
     with pytest.raises(InputDataError, match="region"):
-        run_item(tmp_path, {"utm48n": ds}, require_complete=False)
+        zone_item(tmp_path, "utm48n", ds, require_complete=False)
 
 
 def test_write_item_is_atomic(tmp_path):
     ds = make_zone(chunks=None)
-    item = run_item(tmp_path, {"utm48n": ds}, inputs=[])
+    item = zone_item(tmp_path, "utm48n", ds, inputs=[])
     target = tmp_path / "exports" / "item.json"
     write_item(item, target)
     before = target.read_text()
@@ -423,15 +434,18 @@ def test_export_run_from_a_zarr_store(tmp_path):
     reopened = xr.open_zarr(run / "risk.zarr", group="utm48n", decode_coords="all", consolidated=False)
     assert reopened["risk_class"].dtype.kind == "f"  # the NaN-decoded case is exercised
     path = export_run(run, blocksize=64)
-    assert path == run / "exports" / "slidewatch-risk-test-valley-20240701_20240831.json"
-    item = pystac.Item.from_file(str(path))
+    assert path == run / "exports" / "collection.json"
+    coll = pystac.Collection.from_file(str(path))
+    assert coll.id == "slidewatch-risk-test-valley-20240701_20240831"
+    (item,) = coll.get_items()
+    assert item.id == "slidewatch-risk-test-valley-20240701_20240831-utm48n"
     assert item.properties["slidewatch:alert"] is None
     assert [ln.href for ln in item.links if ln.rel == "derived_from"] == ["https://example.test/S2_0"]
     with rasterio.open(run / "exports" / "risk_utm48n_class.tif") as src:
         np.testing.assert_array_equal(src.read(1), _class_ref(ds))
-    kwargs = dict(item.assets["zarr_utm48n"].extra_fields["xarray:open_kwargs"])
-    assert kwargs.pop("engine") == "zarr"
-    opened = xr.open_zarr(Path(item.assets["zarr_utm48n"].get_absolute_href()), **kwargs)
+    kwargs = dict(item.assets["zarr"].extra_fields["xarray:open_kwargs"])
+    assert (kwargs.pop("engine"), kwargs["zarr_format"], kwargs["consolidated"]) == ("zarr", 3, False)
+    opened = xr.open_zarr(Path(item.assets["zarr"].get_absolute_href()), **kwargs)
     assert opened.rio.crs.to_epsg() == 32648 and opened.sizes == {"y": 257, "x": 300}
 
 
