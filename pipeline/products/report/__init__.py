@@ -1,32 +1,43 @@
 """A self-contained, offline HTML report of a run's risk mosaic.
 
 :func:`write_report` reads a run directory ``OUT/<region>/<start>_<end>/`` and writes one
-HTML file (default ``<run>/report.html``) with everything inline: no external scripts,
-styles, fonts or tiles, so it opens offline and can be mailed as one attachment.
+HTML file (default ``<run>/report.html``) with everything inline: the map library
+(Leaflet 1.9.4, vendored from npm in ``templates/`` with its licence), the styles, the
+layer images and the figures, so it opens offline and can be mailed as one attachment.
+Nothing is loaded from the network.
 
-The page holds, per UTM zone (one ``risk.zarr`` group each; when ``risk.zarr`` is absent
-the ``risk_class`` of ``lsi_<zone>.zarr`` is used and the page says so):
+The page holds:
 
-* a map of the risk classes: an embedded palette PNG (base64) drawn on a ``<canvas>``
-  with a small inline pan/zoom script (mouse wheel, drag, +/−/reset buttons, the
-  ``+``/``-``/``0``/arrow keys; ``report.html#zoom=4`` opens zoomed in), a legend, a scale
-  bar that follows the zoom, the CRS name and a live lon/lat cursor readout;
+* a **map** (Leaflet) with, per UTM zone (one ``risk.zarr`` group each; when ``risk.zarr``
+  is absent the ``lsi_<zone>.zarr`` stores and the page says so), the layers
+  susceptibility, hazard, risk class and uncertainty (those the store holds) as image
+  overlays over a **hillshade** of the run's own DEM (the ``dem`` of ``lsi_<zone>.zarr``,
+  else of ``cube_<zone>.zarr``; without one the page says so and draws no hillshade); a
+  layer control, a zone switch, a legend saying what each class means (:mod:`.legend`)
+  and the colour ramps of the float layers, a scale bar and a live lon/lat readout;
 * area per class (km² and %), no-data area, quality-flag areas, the mean hazard
-  (an older mosaic's probability, or the mean LSI when there is neither), a heatmap of high-risk share per grid
-  cell and a table of the cells with most high-risk area;
+  (an older mosaic's probability, or the mean LSI when there is neither), a heatmap of
+  high-risk share per grid cell and a table of the cells with most high-risk area;
+* the figures: ``RUN/plots/*.png`` (the watch's ``alert.png``) and the checkpoint's
+  training curves, precision–recall curve and reliability diagram (:mod:`.figures`);
 * the run's provenance (region, window, STAC item ids per collection, checkpoint hash,
   model, rain parameters, software version) from the group attributes and ``run.json``;
 * the rainfall alert that triggered the run (``run.json`` ``alert``), or "manual run".
 
-Downsampling is a bounded-memory block reduction: the raster is read tile by tile (one
-chunk-sized, block-aligned window at a time) and each ``f × f`` block of grid pixels
-becomes one map pixel showing the *highest* class present in the block (no data only when
-the whole block is no data), so small high-risk spots stay visible at any reduction.
-Statistics are exact: they are accumulated from the full-resolution tiles in the same pass.
+Map frame: each zone is shown in its own UTM grid, unprojected, with Leaflet's
+``L.CRS.Simple``: map units are grid metres from the zone's north-west corner (east =
+``E − x0``, north = ``N − y1``), so distances and the scale bar are exact in the grid CRS
+and every layer (and the hillshade) is one image on the same bounds, aligned pixel for
+pixel. Lon/lat are shown by the readout (:mod:`.lonlat`: within 1 mm of PROJ), not used
+to place the images, so nothing is resampled twice.
 
-Coordinates: the page's lon/lat readout interpolates between lon/lat nodes computed with
-pyproj over the zone, for every projected CRS (:mod:`.lonlat`: within 1 mm of PROJ;
-``tests/flows/test_report_browser.py`` checks the map corners and centre against pyproj).
+Downsampling is a bounded-memory block reduction (:mod:`.layers`): the stores are read
+tile by tile (one chunk-sized, block-aligned window at a time); each ``f × f`` block of
+grid pixels becomes one map pixel: the *highest* class in the block for the class layer
+(no data only when the whole block is no data, so small high-risk spots stay visible), the
+mean of the block's values for the float layers and the DEM. The hillshade is computed
+from the block-mean DEM with the map pixel size (:mod:`.hillshade`). Statistics are exact:
+they are accumulated from the full-resolution tiles in the same pass.
 
 This module reads the stores and computes the statistics; :mod:`.html` renders them with
 the Jinja2 templates shipped in ``templates/`` (package data).
@@ -36,7 +47,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,17 +59,26 @@ from pipeline.core.config import DEFAULT_CHUNK
 from pipeline.core.errors import InputDataError, StoreError
 from pipeline.core.files import atomic_write_text
 from pipeline.core.layout import RunLayout, read_run_json
+from pipeline.products.report.figures import find_figures
+from pipeline.products.report.hillshade import hillshade
 from pipeline.products.report.html import render_page
+from pipeline.products.report.layers import block_max_class, block_mean
 from pipeline.products.report.lonlat import lonlat_lattice
 
 __all__ = [
+    "FLOAT_LAYERS",
     "ZoneSource",
     "ZoneSummary",
     "block_max_class",
     "find_sources",
+    "hillshade",
     "summarise_zone",
     "write_report",
 ]
+
+#: Float layers drawn on the map, in the layer control's order, when the store holds them
+#: (``probability``: older mosaics). ``lsi`` is drawn only when there is none of these.
+FLOAT_LAYERS: tuple[str, ...] = ("susceptibility", "hazard", "probability", "uncertainty")
 
 #: At most this many statistics cells per zone (``cell_px`` doubles until they fit).
 _MAX_CELLS = 4096
@@ -82,6 +102,9 @@ class ZoneSummary:
     ``(rows, cols, 4)`` with the same counts per ``cell_px``-square grid cell.
     ``lonlat_nodes`` is the lattice the page interpolates lon/lat from (see
     :mod:`pipeline.products.report.lonlat`), ``lonlat_error_m`` its largest distance from PROJ.
+    ``layers`` holds the block-mean float layers on ``image``'s grid, ``hillshade`` the
+    relief of the block-mean DEM on the same grid (``None`` without a DEM, ``dem_note``
+    then says why); ``dem_source`` names the store the DEM came from.
     """
 
     zone: str
@@ -110,6 +133,11 @@ class ZoneSummary:
     lonlat_corners: list[tuple[float, float]] = field(default_factory=list)
     lonlat_nodes: list[list[list[float]]] | None = None
     lonlat_error_m: float = float("nan")
+    layers: dict[str, np.ndarray] = field(default_factory=dict)
+    hillshade: np.ndarray | None = None
+    dem_source: str | None = None
+    dem_note: str | None = None
+    class_attrs: dict = field(default_factory=dict)
 
     @property
     def pixel_area_m2(self) -> float:
@@ -175,11 +203,15 @@ def find_sources(run_dir: Path) -> tuple[list[ZoneSource], bool]:
     )
 
 
+def _open_zarr(path: Path, group: str | None = None) -> xr.Dataset:
+    with warnings.catch_warnings():  # stores written without consolidated metadata are fine here
+        warnings.filterwarnings("ignore", message=".*consolidated metadata.*", category=RuntimeWarning)
+        return xr.open_zarr(path, group=group, decode_coords="all", consolidated=None)
+
+
 def _open(src: ZoneSource) -> xr.Dataset:
     try:
-        with warnings.catch_warnings():  # stores written without consolidated metadata are fine here
-            warnings.filterwarnings("ignore", message=".*consolidated metadata.*", category=RuntimeWarning)
-            ds = xr.open_zarr(src.path, group=src.group, decode_coords="all", consolidated=None)
+        ds = _open_zarr(src.path, src.group)
     except Exception as exc:  # noqa: BLE001
         where = f"{src.path}" + (f" group {src.group!r}" if src.group else "")
         raise StoreError(
@@ -194,27 +226,58 @@ def _open(src: ZoneSource) -> xr.Dataset:
     return ds
 
 
-# --------------------------------------------------------------------------- reduction
+def _on_grid(dem: xr.DataArray, ds: xr.Dataset, name: str) -> tuple[xr.DataArray | None, str]:
+    """``dem`` on ``ds``'s ``(y, x)`` grid (lazy), or None and why it cannot be."""
+    import rioxarray  # noqa: F401  (registers .rio)
+
+    if set(dem.dims) != {"y", "x"}:
+        return None, f"{name} has dims {dem.dims}, not (y, x)"
+    theirs, ours = dem.rio.crs, ds.rio.crs
+    if theirs is not None and ours is not None and theirs != ours:
+        return None, f"{name} is in {theirs}, the zone in {ours}"
+    dem = dem.transpose("y", "x")
+    if dem.sizes == ds["risk_class"].sizes and np.array_equal(dem["x"], ds["x"]) and np.array_equal(dem["y"], ds["y"]):
+        return dem, ""
+    tol = 0.01 * abs(float(ds.rio.resolution()[0]))
+    on = dem.reindex(y=ds["y"], x=ds["x"], method="nearest", tolerance=tol)  # lazy; NaN off the DEM's grid
+    hit_x = np.isin(np.round(ds["x"].values / tol), np.round(dem["x"].values / tol)).any()
+    hit_y = np.isin(np.round(ds["y"].values / tol), np.round(dem["y"].values / tol)).any()
+    if not (hit_x and hit_y):
+        return None, f"{name} is on another grid (no pixel centre in common with the zone)"
+    return on, ""
 
 
-def block_max_class(classes: np.ndarray, factor: int) -> np.ndarray:
-    """Reduce a class raster by ``factor × factor`` blocks: the highest class in each block.
+def _find_dem(src: ZoneSource, ds: xr.Dataset) -> tuple[xr.DataArray | None, str]:
+    """The zone's elevation on its grid (lazy) and where it comes from; or None and why.
 
-    Classes are 0 low, 1 medium, 2 high; any other value is no data and wins only when
-    the whole block is no data (then 255). Edges that are not a whole block are padded
-    with no data, so the result has shape ``ceil(h / factor), ceil(w / factor)``.
+    Looks for a ``dem`` variable in the zone's own store, then in ``lsi_<zone>.zarr`` (the
+    factor) and ``cube_<zone>.zarr`` (the band) of the run folder.
     """
-    c = np.asarray(classes)
-    if factor < 1:
-        raise ValueError("factor must be >= 1")
-    valid = (c >= 0) & (c <= 2)  # NaN (a decoded _FillValue) and any other value: no data
-    rank = np.where(valid, np.nan_to_num(c).astype(np.int16) + 1, 0).astype(np.uint8)  # no data 0, low 1 ..
-    h, w = rank.shape
-    hh, ww = -(-h // factor) * factor, -(-w // factor) * factor
-    if (hh, ww) != (h, w):
-        rank = np.pad(rank, ((0, hh - h), (0, ww - w)), constant_values=0)
-    m = rank.reshape(hh // factor, factor, ww // factor, factor).max(axis=(1, 3))
-    return np.where(m == 0, NODATA_CLASS, m - 1).astype(np.uint8)
+    if "dem" in ds:
+        return ds["dem"], f"{src.path.name} (dem)"
+    layout = RunLayout(src.path.parent)
+    zone = str(ds.attrs.get("zone") or src.zone)
+    reasons = []
+    for path in (layout.lsi(zone), layout.cube(zone)):
+        if path == src.path or not path.is_dir():
+            continue
+        try:
+            other = _open_zarr(path)
+        except Exception as exc:  # noqa: BLE001 - a damaged store only costs the hillshade
+            reasons.append(f"{path.name} could not be opened ({type(exc).__name__})")
+            continue
+        if "dem" not in other:
+            continue
+        dem, why = _on_grid(other["dem"], ds, path.name)
+        if dem is not None:
+            return dem, f"{path.name} (dem)"
+        reasons.append(why)
+    names = list(dict.fromkeys([src.path.name, layout.lsi(zone).name, layout.cube(zone).name]))
+    looked = f"no dem variable in {', '.join(names[:-1])} or {names[-1]}"
+    return None, "; ".join(reasons) if reasons else looked
+
+
+# --------------------------------------------------------------------------- reduction
 
 
 def _class_index(c: np.ndarray) -> np.ndarray:
@@ -251,13 +314,15 @@ def _crs_info(ds: xr.Dataset, zone: str):  # type: ignore[no-untyped-def]
     return crs, utm
 
 
-def summarise_zone(src: ZoneSource, *, max_pixels: int = 2048, cell_px: int = DEFAULT_CHUNK) -> ZoneSummary:
+def summarise_zone(src: ZoneSource, *, max_pixels: int = 1024, cell_px: int = DEFAULT_CHUNK) -> ZoneSummary:
     """Read one zone tile by tile: exact class/quality/probability statistics, per-cell
-    counts and the block-max class image (at most ``max_pixels`` on the long side).
+    counts, the block-max class image, the block-mean float layers and the hillshade of the
+    block-mean DEM, all on one image grid (at most ``max_pixels`` on the long side).
 
-    Memory stays bounded: one chunk-sized, block-aligned tile is in memory at a time.
-    ``cell_px`` is the edge of the statistics cells, doubled until there are at most 4096.
-    Raises :class:`InputDataError` when the grid is not a north-up projected ``(y, x)`` grid.
+    Memory stays bounded: one chunk-sized, block-aligned tile is in memory at a time, plus
+    the reduced images. ``cell_px`` is the edge of the statistics cells, doubled until there
+    are at most 4096. Raises :class:`InputDataError` when the grid is not a north-up
+    projected ``(y, x)`` grid. A zone without a DEM gets no hillshade (``dem_note`` says why).
     """
     from pyproj import Transformer
 
@@ -280,8 +345,17 @@ def summarise_zone(src: ZoneSource, *, max_pixels: int = 2048, cell_px: int = DE
         cell_px *= 2
     ncy, ncx = math.ceil(h / cell_px), math.ceil(w / cell_px)
     value_name = next((n for n in ("hazard", "probability", "lsi") if n in ds), None)
-    names = ["risk_class"] + ([value_name] if value_name else []) + (["quality"] if "quality" in ds else [])
-    image = np.full((math.ceil(h / factor), math.ceil(w / factor)), NODATA_CLASS, dtype=np.uint8)
+    float_names = [n for n in FLOAT_LAYERS if n in ds] or (["lsi"] if "lsi" in ds else [])
+    dem, dem_where = _find_dem(src, ds)
+    names = list(dict.fromkeys(["risk_class", *([value_name] if value_name else []), *float_names,
+                                *(["quality"] if "quality" in ds else [])]))
+    sub = ds[names].reset_coords(drop=True)
+    if dem is not None:
+        sub = sub.assign(_dem=dem.reset_coords(drop=True).astype(np.float32))
+    ih, iw = math.ceil(h / factor), math.ceil(w / factor)
+    image = np.full((ih, iw), NODATA_CLASS, dtype=np.uint8)
+    layers = {n: np.full((ih, iw), np.nan, dtype=np.float32) for n in float_names}
+    dem_image = np.full((ih, iw), np.nan, dtype=np.float32) if dem is not None else None
     class_px = np.zeros(4, dtype=np.int64)
     cells = np.zeros(ncy * ncx * 4, dtype=np.int64)
     cell_sum = np.zeros(ncy * ncx, dtype=np.float64)
@@ -290,7 +364,6 @@ def summarise_zone(src: ZoneSource, *, max_pixels: int = 2048, cell_px: int = DE
     vn = np.zeros(4, dtype=np.int64)
     qhist = np.zeros(256, dtype=np.int64) if "quality" in ds else None
     tile = _tile_size(ds, factor)
-    sub = ds[names]
     for r0 in range(0, h, tile):
         r1 = min(h, r0 + tile)
         crow = (np.arange(r0, r1) // cell_px)[:, None] * ncx
@@ -302,9 +375,12 @@ def summarise_zone(src: ZoneSource, *, max_pixels: int = 2048, cell_px: int = DE
             class_px += np.bincount(ci.ravel(), minlength=4)
             cell = crow + (np.arange(c0, c1) // cell_px)[None, :]
             cells += np.bincount((cell * 4 + ci).ravel(), minlength=cells.size)
-            image[r0 // factor:(r1 + factor - 1) // factor, c0 // factor:(c1 + factor - 1) // factor] = (
-                block_max_class(cls, factor)
-            )
+            window = (slice(r0 // factor, (r1 + factor - 1) // factor), slice(c0 // factor, (c1 + factor - 1) // factor))
+            image[window] = block_max_class(cls, factor)
+            for n in float_names:
+                layers[n][window] = block_mean(block[n].values, factor)
+            if dem_image is not None:
+                dem_image[window] = block_mean(block["_dem"].values, factor)
             if value_name:
                 v = np.asarray(block[value_name].values, dtype=np.float64)
                 ok = np.isfinite(v)
@@ -315,6 +391,14 @@ def summarise_zone(src: ZoneSource, *, max_pixels: int = 2048, cell_px: int = DE
             if qhist is not None:
                 q = np.asarray(block["quality"].values).astype(np.uint8)
                 qhist += np.bincount(q.ravel(), minlength=256)
+    layers = {n: a for n, a in layers.items() if np.isfinite(a).any()}  # e.g. uncertainty not computed
+    shade, dem_note = None, None
+    if dem_image is None:
+        dem_note = dem_where
+    elif not np.isfinite(dem_image).any():
+        dem_note, dem_where = f"the DEM in {dem_where} holds no value over this zone", None
+    else:
+        shade = hillshade(dem_image, factor * float(tr.a), factor * float(-tr.e))
     to_ll = Transformer.from_crs(crs, "EPSG:4326", always_xy=True)
     x0, y1 = float(tr.c), float(tr.f)
     x1, y0 = x0 + w * tr.a, y1 + h * tr.e
@@ -327,7 +411,9 @@ def summarise_zone(src: ZoneSource, *, max_pixels: int = 2048, cell_px: int = DE
         cell_prob_sum=cell_sum.reshape(ncy, ncx), cell_prob_n=cell_n.reshape(ncy, ncx),
         value_name=value_name, value_sum_by_class=vsum, value_n_by_class=vn, quality_hist=qhist,
         attrs=dict(ds.attrs), lonlat_corners=corners, lonlat_nodes=lattice.nodes,
-        lonlat_error_m=lattice.max_error_m,
+        lonlat_error_m=lattice.max_error_m, layers=layers, hillshade=shade,
+        dem_source=dem_where if shade is not None else None, dem_note=dem_note,
+        class_attrs=dict(ds["risk_class"].attrs),
     )
 
 
@@ -338,21 +424,25 @@ def write_report(
     run_dir: Path,
     out: Path | None = None,
     *,
-    max_pixels: int = 2048,
+    max_pixels: int = 1024,
     cell_px: int = DEFAULT_CHUNK,
     zones: Iterable[str] | None = None,
+    on_note: Callable[[str], None] | None = None,
 ) -> Path:
     """Write the run's self-contained HTML report and return its path.
 
     ``run_dir`` is ``OUT/<region>/<start>_<end>``; ``out`` defaults to
-    ``<run_dir>/report.html``. The class map is reduced to at most ``max_pixels`` on its
-    long side; statistics per cell use ``cell_px``-square cells (doubled until there
+    ``<run_dir>/report.html``. The map's layers are reduced to at most ``max_pixels`` on
+    their long side; statistics per cell use ``cell_px``-square cells (doubled until there
     are at most 4096 cells). ``zones`` limits the report to some zone names. Raises
     :class:`StoreError` when the run has neither ``risk.zarr`` nor ``lsi_<zone>.zarr``.
+    The figures of :func:`pipeline.products.report.figures.find_figures` are embedded.
+    Each fallback (classes from the LSI stores, a zone without a DEM and so without
+    hillshade, a figure left out) is said on the page and, in one line, to ``on_note``.
     The file is written atomically (a reader never sees half a page).
     """
     if max_pixels < 16:
-        raise InputDataError(f"max_pixels={max_pixels} is too small.", "use at least 16 (default 2048).")
+        raise InputDataError(f"max_pixels={max_pixels} is too small.", "use at least 16 (default 1024).")
     if cell_px < 1:
         raise InputDataError(f"cell_px={cell_px} must be positive.", "use e.g. 512 (one chunk).")
     run_dir = Path(run_dir)
@@ -365,5 +455,15 @@ def write_report(
                                  "leave out the zone filter or name a zone of the run (e.g. utm48n).")
     run = read_run_json(run_dir)
     summaries = [summarise_zone(s, max_pixels=max_pixels, cell_px=cell_px) for s in sources]
+    figures, left_out = find_figures(run_dir, run)
+    if on_note is not None:
+        if fallback:
+            on_note("no risk.zarr in this run: the report shows the LSI classes of lsi_<zone>.zarr")
+        for z in summaries:
+            if z.hillshade is None:
+                on_note(f"zone {z.zone}: no hillshade under the map ({z.dem_note})")
+        for line in left_out:
+            on_note(f"figure {line}")
     path = Path(out) if out is not None else RunLayout(run_dir).report
-    return atomic_write_text(path, render_page(summaries, run, fallback, run_dir))
+    return atomic_write_text(path, render_page(summaries, run, fallback, run_dir, figures=figures,
+                                               figure_notes=left_out))

@@ -1,21 +1,27 @@
-"""Rendering of the run report: the values each section shows, laid out by Jinja2 templates.
+"""The report page: what each section shows, laid out by Jinja2 templates.
 
 The markup lives in ``templates/`` (package data): ``report.html.j2`` (the page, the alert,
-the all-zones table and the provenance), ``zone.html.j2`` (one zone: map, area per class,
-quality flags, grid cells), ``report.css`` and ``report.js`` (inlined into the page, so it
-stays one offline file). Jinja2 autoescapes every value; only the page's own CSS and
-script and the map's JSON configuration (written for a ``<script>`` element by
-:func:`_json_script`) go in unescaped.
+the all-zones table, the figures and the provenance), ``map.html.j2`` (the map: zone switch,
+layer control, legends), ``zone.html.j2`` (one zone: area per class, quality flags, grid
+cells), ``report.css`` and ``report.js`` (the page's style and the map's wiring), and the
+vendored map library ``leaflet.js``/``leaflet.css`` (Leaflet 1.9.4 from npm, BSD-2-Clause,
+``leaflet-LICENSE.txt``; its control icons ``leaflet-*.png``). All are inlined, so the page
+stays one offline file: the library's CSS has its ``url(images/...)`` icons replaced by
+data URIs of the vendored PNGs (:func:`_leaflet_css`), and the library's text is
+otherwise inlined byte for byte. Jinja2 autoescapes every value; only these assets and
+the map's JSON configuration (written for a ``<script>`` element by :func:`_json_script`)
+go in unescaped.
 
 This module chooses and formats values (provenance precedence, alert fields, per-cell
-ranking, number formats); the statistics themselves come from :func:`summarise_zone`.
+ranking, number formats, the layers' colour stretches and legends); the statistics and
+reduced images themselves come from :func:`summarise_zone`.
 """
 
 from __future__ import annotations
 
 import base64
 import functools
-import io
+import importlib.resources
 import json
 import math
 import re
@@ -31,6 +37,11 @@ from markupsafe import Markup
 from pipeline import __version__
 from pipeline.core.classes import CLASS_COLOURS, CLASS_NAMES, NODATA_COLOUR
 from pipeline.core.quality import QualityFlag
+from pipeline.products.report.figures import Figure
+from pipeline.products.report.layers import (
+    PROBABILITY_LAYERS, RAMPS, Stretch, class_png, float_png, hillshade_png, ramp_colours, stretch,
+)
+from pipeline.products.report.legend import LAYER_TEXT, class_legend
 from pipeline.products.report.lonlat import TOLERANCE_M, lonlat_lattice
 
 if TYPE_CHECKING:
@@ -62,6 +73,10 @@ _NAMES = (*CLASS_NAMES, "no data")
 _COLOURS = (*CLASS_COLOURS, NODATA_COLOUR)
 #: Rows of the per-cell table: this many cells with the most high-risk area.
 _TOP_CELLS = 10
+#: Opacity of the data layers over the hillshade when the page opens (a slider changes it).
+OPACITY = 0.7
+#: Leaflet's icons referenced by its CSS, vendored beside it as ``leaflet-<name>``.
+_LEAFLET_IMAGES = ("layers.png", "layers-2x.png", "marker-icon.png")
 
 
 # --------------------------------------------------------------------------- formats
@@ -117,20 +132,6 @@ def _json_script(obj: object) -> Markup:
     return Markup(text.replace("&", "\\u0026").replace("<", "\\u003c").replace(">", "\\u003e"))
 
 
-def _png_data_uri(image: np.ndarray) -> str:
-    from PIL import Image
-
-    idx = np.where(image <= 2, image, 3).astype(np.uint8)
-    pal: list[int] = []
-    for hexc in _COLOURS:
-        pal += [int(hexc[i:i + 2], 16) for i in (1, 3, 5)]
-    im = Image.frombytes("P", (idx.shape[1], idx.shape[0]), np.ascontiguousarray(idx).tobytes())
-    im.putpalette(pal + [0] * (768 - len(pal)))
-    buf = io.BytesIO()
-    im.save(buf, format="PNG", bits=2, compress_level=6)  # 4 colours: a 2-bit palette PNG
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
-
-
 @functools.cache
 def _env() -> jinja2.Environment:
     env = jinja2.Environment(
@@ -151,6 +152,17 @@ def _asset(name: str) -> Markup:
     """The text of a static file in ``templates/`` (the page's CSS or script), unescaped."""
     env = _env()
     return Markup(env.loader.get_source(env, name)[0])  # type: ignore[union-attr]
+
+
+def _leaflet_css() -> Markup:
+    """Leaflet's stylesheet with its icons (``url(images/NAME)``) as data URIs of the
+    vendored ``templates/leaflet-NAME`` files."""
+    css = str(_asset("leaflet.css"))
+    folder = importlib.resources.files("pipeline.products.report") / "templates"
+    for name in _LEAFLET_IMAGES:
+        data = (folder / f"leaflet-{name}").read_bytes()
+        css = css.replace(f"url(images/{name})", "url(data:image/png;base64," + base64.b64encode(data).decode("ascii") + ")")
+    return Markup(css)
 
 
 # --------------------------------------------------------------------------- run-level values
@@ -232,36 +244,103 @@ def _overall(zones: list[ZoneSummary]) -> dict[str, object] | None:
 # --------------------------------------------------------------------------- zone sections
 
 
+def _zid(zone: str) -> str:
+    return "".join(ch if ch.isalnum() else "-" for ch in zone)
+
+
+def _class_score(z: ZoneSummary) -> str | None:
+    """The score the class layer cuts: ``hazard``, an older mosaic's ``probability``, or ``lsi``."""
+    if z.source.kind == "lsi":
+        return "lsi"
+    comment = str(z.class_attrs.get("comment", ""))
+    for name in ("hazard", "probability", "susceptibility"):
+        if f"from {name}" in comment:
+            return name
+    return z.value_name
+
+
+def _stretches(z: ZoneSummary) -> dict[str, Stretch]:
+    """Each float layer's colour stretch; the probability-scale layers share one."""
+    out: dict[str, Stretch] = {}
+    prob = [k for k in z.layers if k in PROBABILITY_LAYERS]
+    shared = stretch(z.layers[k] for k in prob) if prob else None
+    for key, values in z.layers.items():
+        how = shared if key in PROBABILITY_LAYERS else stretch([values])
+        if how is not None:
+            out[key] = how
+    return out
+
+
+def _ramp(key: str, how: Stretch, legend: dict[str, Any]) -> dict[str, object]:
+    """The legend block of one float layer: gradient, end values, threshold marks."""
+    colours = ramp_colours(key)
+    marks = []
+    if key in PROBABILITY_LAYERS or key == legend["score"].lower():
+        for name, t in zip(("medium", "high"), legend["thresholds"]):
+            pos = float(how.position(t))
+            if how.lo <= t <= how.hi:
+                marks.append({"name": name, "value": f"{t:.3g}", "pct": f"{100 * pos:.1f}"})
+    label, meaning = LAYER_TEXT.get(key, (key, ""))
+    return {
+        "key": key, "label": label, "meaning": meaning, "scale": how.describe(),
+        "gradient": "linear-gradient(90deg," + ",".join(colours) + ")",
+        "lo": f"{how.lo:.3g}", "mid": f"{how.value_at(0.5):.3g}", "hi": f"{how.hi:.3g}", "marks": marks,
+    }
+
+
 def _map(z: ZoneSummary) -> dict[str, object]:
+    """The zone's map: its JSON configuration (layers as data URIs on the zone's frame),
+    legend, ramps and notes."""
     h, w = z.shape
     ih, iw = z.image.shape
     nodes, error_m = z.lonlat_nodes, z.lonlat_error_m
     if nodes is None:  # a summary built by hand, not by summarise_zone
         lattice = lonlat_lattice(z.crs_wkt, z.x0, z.y1, w * z.res_x, h * z.res_y)
         nodes, error_m = lattice.nodes, lattice.max_error_m
+    score = _class_score(z)
+    legend = class_legend(z.source.kind, score, z.attrs, z.class_attrs)
+    stretches = _stretches(z)
+    class_label = "LSI class" if legend["score"] == "LSI" else "risk class"
+    layers = [{"key": "class", "label": class_label, "uri": class_png(z.image)}]
+    layers += [{"key": key, "label": LAYER_TEXT.get(key, (key, ""))[0],
+                "uri": float_png(z.layers[key], how, RAMPS.get(key, "magma"))} for key, how in stretches.items()]
+    # map units: grid metres from the zone's north-west corner (lat = N - y1, lng = E - x0)
+    px_x, px_y = z.res_x * z.factor, z.res_y * z.factor
+    crs = f"{z.crs_name}" + (f" (EPSG:{z.epsg})" if z.epsg else "")
     cfg = {
-        "zone": z.zone,
+        "zone": z.zone, "zid": _zid(z.zone), "crs": crs,
         "iw": iw, "ih": ih,
         "x0": z.x0, "y1": z.y1,
-        "px_x": z.res_x * z.factor, "px_y": z.res_y * z.factor,
+        "px_x": px_x, "px_y": px_y,
         "res": z.res_x, "factor": z.factor,
         "width_m": w * z.res_x, "height_m": h * z.res_y,
+        "bounds": [[-ih * px_y, 0.0], [0.0, iw * px_x]],
+        "grid_bounds": [[-h * z.res_y, 0.0], [0.0, w * z.res_x]],
         "utm": list(z.utm) if z.utm else None,
         "nodes": nodes,
         "names": list(_NAMES),
         "colours": list(_COLOURS),
+        "layers": [{**spec, "opacity": OPACITY} for spec in layers],
+        "default": "class",
+        "hillshade": hillshade_png(z.hillshade) if z.hillshade is not None else None,
     }
     n = len(nodes)
     within = "within 1 mm of PROJ" if error_m <= TOLERANCE_M else f"up to {error_m:.3g} m from PROJ"
     return {
-        "zid": "".join(ch if ch.isalnum() else "-" for ch in z.zone),
-        "crs": f"{z.crs_name}" + (f" (EPSG:{z.epsg})" if z.epsg else ""),
-        "png": _png_data_uri(z.image),
+        "zid": _zid(z.zone),
+        "crs": crs,
         "corners_json": json.dumps(z.lonlat_corners),
         "corners": [(lab, _fmt_ll(lon, lat)) for lab, (lon, lat) in zip(("NW", "NE", "SE", "SW"), z.lonlat_corners)],
         "method": f"cubic interpolation between {n} × {n} lon/lat nodes precomputed with PROJ "
                   f"({within} halfway between nodes)",
         "cfg": _json_script(cfg),
+        "legend": legend,
+        "ramps": [_ramp(key, how, legend) for key, how in stretches.items()],
+        "missing": [LAYER_TEXT[k][0] for k in ("susceptibility", "hazard", "uncertainty")
+                    if z.source.kind == "risk" and k not in z.layers],
+        "dem_source": z.dem_source,
+        "dem_note": z.dem_note,
+        "hillshade_text": LAYER_TEXT["hillshade"][1],
     }
 
 
@@ -331,6 +410,7 @@ def _cells(z: ZoneSummary, top: int) -> dict[str, object]:
 def _zone(z: ZoneSummary) -> dict[str, object]:
     return {
         "z": z,
+        "zid": _zid(z.zone),
         "source": f"{z.source.path.name}" + (f" group {z.source.group}" if z.source.group else ""),
         "map": _map(z),
         "stats": _stats(z),
@@ -342,11 +422,13 @@ def _zone(z: ZoneSummary) -> dict[str, object]:
 # --------------------------------------------------------------------------- the page
 
 
-def render_page(zones: list[ZoneSummary], run: Mapping[str, Any], fallback: bool, run_dir: Path) -> str:
+def render_page(zones: list[ZoneSummary], run: Mapping[str, Any], fallback: bool, run_dir: Path, *,
+                figures: list[Figure] | None = None, figure_notes: list[str] | None = None) -> str:
     """The report page of ``zones`` (from :func:`summarise_zone`) as one HTML string.
 
     ``run`` is the run's ``run.json`` record (``{}`` when absent); ``fallback`` says the
-    classes come from ``lsi_<zone>.zarr`` because the run has no ``risk.zarr``.
+    classes come from ``lsi_<zone>.zarr`` because the run has no ``risk.zarr``;
+    ``figures`` are embedded in the Figures section (``figure_notes``: files left out).
     """
     prov = _provenance(zones, run)
     region = prov.get("region", run_dir.parent.name)
@@ -357,6 +439,8 @@ def render_page(zones: list[ZoneSummary], run: Mapping[str, Any], fallback: bool
         window = _window_from_dir(run_dir) or run_dir.name
     if isinstance(window, (list, tuple)):
         window = " to ".join(str(w) for w in window)
+    figures = list(figures or [])
+    views = [_zone(z) for z in zones]
     return _env().get_template("report.html.j2").render(
         title=f"slidewatch risk report: {_plain(region)}, {_plain(window)}",
         version=__version__,
@@ -364,15 +448,23 @@ def render_page(zones: list[ZoneSummary], run: Mapping[str, Any], fallback: bool
         now=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         fallback=fallback,
         incomplete=[z.zone for z in zones if z.attrs.get("slidewatch_complete") is not True],
+        no_dem=[(v["z"].zone, v["map"]["dem_note"]) for v in views if v["map"]["dem_note"]],
         alert=_alert(run.get("alert")),
         overall=_overall(zones),
-        zones=[_zone(z) for z in zones],
+        zones=views,
         provenance=_provenance(zones, run, run_dir),
         items=[(z.zone, _items_for(z, run)) for z in zones],
         extra=[(z.zone, {k: v for k, v in z.attrs.items() if k not in _PROVENANCE_KEYS and k != "input_items"})
                for z in zones],
+        figures=figures,
+        figure_notes=list(figure_notes or []),
+        alert_figure=next((f for f in figures if f.where == "alert"), None),
+        model_figures=[f for f in figures if f.where == "model"],
         classes=list(zip(_NAMES, _COLOURS)),
         nodata_colour=NODATA_COLOUR,
+        opacity=OPACITY,
+        leaflet_css=_leaflet_css(),
+        leaflet_js=_asset("leaflet.js"),
         css=_asset("report.css"),
         js=_asset("report.js"),
     )
