@@ -13,12 +13,15 @@ import math
 from collections.abc import Iterable, Sequence
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
 
 from flows.console import err_console, friendly_errors, out_console
+
+if TYPE_CHECKING:
+    from models.evaluate import EvaluationReport
 
 __all__ = ["ablate", "evaluate", "metrics_table", "prepare", "train"]
 
@@ -195,7 +198,11 @@ def train(
     ]
     rows = [{k: (math.nan if v is None else v) for k, v in r.items()} for r in rows]
     print_table(metrics_table(rows, f"{meta.architecture}: best epoch {m['best_epoch']} of {m['epochs_run']}"))
-    out_console().print(f"checkpoint: {path}")
+    out_console().print(f"checkpoint: {path}", soft_wrap=True)
+    from pipeline.products.plots import TRAINING_CURVES_PLOT
+
+    if (path.parent / TRAINING_CURVES_PLOT).is_file():
+        out_console().print(f"training curves: {path.parent / TRAINING_CURVES_PLOT}", soft_wrap=True)
 
 
 def _block_lists(val: str | None, test: str | None) -> tuple[tuple[str, tuple[str, ...]], ...] | None:
@@ -263,9 +270,16 @@ def evaluate(
     json_out: Annotated[
         str | None, typer.Option("--json", help="Write the results as JSON to this file, or '-' for stdout.")
     ] = None,
+    plots: Annotated[
+        bool,
+        typer.Option("--plots/--no-plots", help="Draw pr_curve.png and reliability.png beside the --json file "
+                     "(several checkpoints in one picture), or else beside each checkpoint."),
+    ] = True,
 ) -> None:
     """Metrics per held-out block and pooled, with bootstrap intervals, for one or more
-    checkpoints on a cube + inventory; several checkpoints are summarised by mean and sd."""
+    checkpoints on a cube + inventory; several checkpoints are summarised by mean and sd.
+    Draws the pooled precision-recall curve and the reliability diagram (with the
+    checkpoint's calibrated class thresholds) unless --no-plots."""
     from models.evaluate import REPORT_METRICS, across_checkpoints, evaluate_many
 
     reports = evaluate_many(
@@ -312,6 +326,37 @@ def evaluate(
         from models.evaluate import jsonable
 
         _write_json(jsonable(doc), json_out)
+    if plots:
+        for written in _evaluation_plots(checkpoint, reports, json_out, split.value):
+            (err_console() if to_stderr else out_console()).print(f"plot: {written}", soft_wrap=True)
+
+
+def _evaluation_plots(checkpoints: Sequence[Path], reports: Sequence[EvaluationReport], json_out: str | None,
+                      split: str) -> list[Path]:
+    """``pr_curve.png`` and ``reliability.png`` beside the JSON file (every report in one
+    picture), or else beside each checkpoint (the reports of checkpoints in one folder
+    together). Returns the paths written."""
+    from pipeline.products.plots import (
+        PR_CURVE_PLOT,
+        RELIABILITY_PLOT,
+        pr_curve_plot,
+        reliability_plot,
+        save_plot,
+    )
+
+    groups: dict[Path, list[tuple[Path, EvaluationReport]]] = {}
+    for c, r in zip(checkpoints, reports):
+        folder = Path(json_out).parent if json_out and json_out != "-" else Path(c).parent
+        groups.setdefault(folder, []).append((Path(c), r))
+    unique_names = len({Path(c).name for c in checkpoints}) == len(checkpoints)
+    written = []
+    for folder, members in groups.items():
+        pr = {(c.name if unique_names else str(c)): r.curves.get("pr", {}) for c, r in members}
+        rel = {(c.name if unique_names else str(c)): r.curves.get("reliability", {}) for c, r in members}
+        title = f"{split} blocks" if len(members) > 1 else f"{members[0][0].name} on {split} blocks"
+        written.append(save_plot(pr_curve_plot(pr, f"Precision-recall, {title}"), folder / PR_CURVE_PLOT))
+        written.append(save_plot(reliability_plot(rel, f"Reliability, {title}"), folder / RELIABILITY_PLOT))
+    return written
 
 
 @friendly_errors

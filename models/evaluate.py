@@ -10,6 +10,11 @@ checkpoint file), the final test of ``slidewatch train`` (:func:`models.training
 from the best weights in memory) and the ablation all call it, so train's test metrics
 equal ``evaluate --split test`` on the saved checkpoint.
 
+Curves: every report also carries its pooled precision-recall curve (:func:`pr_curve`, the
+points of scikit-learn's ``precision_recall_curve``) and reliability bins
+(:func:`reliability_bins`) in :attr:`EvaluationReport.curves`; ``slidewatch evaluate``
+draws them (:mod:`pipeline.products.plots`).
+
 Intervals: a percentile bootstrap over blocks (:func:`models.metrics.block_bootstrap`;
 1000 seeded resamples, 95 %), for Dice, IoU, precision, recall, ROC AUC, PR AUC and
 recall by size class. Several checkpoints (e.g. trained with different seeds) are
@@ -49,16 +54,21 @@ from pipeline.core.errors import CheckpointError, InputDataError
 
 __all__ = [
     "DEFAULT_CONTEXT",
+    "PR_CURVE_POINTS",
+    "RELIABILITY_BINS",
     "EvaluationReport",
     "ablation",
     "across_checkpoints",
     "evaluate",
     "evaluate_many",
     "evaluate_split",
+    "evaluation_curves",
     "in_memory_predictor",
     "jsonable",
     "lsi_threshold_baseline",
+    "pr_curve",
     "predict_blocks",
+    "reliability_bins",
     "score_blocks",
     "summarise_ablation",
     "summarise_seeds",
@@ -67,6 +77,10 @@ __all__ = [
 #: input margin (px) around every predicted window, in evaluate, train's final test and ablate
 DEFAULT_CONTEXT = 32
 #: the pooled metrics reported (and given intervals where the bootstrap supports them)
+#: most points a precision-recall curve keeps (longer curves are thinned evenly, ends kept)
+PR_CURVE_POINTS = 2000
+#: equal-width probability bins of the reliability diagram
+RELIABILITY_BINS = 10
 REPORT_METRICS = ("dice", "iou", "precision", "recall", "auc", "pr_auc", "recall_small", "recall_medium", "recall_large")
 
 
@@ -86,7 +100,11 @@ def jsonable(v):
 @dataclass
 class EvaluationReport:
     """Per-block rows, one pooled row over all evaluated blocks, and the pooled metrics'
-    bootstrap intervals (``{metric: (low, high)}``; ``bootstrap`` says how)."""
+    bootstrap intervals (``{metric: (low, high)}``; ``bootstrap`` says how). ``curves``:
+    the pooled ``pr`` curve (:func:`pr_curve` with ``average_precision``, ``prevalence``
+    and the ``operating_point`` at ``threshold``) and ``reliability`` bins
+    (:func:`reliability_bins`, with the checkpoint's ``class_thresholds`` when it has them),
+    for :mod:`pipeline.products.plots`; not part of :meth:`to_json`."""
 
     rows: list[dict]
     overall: dict
@@ -96,6 +114,7 @@ class EvaluationReport:
     threshold: float
     intervals: dict[str, tuple[float, float]] = field(default_factory=dict)
     bootstrap: dict = field(default_factory=dict)
+    curves: dict = field(default_factory=dict)
 
     def table_rows(self) -> list[dict]:
         return [*self.rows, self.overall]
@@ -222,6 +241,70 @@ def score_blocks(
     return rows, overall, intervals, info
 
 
+def _scores(prob, target) -> tuple[np.ndarray, np.ndarray]:
+    """Finite scores (float64) and their 0/1 labels as booleans, flattened."""
+    s = np.asarray(prob, dtype=np.float64).ravel()
+    t = np.asarray(target).ravel() == 1
+    ok = np.isfinite(s)
+    return s[ok], t[ok]
+
+
+def pr_curve(prob, target, max_points: int = PR_CURVE_POINTS) -> dict:
+    """The precision-recall curve of scores ``prob`` against ``target == 1`` (pixels with a
+    non-finite score left out): the points of scikit-learn's ``precision_recall_curve``,
+    one per distinct score (ties form one step), thresholds ascending, ending at
+    (recall 0, precision 1). Returns ``precision``, ``recall`` (lists), ``thresholds`` (one
+    fewer), ``points`` (before thinning) and ``thinned``: a curve of more than
+    ``max_points`` points keeps that many, evenly spaced along it, both ends kept. Empty
+    lists when there is no landslide pixel (the curve is undefined)."""
+    s, t = _scores(prob, target)
+    n_pos = int(np.count_nonzero(t))
+    if n_pos == 0:
+        return {"precision": [], "recall": [], "thresholds": [], "points": 0, "thinned": False}
+    order = np.argsort(-s, kind="mergesort")
+    s, t = s[order], t[order]
+    last = np.r_[np.nonzero(np.diff(s))[0], s.size - 1]  # the last pixel of each distinct score
+    tp = np.cumsum(t)[last].astype(np.float64)
+    precision = np.r_[(tp / (last + 1))[::-1], 1.0]
+    recall = np.r_[(tp / n_pos)[::-1], 0.0]
+    thresholds = s[last][::-1]
+    n = precision.size
+    thinned = n > max_points
+    if thinned:
+        keep = np.unique(np.round(np.linspace(0, n - 1, max(max_points, 2))).astype(np.int64))
+        precision, recall = precision[keep], recall[keep]
+        thresholds = thresholds[keep[keep < n - 1]]
+    return {"precision": precision.tolist(), "recall": recall.tolist(), "thresholds": thresholds.tolist(),
+            "points": int(n), "thinned": bool(thinned)}
+
+
+def reliability_bins(prob, target, n_bins: int = RELIABILITY_BINS) -> dict:
+    """Scores ``prob`` (clipped to [0, 1]; non-finite ones left out) in ``n_bins`` equal bins
+    (bin ``k`` holds ``floor(p · n_bins)``, p = 1 in the last): per bin the pixel ``count``,
+    the ``mean_predicted`` score and the ``observed_frequency`` of ``target == 1`` (NaN for
+    an empty bin), and the bin ``edges``."""
+    s, t = _scores(prob, target)
+    s = np.clip(s, 0.0, 1.0)
+    k = np.minimum((s * n_bins).astype(np.int64), n_bins - 1)
+    count = np.bincount(k, minlength=n_bins)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_p = np.where(count > 0, np.bincount(k, weights=s, minlength=n_bins) / count, np.nan)
+        freq = np.where(count > 0, np.bincount(k, weights=t.astype(np.float64), minlength=n_bins) / count, np.nan)
+    return {"edges": np.linspace(0.0, 1.0, n_bins + 1).tolist(), "count": count.tolist(),
+            "mean_predicted": mean_p.tolist(), "observed_frequency": freq.tolist()}
+
+
+def evaluation_curves(prob, target, threshold: float, overall: dict) -> dict:
+    """``{"pr": ..., "reliability": ...}`` of pooled scores (see :class:`EvaluationReport`)."""
+    pr = pr_curve(prob, target)
+    _, t = _scores(prob, target)
+    pr["average_precision"] = overall.get("pr_auc", math.nan)
+    pr["prevalence"] = float(t.mean()) if t.size else math.nan
+    pr["operating_point"] = {"threshold": float(threshold), "precision": overall.get("precision", math.nan),
+                             "recall": overall.get("recall", math.nan)}
+    return {"pr": jsonable(pr), "reliability": jsonable(reliability_bins(prob, target))}
+
+
 def in_memory_predictor(model, channels: Sequence[str], device="auto") -> Predictor:
     """A Predictor over already-normalised inputs (identity statistics): the network
     fresh from training on :attr:`TrainingData.x`. Normalising raw inputs with the
@@ -257,8 +340,14 @@ def evaluate_split(
         probs, y, blocks, split_of, threshold, split.mask(which), n_boot, confidence, boot_seed
     )
     info.update({"context": context, "window": window, "buffer": split.buffer})
+    mask = split.mask(which)
+    keep = [(mask[b.r0:b.r1, b.c0:b.c1] & (y[b.r0:b.r1, b.c0:b.c1] != IGNORE)) for b in blocks]
+    pooled_p = np.concatenate([probs[b.id][k] for b, k in zip(blocks, keep)])
+    pooled_y = np.concatenate([y[b.r0:b.r1, b.c0:b.c1][k] for b, k in zip(blocks, keep)])
+    curves = evaluation_curves(pooled_p, pooled_y, threshold, overall)
     return EvaluationReport(
-        rows, overall, "", getattr(predictor, "checkpoint_sha256", None), label or which, threshold, intervals, info
+        rows, overall, "", getattr(predictor, "checkpoint_sha256", None), label or which, threshold, intervals, info,
+        curves,
     )
 
 
@@ -339,6 +428,8 @@ def evaluate(
         label="all" if split == "all" else None,
     )
     report.checkpoint = str(checkpoint)
+    if meta.calibration.get("class_thresholds"):
+        report.curves["reliability"]["class_thresholds"] = list(meta.calibration["class_thresholds"])
     return report
 
 

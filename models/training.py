@@ -44,6 +44,7 @@ from models.metrics import Confusion, confusion, metrics_from_confusion
 from models.networks import DEFAULT_CHANNELS, build_model, count_parameters, landslide_logit
 from models.predictor import resolve_device
 from pipeline.core.errors import InputDataError
+from pipeline.core.files import atomic_write_text
 
 __all__ = ["FitResult", "TrainConfig", "TrainingData", "fit", "prepare_data", "train"]
 
@@ -342,6 +343,7 @@ def fit(data: TrainingData, config: TrainConfig, progress: bool = False) -> FitR
             t0 = time.perf_counter()
             model.train()
             train_losses = []
+            hits = torch.zeros(3, dtype=torch.float64, device=device)  # tp, fp, fn of the training batches
             for _ in range(steps):
                 xb, yb = sampler.sample(config.batch_size, augment=True)
                 x, t, v = _to_torch(xb, yb, device)
@@ -353,6 +355,9 @@ def fit(data: TrainingData, config: TrainConfig, progress: bool = False) -> FitR
                 scaler.step(opt)
                 scaler.update()
                 train_losses.append(float(loss.detach()))
+                with torch.no_grad():
+                    pred, pos = (logit.detach() > 0) & v, (t > 0.5) & v
+                    hits += torch.stack([(pred & pos).sum(), (pred & ~pos).sum(), (~pred & pos).sum()]).double()
                 if bar is not None:
                     bar.advance(task)
             val = evaluate_chips(model, xv, yv, loss_fn, device, config.batch_size, amp)
@@ -360,9 +365,11 @@ def fit(data: TrainingData, config: TrainConfig, progress: bool = False) -> FitR
             score = val["dice"] if has_pos else -val["loss"]
             if not math.isfinite(score):
                 score = 0.0 if has_pos else -math.inf
+            tp, fp, fn = (float(h) for h in hits.cpu())
             row = {
                 "epoch": epoch,
                 "train_loss": float(np.mean(train_losses)),
+                "train_dice": 2 * tp / (2 * tp + fp + fn) if tp + fp + fn > 0 else float("nan"),
                 "val_loss": val["loss"],
                 "val_dice": val["dice"],
                 "val_iou": val["iou"],
@@ -401,7 +408,9 @@ def train(
 ) -> Path:
     """Train from a factor cube and an inventory; write ``out_dir/model.safetensors``.
 
-    Also writes ``out_dir/training.json`` (config, history, split). Returns the checkpoint
+    Also writes ``out_dir/training.json`` (config, per-epoch history, split) and
+    ``out_dir/training_curves.png`` (train/val loss and Dice per epoch,
+    :func:`pipeline.products.plots.training_curves_plot`). Returns the checkpoint
     path. The checkpoint's metrics hold the best validation metrics (on chips) and the
     pooled test metrics with bootstrap intervals, computed by
     :func:`models.evaluate.evaluate_split` exactly as ``slidewatch evaluate --split test``
@@ -447,7 +456,8 @@ def train(
         out_dir / CHECKPOINT_NAME, result.model, data.stats, provenance=provenance, metrics=metrics,
         calibration=calibration, inputs=inputs, world=world,
     )
-    (out_dir / "training.json").write_text(
+    atomic_write_text(
+        out_dir / "training.json",
         json.dumps(
             {
                 "checkpoint": path.name,
@@ -458,6 +468,15 @@ def train(
                 "split": data.split.to_json(),
             },
             indent=2,
-        )
+        ),
     )
+    from pipeline.products.plots import (
+        TRAINING_CURVES_PLOT,
+        save_plot,
+        training_curves_plot,
+    )
+
+    save_plot(training_curves_plot(result.history, result.best_epoch,
+                                   f"{result.model.architecture}: best epoch {result.best_epoch} of "
+                                   f"{len(result.history)}"), out_dir / TRAINING_CURVES_PLOT)
     return path

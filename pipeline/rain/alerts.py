@@ -5,6 +5,9 @@
 * The :class:`AlertLedger` (``OUT/alerts.jsonl``, JSON lines, appended under an exclusive
   file lock) makes sure an alert triggers at most one run, even when several watch
   processes check at once; it records each alert's run directory and status.
+* Beside the ledger, ``OUT/alerts/<alert id>.png`` pictures each alert against its threshold
+  (:meth:`AlertLedger.plot_path`; drawn by ``slidewatch watch`` with
+  :func:`pipeline.products.plots.alert_plot`).
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
@@ -99,6 +103,18 @@ class AlertLedger:
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
+
+    @property
+    def plots_dir(self) -> Path:
+        """``OUT/alerts/`` for ``OUT/alerts.jsonl``: the alerts' pictures."""
+        return self.path.with_name(self.path.stem)
+
+    def plot_path(self, alert_id: str) -> Path:
+        """``OUT/alerts/<alert id>.png``, the picture of one alert (ValueError for an id that
+        is not a plain file name, e.g. from an edited ledger)."""
+        if not re.fullmatch(r"[0-9A-Za-z_-]{1,64}", str(alert_id)):
+            raise ValueError(f"alert id {alert_id!r} is not a plain name")
+        return self.plots_dir / f"{alert_id}.png"
 
     @property
     def lock_path(self) -> Path:

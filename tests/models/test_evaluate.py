@@ -159,3 +159,107 @@ def test_cli_ablate_with_seeds_and_channels(data, tmp_path):
     assert all("pr_auc" in r and "dice_low" in r for r in rows)
     assert len(doc["across_seeds"]) == 5 and all(s["seeds"] == 2 for s in doc["across_seeds"])
     assert "±" in res.output
+
+
+# ----------------------------------------------------------------------------- curves and their pictures
+
+
+def test_pr_curve_equals_sklearns_precision_recall_curve():
+    from sklearn.metrics import precision_recall_curve
+
+    from models.evaluate import pr_curve
+
+    rng = np.random.default_rng(7)
+    y = (rng.random(500) < 0.25).astype(np.uint8)
+    p = np.round(np.clip(0.3 * y + 0.8 * rng.random(500), 0, 1), 2).astype(np.float32)  # many ties
+    p[3] = np.nan  # a pixel without a score is left out
+    ok = np.isfinite(p)
+    precision, recall, thresholds = precision_recall_curve(y[ok], p[ok].astype(np.float64))
+    got = pr_curve(p, y)
+    np.testing.assert_allclose(got["precision"], precision, rtol=1e-12)
+    np.testing.assert_allclose(got["recall"], recall, rtol=1e-12)
+    np.testing.assert_allclose(got["thresholds"], thresholds, rtol=1e-7)
+    assert got["points"] == precision.size and not got["thinned"]
+    thin = pr_curve(p, y, max_points=10)
+    assert thin["thinned"] and len(thin["precision"]) == 10 == len(thin["recall"])
+    assert (thin["recall"][0], thin["precision"][-1], thin["recall"][-1]) == (recall[0], 1.0, 0.0)  # ends kept
+    assert set(thin["precision"]) <= set(precision.tolist())
+    assert pr_curve(p, np.zeros_like(y)) == {"precision": [], "recall": [], "thresholds": [], "points": 0,
+                                             "thinned": False}
+
+
+def test_reliability_bins_equal_a_hand_binning():
+    from models.evaluate import reliability_bins
+
+    p = np.array([0.05, 0.12, 0.15, 0.3, 0.31, 0.99, 1.0, np.nan, 0.0])
+    y = np.array([0, 1, 0, 1, 1, 1, 0, 1, 0])
+    got = reliability_bins(p, y, n_bins=4)  # bins [0, .25) [.25, .5) [.5, .75) [.75, 1]
+    assert got["edges"] == [0.0, 0.25, 0.5, 0.75, 1.0]
+    assert got["count"] == [4, 2, 0, 2]  # the NaN score is left out; p = 1 goes to the last bin
+    assert got["mean_predicted"][0] == pytest.approx((0.05 + 0.12 + 0.15 + 0.0) / 4)
+    assert got["mean_predicted"][1] == pytest.approx(0.305) and got["mean_predicted"][3] == pytest.approx(0.995)
+    assert got["observed_frequency"][0] == pytest.approx(0.25)
+    assert got["observed_frequency"][1] == 1.0 and got["observed_frequency"][3] == 0.5
+    assert math.isnan(got["mean_predicted"][2]) and math.isnan(got["observed_frequency"][2])
+
+
+def test_an_evaluation_carries_its_pooled_curves():
+    from sklearn.metrics import precision_recall_curve
+
+    from models.evaluate import reliability_bins
+
+    rng = np.random.default_rng(0)
+    x = np.round(rng.normal(size=(1, 96, 128)), 1).astype(np.float32)  # ties, and fewer points than thinning
+    y = (rng.random((96, 128)) < 0.2).astype(np.uint8)
+    y[:10, :10] = IGNORE
+    split = block_split(y.shape, 32, (0.5, 0.25, 0.25), seed=1, positives=y, buffer=4)
+
+    def sigmoid(batch):
+        return 1 / (1 + np.exp(-batch[:, 0]))
+
+    rep = evaluate_split(sigmoid, x, y, split, "test", threshold=0.4, n_boot=0)
+    m = split.mask("test") & (y != IGNORE)
+    p = (1 / (1 + np.exp(-x[0])))[m]
+    precision, recall, _ = precision_recall_curve(y[m] == 1, p.astype(np.float64))
+    pr = rep.curves["pr"]
+    np.testing.assert_allclose(pr["precision"], precision, rtol=1e-12)
+    np.testing.assert_allclose(pr["recall"], recall, rtol=1e-12)
+    assert pr["average_precision"] == rep.overall["pr_auc"] and pr["prevalence"] == pytest.approx((y[m] == 1).mean())
+    assert pr["operating_point"] == {"threshold": 0.4, "precision": rep.overall["precision"],
+                                     "recall": rep.overall["recall"]}
+    hand = reliability_bins(p, y[m])
+    assert rep.curves["reliability"]["count"] == hand["count"] and sum(hand["count"]) == m.sum()
+    assert "curves" not in rep.to_json()  # the JSON stays as it was
+
+
+def test_cli_evaluate_draws_the_pr_curve_and_the_reliability_diagram(data, checkpoints, tmp_path):
+    from PIL import Image
+
+    _, cube, inv = data
+    for c in checkpoints:  # drawn by earlier evaluations of the shared checkpoints
+        for name in ("pr_curve.png", "reliability.png"):
+            (c.parent / name).unlink(missing_ok=True)
+    base = ["evaluate", "--cube", str(cube), "--inventory", str(inv), "--device", "cpu", "--resamples", "0"]
+    # with --json: beside the JSON file, both checkpoints in one picture
+    out = tmp_path / "json" / "eval.json"
+    out.parent.mkdir()
+    res = CliRunner().invoke(_app(), [*base, "--checkpoint", str(checkpoints[0]), "--checkpoint",
+                                      str(checkpoints[1]), "--json", str(out)], env={"COLUMNS": "200"})
+    assert res.exit_code == 0, res.output
+    for name in ("pr_curve.png", "reliability.png"):
+        path = out.parent / name
+        assert f"plot: {path}" in res.output
+        with Image.open(path) as im:
+            assert im.format == "PNG" and im.size == (800, 500)
+    assert not (checkpoints[0].parent / "pr_curve.png").exists()
+    # without --json: beside the checkpoint; the reliability diagram marks its class thresholds
+    res = CliRunner().invoke(_app(), [*base, "--checkpoint", str(checkpoints[0])], env={"COLUMNS": "200"})
+    assert res.exit_code == 0, res.output
+    assert (checkpoints[0].parent / "pr_curve.png").is_file() and (checkpoints[0].parent / "reliability.png").is_file()
+    report = evaluate(checkpoints[0], cube, inv, device="cpu", n_boot=0)
+    assert report.curves["reliability"]["class_thresholds"] == read_metadata(checkpoints[0]).calibration[
+        "class_thresholds"]
+    # --no-plots: nothing drawn
+    res = CliRunner().invoke(_app(), [*base, "--checkpoint", str(checkpoints[1]), "--no-plots"])
+    assert res.exit_code == 0, res.output
+    assert not (checkpoints[1].parent / "pr_curve.png").exists() and "plot:" not in res.output

@@ -63,6 +63,24 @@ def test_train_writes_a_loadable_checkpoint(synthetic, trained):
     assert prob.shape == (1, 64, 64) and np.isfinite(prob).all()
 
 
+def test_train_records_the_history_and_draws_its_curves(synthetic, trained):
+    from PIL import Image
+
+    from pipeline.products.plots import training_curves_plot
+
+    log = json.loads((trained.parent / "training.json").read_text())
+    history = log["history"]
+    assert [h["epoch"] for h in history] == [1, 2]
+    for h in history:
+        assert {"train_loss", "val_loss", "train_dice", "val_dice"} <= set(h)
+        assert h["train_dice"] is None or 0.0 <= h["train_dice"] <= 1.0
+    with Image.open(trained.parent / "training_curves.png") as im:
+        assert im.format == "PNG" and im.size == (800, 500)
+    fig = training_curves_plot(history, log["metrics"]["best_epoch"])
+    lines = {ln.get_gid(): ln for ax in fig.axes for ln in ax.lines}
+    assert list(lines["val_loss"].get_ydata()) == pytest.approx([h["val_loss"] for h in history])
+
+
 def test_training_is_seeded(synthetic, trained, tmp_path):
     _, cube, inv, _ = synthetic
     again = train(cube, inv, tmp_path, TrainConfig(**{**TINY, "epochs": 1}), progress=False)
@@ -136,6 +154,7 @@ def test_cli_train_and_evaluate(synthetic, trained, tmp_path):
     )
     assert res.exit_code == 0, res.output
     assert "UNet" in res.output and (tmp_path / "model.safetensors").exists()
+    assert f"training curves: {tmp_path / 'training_curves.png'}" in res.output.replace("\n", "")
     res = runner.invoke(
         _app(),
         ["evaluate", "--checkpoint", str(trained), "--cube", str(cube), "--inventory", str(inv),

@@ -296,3 +296,108 @@ def test_month_keyed_imagery_window_is_shared_by_every_event_of_a_month():
     assert imagery_window(datetime(2024, 3, 10), 30, "month") == (date(2024, 1, 31), date(2024, 2, 29))
     with pytest.raises(RainfallError, match="period 'season' is unknown"):
         imagery_window(datetime(2024, 8, 20), 60, "season")
+
+
+# --------------------------------------------------------------------------- alert pictures
+
+
+def _png_size(path: Path) -> tuple[int, int]:
+    from PIL import Image
+
+    with Image.open(path) as im:
+        assert im.format == "PNG"
+        return im.size
+
+
+def test_an_alerts_picture_lies_beside_the_ledger(tmp_path):
+    ledger = AlertLedger(tmp_path / "out" / "alerts.jsonl")
+    assert ledger.plot_path("0123456789abcdef") == tmp_path / "out" / "alerts" / "0123456789abcdef.png"
+    for bad in ("../x", "a/b", "", "a b"):
+        with pytest.raises(ValueError, match="not a plain name"):
+            ledger.plot_path(bad)
+
+
+def test_the_alert_picture_draws_the_alerts_event_and_threshold():
+    from pipeline.products.plots import alert_plot
+
+    alert = _alert()
+    fig = alert_plot(alert.as_dict())
+    lines = {ln.get_gid(): ln for ln in fig.axes[0].lines}
+    assert lines["event"].get_xdata().tolist() == [alert.duration_h] == [20.0]
+    assert lines["event"].get_ydata().tolist() == [alert.intensity_mm_h] == [3.0]
+    d = np.asarray(lines["threshold"].get_xdata(), dtype=float)
+    np.testing.assert_allclose(lines["threshold"].get_ydata(), [threshold_mm_h(v) for v in d], rtol=1e-12)
+    assert "hills" in fig.axes[0].get_title() and "2024-08-29 07:30" in fig.axes[0].get_title()
+
+
+def test_write_alert_plots_draws_recorded_alerts_once_and_the_triggered_run(tmp_path):
+    from flows.watch_commands import write_alert_plots
+
+    out = tmp_path / "out"
+    ledger = AlertLedger(out / "alerts.jsonl")
+    run = out / "hills" / "20240601_20240731"
+    run.mkdir(parents=True)
+    alert = _alert()
+    assert ledger.claim(alert, run)
+    unrecorded = _alert(region="valley")  # a check-only alert: not in the ledger, not drawn
+    rows = [{"region": "hills", "alert": True, "new": True, "alert_id": alert.id, "run_dir": str(run)},
+            {"region": "valley", "alert": True, "new": False, "alert_id": unrecorded.id, "run_dir": None},
+            {"region": "dry", "alert": False, "new": False, "alert_id": None, "run_dir": None}]
+    written = write_alert_plots(rows, ledger.path)
+    assert written == [out / "alerts" / f"{alert.id}.png", run / "plots" / "alert.png"]
+    assert all(_png_size(p) == (800, 500) for p in written)
+    assert sorted(p.name for p in (out / "alerts").iterdir()) == [f"{alert.id}.png"]
+    # the next check sees the alert again: its picture is not redrawn, the run's is left alone
+    before = written[0].stat().st_mtime_ns
+    again = [{**rows[0], "new": False, "status": "seen before (succeeded)"}]
+    assert write_alert_plots(again, ledger.path) == [] and written[0].stat().st_mtime_ns == before
+    written[0].unlink()  # a missing picture is drawn again
+    assert write_alert_plots(again, ledger.path) == [written[0]]
+    elsewhere = tmp_path / "elsewhere" / "alerts.jsonl"
+    assert write_alert_plots(rows, elsewhere) == []  # no ledger: nothing drawn, nothing created
+    assert not (tmp_path / "elsewhere").exists()
+
+
+def test_watch_command_writes_the_alert_pictures(storm, tmp_path, monkeypatch):
+    """The watch command draws what the flow recorded: a fake flow stands in for Prefect."""
+    import sys
+    import types
+
+    import typer
+    from typer.testing import CliRunner
+
+    from flows.watch_commands import watch
+
+    _, precip = storm
+    out = tmp_path / "out"
+    run = out / "hills" / "20240601_20240731"
+    alert = _alert()
+
+    def fake_flow(**kw):  # type: ignore[no-untyped-def]
+        assert Path(kw["out"]) == out.resolve()
+        rows = [{"region": "hills", "intensity_mm_h": 3.0, "duration_h": 20.0, "threshold_mm_h": alert.threshold_mm_h,
+                 "alert": True, "new": False, "alert_id": alert.id, "status": "alert (not triggered: check only)",
+                 "run_dir": str(run), "kind": "observed"}]
+        if kw["trigger"]:
+            run.mkdir(parents=True, exist_ok=True)
+            assert AlertLedger(out / "alerts.jsonl").claim(alert, run)
+            rows[0].update(new=True, status="run finished")
+        return rows
+
+    fake = types.ModuleType("flows.prefect_flows")
+    fake.rainfall_watch_flow = fake_flow  # type: ignore[attr-defined]
+    fake.ALERTS_FILE = "alerts.jsonl"  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "flows.prefect_flows", fake)
+    (tmp_path / "w.yaml").write_text("regions:\n  - name: hills\n    region: 103.4,29.9,103.6,30.1\n")
+    app = typer.Typer()
+    app.command("watch")(watch)
+    app.command("noop")(lambda: None)
+    args = ["watch", "--watchlist", str(tmp_path / "w.yaml"), "--out", str(out), "--once", "--precip", str(precip),
+            "--forecast", "none"]
+    res = CliRunner().invoke(app, [*args, "--check-only"], env={"COLUMNS": "250"})
+    assert res.exit_code == 0, res.output
+    assert not out.exists() and "alert plot" not in res.output  # check only: nothing recorded, nothing drawn
+    res = CliRunner().invoke(app, args, env={"COLUMNS": "250"})
+    assert res.exit_code == 0, res.output
+    for path in (out / "alerts" / f"{alert.id}.png", run / "plots" / "alert.png"):
+        assert f"alert plot: {path}" in res.output and _png_size(path) == (800, 500)
