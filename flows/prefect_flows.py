@@ -344,10 +344,20 @@ def rainfall_watch_flow(
             ledger.update(alert.id, FAILED, run_dir, error=redact(f"{type(exc).__name__}: {exc}"))
             row["status"] = f"run failed: {exc}"
             log.error("%s: run for alert %s failed: %s", entry.name, alert.id, exc)
+            row["plots"] = _draw_alert(row, ledger)
             continue
         ledger.update(alert.id, SUCCEEDED, run_dir)
         row["status"] = "run finished"
+        row["plots"] = _draw_alert(row, ledger)
     return rows
+
+
+def _draw_alert(row: dict, ledger: AlertLedger) -> list[str]:
+    """The recorded alert of ``row`` drawn against its threshold (``OUT/alerts/<id>.png`` and
+    ``RUN/plots/alert.png``), so a served watch draws what it records; returns the paths."""
+    from flows.watch_commands import write_alert_plots
+
+    return [str(p) for p in write_alert_plots([row], ledger.path)]
 
 
 @flow(name="slidewatch-train")

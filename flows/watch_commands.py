@@ -133,8 +133,10 @@ def watch(
         )
         out_console().print(watch_table(rows, f"rainfall watch: last {hours:g} h before {now or 'now'}"))
         if not check_only:
-            for plot in write_alert_plots(rows, Path(out) / ALERTS_FILE):
-                out_console().print(f"alert plot: {plot}", soft_wrap=True)
+            for row in rows:  # the flow draws what it records; a stand-in flow may not have
+                drawn = row.get("plots")
+                for plot in drawn if drawn is not None else write_alert_plots([row], Path(out) / ALERTS_FILE):
+                    out_console().print(f"alert plot: {plot}", soft_wrap=True)
         failed = [r["region"] for r in rows if str(r.get("status", "")).startswith(("run failed", "check failed"))]
         if once:
             if failed:

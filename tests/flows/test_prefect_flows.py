@@ -148,7 +148,10 @@ def test_watch_alerts_exactly_the_covered_region(scenario):  # type: ignore[no-u
     assert rec["status"] == "succeeded" and rec["id"] == cov["alert_id"]
     # one triggered run (plus the cold run before it), for the covered region only
     assert len(scenario["calls"]) == scenario["before"]["cold_calls"] + 1
-    assert sorted(p.name for p in scenario["out"].iterdir() if p.is_dir()) == ["covered"]
+    assert sorted(p.name for p in scenario["out"].iterdir() if p.is_dir()) == ["alerts", "covered"]
+    # the flow itself draws what it records (so a served watch does too)
+    drawn = [scenario["out"] / "alerts" / f"{rec['id']}.png", scenario["run_dir"] / "plots" / "alert.png"]
+    assert cov["plots"] == [str(p) for p in drawn] and all(p.stat().st_size > 0 for p in drawn)
 
 
 def test_triggered_run_reuses_the_cube_and_the_rain_free_lsi(scenario):  # type: ignore[no-untyped-def]
