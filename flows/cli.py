@@ -164,7 +164,7 @@ def run(
     precip: Annotated[Optional[Path], typer.Option(help="Local IMERG-layout precipitation Zarr to read P and D from (last 3 days of the window).")] = None,
     cube_only: Annotated[bool, typer.Option("--cube-only", help="Stop after the cube; skip factors and LSI.")] = False,
     checkpoint: Annotated[Optional[Path], typer.Option(help="U-Net checkpoint (model.safetensors from `slidewatch train`); without it the run stops after the LSI.")] = None,
-    device: Annotated[str, typer.Option(help="Inference device: auto (CUDA when present), cpu or cuda.")] = "auto",
+    device: Annotated[str, typer.Option(help="Inference device: auto (CUDA where the model runs, else the CPU, announced), cpu, or cuda (alias gpu). With a Dask cluster the workers run the model, on those with a GPU resource when some have one.")] = "auto",
     dask_address: Annotated[Optional[str], typer.Option(envvar="SLIDEWATCH_DASK_ADDRESS", help="Dask scheduler address (tcp://host:8786); default: a local cluster.")] = None,
     dashboard: Annotated[bool, typer.Option("--dashboard", help="Serve the local Dask cluster's dashboard on 127.0.0.1 (its URL is printed); off by default.")] = False,
     sar: Annotated[str, typer.Option(help="Sentinel-1: auto (RTC when Planetary Computer grants it, i.e. with PC_SDK_SUBSCRIPTION_KEY; else GRD, noted), rtc (fail without access), grd, or none (NDMI proxy for soil moisture).")] = "auto",
@@ -185,8 +185,10 @@ def run(
     check_rain_options(rain_intensity, rain_duration, precip)  # before any pixel is read
     params, calibrated_by = load_calibration(calibration) if calibration is not None else (None, None)
     from flows.dask_context import check_scheduler_address
+    from flows.inference_workers import parse_device
 
     check_scheduler_address(dask_address)
+    device = parse_device(device)  # a misspelt device is refused before any work
     from pipeline.predict.hazard import check_hazard_mode
 
     check_hazard_mode(hazard)
@@ -201,12 +203,22 @@ def run(
         progress.stop()
         _print_plan(result)
         return
-    from flows.dask_context import dashboard_url, dask_client
+    from flows.dask_context import THREADS, dashboard_url, dask_client
 
+    if checkpoint is not None and device.startswith("cuda") and (dask_address or "").strip() in ("", THREADS):
+        from flows.inference_workers import driver_device
+
+        driver_device(device, None)  # a local run: CUDA here or refused, before anything is written
     with run_lock(out, reg, window), dask_client(dask_address, dashboard=dashboard) as client:
         if dashboard:
             url = dashboard_url(client) if client is not None else None
             console.print(f"dashboard: {url}" if url else "dashboard: none (no distributed client)")
+        if checkpoint is not None and device.startswith("cuda") and client is not None:  # GPU workers?
+            from flows.dask_context import task_pool
+            from flows.inference_workers import driver_device
+
+            with task_pool() as pool:
+                driver_device(device, pool)  # refused now, not after the cube and LSI
         try:
             result = cube_stage(reg, window, stac_url, out, config, overwrite=overwrite, on_event=progress, chunk=chunk)
         finally:

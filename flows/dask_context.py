@@ -85,6 +85,125 @@ def tile_concurrency() -> int:
     return max(1, min(MAX_TILE_CONCURRENCY, threads // THREADS_PER_TILE)) if threads >= 2 * THREADS_PER_TILE else 1
 
 
+# ------------------------------------------------------------------------ task pools
+#: Seconds a stage that stops waits for its tasks still running before it lets go of its store.
+DRAIN_TIMEOUT_S = 120.0
+
+
+class TaskPool:
+    """Functions run as tasks, on the active distributed client or on this process's threads.
+
+    The interface a stage needs to map a function over many items with a bounded number in
+    flight and handle each result as it finishes, whatever runs the tasks (see
+    :func:`task_pool`): :meth:`submit`, :meth:`wait_any`, :meth:`share` (an object every
+    task reads, sent once), :meth:`threads` (how many tasks can run at once) and
+    :meth:`drain` (wait for the tasks still running when the stage stops).
+    """
+
+    client: object | None = None
+
+    def submit(self, fn: Callable, *args: object, key: str, resources: dict[str, float] | None = None) -> object:
+        """Start ``fn(*args)``; a future (``result()``, ``done()``)."""
+        raise NotImplementedError
+
+    def wait_any(self, futures: set) -> set:
+        """Block until at least one of ``futures`` is done; the done ones."""
+        raise NotImplementedError
+
+    def share(self, obj: object) -> object:
+        """``obj`` as an argument every task of this pool can take, sent to each worker once."""
+        return obj
+
+    def threads(self, resource: str | None = None) -> int:
+        """Tasks that can run at once (on the workers advertising ``resource``, when given)."""
+        raise NotImplementedError
+
+    def drain(self, futures: set, timeout: float = DRAIN_TIMEOUT_S) -> None:
+        """Drop the tasks of ``futures`` not started yet and wait (up to ``timeout`` s) for the others."""
+        raise NotImplementedError
+
+
+class _ThreadTaskPool(TaskPool):
+    """Tasks on a thread pool of this process (no distributed client)."""
+
+    def __init__(self, threads: int) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._threads = max(1, int(threads))
+        self._executor = ThreadPoolExecutor(max_workers=self._threads, thread_name_prefix="slidewatch-task")
+
+    def submit(self, fn: Callable, *args: object, key: str, resources: dict[str, float] | None = None) -> object:
+        return self._executor.submit(fn, *args)
+
+    def wait_any(self, futures: set) -> set:
+        from concurrent.futures import FIRST_COMPLETED, wait
+
+        return set(wait(futures, return_when=FIRST_COMPLETED).done)
+
+    def threads(self, resource: str | None = None) -> int:
+        return 0 if resource else self._threads
+
+    def drain(self, futures: set, timeout: float = DRAIN_TIMEOUT_S) -> None:
+        from concurrent.futures import wait
+
+        running = {f for f in futures if not f.cancel()}
+        if running:
+            wait(running, timeout=timeout)
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True, cancel_futures=True)
+
+
+class _ClientTaskPool(TaskPool):
+    """Tasks on a distributed client's workers."""
+
+    def __init__(self, client: object) -> None:
+        self.client = client
+
+    def submit(self, fn: Callable, *args: object, key: str, resources: dict[str, float] | None = None) -> object:
+        return self.client.submit(fn, *args, key=key, resources=resources, pure=False)  # type: ignore[attr-defined]
+
+    def wait_any(self, futures: set) -> set:
+        from distributed import wait
+
+        return set(wait(list(futures), return_when="FIRST_COMPLETED").done)
+
+    def share(self, obj: object) -> object:
+        return self.client.scatter(obj, broadcast=True, hash=False)  # type: ignore[attr-defined]
+
+    def threads(self, resource: str | None = None) -> int:
+        workers = self.client.scheduler_info()["workers"].values()  # type: ignore[attr-defined]
+        if resource is None:
+            return sum(int(w.get("nthreads", 1)) for w in workers)
+        return sum(int(min(w.get("nthreads", 1), (w.get("resources") or {}).get(resource, 0))) for w in workers)
+
+    def drain(self, futures: set, timeout: float = DRAIN_TIMEOUT_S) -> None:
+        from distributed import wait
+
+        if not futures:
+            return
+        try:  # queued ones run too (a cancelled running task would go on writing unseen)
+            wait(list(futures), timeout=timeout)
+        except Exception:  # noqa: BLE001 - timed out, or the client is gone: cancel what is left
+            pass
+        self.client.cancel(list(futures))  # type: ignore[attr-defined]
+
+
+@contextlib.contextmanager
+def task_pool(threads: int = 1) -> Iterator[TaskPool]:
+    """A :class:`TaskPool` on the active distributed client (see :func:`dask_client`), else on
+    ``threads`` threads of this process; the thread pool is shut down on exit."""
+    client = active_client()
+    if client is not None:
+        yield _ClientTaskPool(client)
+        return
+    pool = _ThreadTaskPool(threads)
+    try:
+        yield pool
+    finally:
+        pool.close()
+
+
 #: Environment variable naming a scheduler address (``tcp://host:8786``) when none is given.
 ADDRESS_ENV = "SLIDEWATCH_DASK_ADDRESS"
 #: ``dask_client("threads")``: no distributed client, the threaded scheduler of this process.

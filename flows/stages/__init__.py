@@ -216,10 +216,13 @@ def check_input_drift(lsi_paths: list[Path], predictor: PredictorLike, *, strict
 
 
 def load_predictor(checkpoint: Path, device: str = "auto", batch_size: int = 8) -> PredictorLike:
-    """The checkpoint's Predictor, loaded once per process (see :func:`models.predictor.cached_predictor`)."""
+    """The checkpoint's Predictor, loaded once per process (see :func:`models.predictor.cached_predictor`).
+    ``device``: ``auto``, ``cpu``, ``cuda`` (``gpu`` is an alias); a misspelt one, or CUDA
+    where there is none, is refused in one line."""
+    from flows.inference_workers import parse_device
     from models.predictor import cached_predictor
 
-    return cached_predictor(str(checkpoint), device, batch_size)
+    return cached_predictor(str(checkpoint), parse_device(device), batch_size)
 
 
 def risk_stage(
@@ -250,16 +253,26 @@ def risk_stage(
     calibrated ones, else the defaults (announced). Every model channel's values are
     compared with its training range first (:func:`pipeline.predict.drift.channel_drift`):
     a channel far outside is announced, or refused with ``strict``.
+
+    The tiles run as Dask tasks on the active client's workers (GPU workers when some
+    advertise a ``GPU`` resource), or on a thread here without a client; each worker loads
+    the checkpoint once (:mod:`flows.inference_workers`). ``device``: ``auto`` (CUDA where
+    the model runs, else the CPU: announced, and recorded as ``inference_device``),
+    ``cpu``, or ``cuda`` (alias ``gpu``; refused in one line where there is no CUDA).
     """
+    from flows.dask_context import task_pool
+    from flows.inference_workers import driver_device, parse_device
     from flows.stages.risk import open_zone, write_risk
-    from pipeline.predict.mosaic import CLASS_THRESHOLDS
     from pipeline.products.stac_item import export_run
     from pipeline.products.quicklook import write_quicklook
 
     emit = on_event or _quiet
     if checkpoint is None:
         return None
-    predictor = load_predictor(checkpoint, device, batch_size)
+    device = parse_device(device)
+    with task_pool() as pool:
+        here = driver_device(device, pool)  # cuda without CUDA nor GPU workers: refused in one line
+    predictor = load_predictor(checkpoint, here, batch_size)
     emit("model", {"predictor": repr(predictor)})
     zones = [(z.grid, z.lsi_path) for z in result.zones if z.lsi_path is not None]
     if not zones:
@@ -278,8 +291,8 @@ def risk_stage(
                       thresholds=thresholds, thresholds_source=source, uncertainty=uncertainty,
                       zone_attrs={g.zone_name: {"input_drift": drift.get(str(p), [])} for g, p in zones},
                       cube_paths={z.grid.zone_name: z.cube_path for z in result.zones},
-                      tile=tile, batch_size=batch_size, overwrite=overwrite, on_event=emit)
-    emit("inference", {"stats": risk.stats.as_dict(), "reused": risk.reused})
+                      tile=tile, batch_size=batch_size, overwrite=overwrite, on_event=emit, device=device)
+    emit("inference", {"stats": risk.stats.as_dict(), "reused": risk.reused, "devices": sorted(risk.devices)})
     quicklooks = {}
     for grid, _ in zones:
         ds = open_zone(result.run_dir, grid.zone_name)

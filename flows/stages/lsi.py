@@ -12,7 +12,7 @@ import xarray as xr
 
 from pipeline import __version__
 from pipeline.core.config import CHUNKS_PER_TILE, ZoneGrid
-from pipeline.core.layout import RunLayout
+from pipeline.core.layout import RunLayout, zarr_metadata_file
 from pipeline.core.provenance import Rain, RunProvenance
 from pipeline.factors.layers import compute_factors
 from pipeline.factors.mask import inside_geometry
@@ -90,7 +90,7 @@ def write_lsi_quicklook(lsi_path: Path) -> Path:
     """The LSI store's quick-look PNG beside it (LSI and classes); kept when it is newer
     than the store (a reused store leaves its files as they were)."""
     png = lsi_path.with_suffix(".png")
-    meta = lsi_path / "zarr.json"
+    meta = zarr_metadata_file(lsi_path)
     if png.is_file() and meta.is_file() and png.stat().st_mtime_ns >= meta.stat().st_mtime_ns:
         return png
     ds = xr.open_zarr(lsi_path)

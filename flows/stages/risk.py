@@ -1,9 +1,15 @@
 """The risk stage: U-Net over the LSI stores' chunks → ``risk.zarr`` (one group per UTM
 zone, written tile by tile as results finish, resumable). Wiring only: the inference maths
-is :mod:`pipeline.predict.inference`, the variables and attributes :mod:`pipeline.predict.mosaic`."""
+is :mod:`pipeline.predict.inference`, the variables and attributes :mod:`pipeline.predict.mosaic`.
+
+The tiles are Dask work (:mod:`flows.inference_workers`): each pending tile is one task on
+the active distributed client's workers (or on a thread here without one) that predicts
+and writes its region; this process checks the input stores' generations, enters each
+finished tile in the ledger and reports progress, in the order the tiles finish."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,10 +21,10 @@ import zarr
 from pipeline import __version__
 from pipeline.core.config import CHUNKS_PER_TILE, INFERENCE_TILE, Tile, ZoneGrid
 from pipeline.core.errors import CheckpointError, StoreError
-from pipeline.core.layout import RunLayout
+from pipeline.core.layout import ZARR_FORMAT, RunLayout
 from pipeline.core.provenance import Rain, RunProvenance
 from pipeline.predict.hazard import check_hazard_mode
-from pipeline.predict.inference import PredictionStats, PredictorLike, iter_chunk_predictions
+from pipeline.predict.inference import PredictionStats, PredictorLike
 from pipeline.predict.uncertainty import FlipEnsemble
 from pipeline.predict.mosaic import (
     CLASS_THRESHOLDS,
@@ -32,6 +38,13 @@ from pipeline.predict.mosaic import (
 )
 from pipeline.store.tiles import COMPLETE_ATTR, GenerationGuard, TileStore, template
 
+from flows.dask_context import TaskPool, task_pool
+from flows.inference_workers import (TileJob, TileOutcome, checkpoint_ref, inference_resources, parse_device,
+                                     run_tile_jobs)
+
+#: The zone attribute naming the device(s) the model ran on (``cpu (float32)``, ``cuda:0 ...``).
+DEVICE_ATTR = "inference_device"
+
 Event = Callable[[str, dict], None]
 
 
@@ -43,6 +56,8 @@ class RiskResult:
     zones: list[str] = field(default_factory=list)
     reused: list[str] = field(default_factory=list)
     stats: PredictionStats = field(default_factory=PredictionStats)
+    #: the devices the model ran on in this call (``cpu (float32)``, ``cuda:0 ... (bfloat16 autocast)``)
+    devices: set[str] = field(default_factory=set)
 
 
 def _quiet(kind: str, info: dict) -> None:
@@ -67,6 +82,10 @@ def write_zone_risk(
     overwrite: bool = False,
     on_event: Event | None = None,
     stats: PredictionStats | None = None,
+    device: str | None = None,
+    pool: TaskPool | None = None,
+    source: object | None = None,
+    devices: set[str] | None = None,
 ) -> tuple[Path, bool]:
     """Write (or reuse) one zone's group of the risk mosaic. Returns ``(path, reused)``.
 
@@ -79,9 +98,22 @@ def write_zone_risk(
     reference event R_m = 1 when ``None``; ``paper``: the rain already in the LSI store).
     ``uncertainty`` runs the model on 4 flips of every tile (4× the model time) and writes
     their mean as the susceptibility and their spread as ``uncertainty``.
+
+    The tiles run as tasks of ``pool`` (default: :func:`flows.dask_context.task_pool`, i.e.
+    the active distributed client, else a thread here) with the model from ``source``
+    (default: :func:`_model_source`; ``device`` is the device option the workers load a
+    checkpoint with, default the predictor's own). The devices the tiles ran on are added
+    to ``devices`` and recorded in the group's ``inference_device`` attribute.
     """
+    if pool is None:
+        with task_pool() as own:
+            return write_zone_risk(
+                root, grid, lsi_path, predictor, rain=rain, mode=mode, thresholds=thresholds,
+                thresholds_source=thresholds_source, uncertainty=uncertainty, extra_attrs=extra_attrs,
+                cube_path=cube_path, tile=tile, batch_size=batch_size, overwrite=overwrite, on_event=on_event,
+                stats=stats, device=device, pool=own, source=source, devices=devices)
     emit = on_event or _quiet
-    source = GenerationGuard(lsi_path)  # checked after every tile: the LSI must not change under us
+    lsi_guard = GenerationGuard(lsi_path)  # checked after every tile: the LSI must not change under us
     lsi_lazy = xr.open_zarr(lsi_path, decode_coords="all")
     from_cube = check_model_channels(lsi_lazy, lsi_path, predictor, cube_path)
     cube_source = GenerationGuard(cube_path) if from_cube and cube_path is not None else None
@@ -103,14 +135,11 @@ def write_zone_risk(
     # the susceptibility does not depend on the rain: the key of everything but the hazard
     sus_fp = risk_fingerprint(lsi_fp, model, thresholds, tile, __version__, rain=None, mode=mode)
     previous = _same_susceptibility(store.path, sus_fp) if mode == "decoupled" else None
-    # Read windows straight from zarr (no dask): each window reads only its own pixels.
-    lsi = xr.open_zarr(lsi_path, chunks=None, decode_coords="all")
-    if from_cube:  # bands the model reads from the cube itself (same grid, same coordinates)
-        cube = xr.open_zarr(cube_path, chunks=None, decode_coords="all")[from_cube]
-        lsi = xr.merge([lsi, cube], join="exact", compat="override", combine_attrs="drop_conflicts")
+    device = parse_device(device or getattr(predictor, "requested_device", None) or "auto")
+    seen: set[str] = set()
 
     def verify() -> None:
-        source.check()
+        lsi_guard.check()
         if cube_source is not None:
             cube_source.check()
 
@@ -136,18 +165,34 @@ def write_zone_risk(
             _rehazard(store, previous, by_window, pending, thresholds, rm, mode, uncertainty, verify, grid.zone_name,
                       emit)
             pending = []
-        for (sy, sx), out in iter_chunk_predictions(
-            lsi, model, channels=list(model.channels), windows=pending, tile=tile,
-            batch_size=batch_size, stats=stats,
-        ):
-            t: Tile = by_window[(sy.start, sy.stop, sx.start, sx.stop)]
-            sub = lsi.isel(y=sy, x=sx)
-            sus, spread = (out[0], out[1]) if uncertainty else (out, None)
-            arrays = risk_tile(sus, np.asarray(sub["lsi"].values), np.asarray(sub["quality"].values), thresholds,
-                               rain_multiplier=rm, mode=mode, uncertainty=spread)
-            store.write_tile(t, tile_dataset(arrays, sub[["lsi", "quality"]]), verify=verify)
-            emit("tile", {"zone": f"{grid.zone_name} risk", "tile": t.key, "skipped": False})
-        path = store.finalize()
+            seen.update(_recorded_devices(previous.path))  # its susceptibility is the one kept
+        jobs = [TileJob(grid.zone_name, by_window[(sy.start, sy.stop, sx.start, sx.stop)], str(lsi_path),
+                        str(store.partial), tuple(model.channels), (float(thresholds[0]), float(thresholds[1])), rm,
+                        mode, uncertainty, int(tile), int(batch_size),
+                        str(cube_path) if from_cube else None, tuple(from_cube))
+                for sy, sx in pending]
+        if jobs:
+            resources, slots = inference_resources(pool, device)
+            if source is None:
+                source = _model_source(pool, predictor, device, batch_size)
+
+            def finished(outcome: TileOutcome) -> None:
+                store.record([outcome.key], verify=verify)
+                if stats is not None:
+                    stats.add(**outcome.stats)
+                if outcome.device not in seen:
+                    announced = outcome.device in (devices or ())  # once per run, not per zone
+                    seen.add(outcome.device)
+                    if device == "auto" and outcome.device.startswith("cpu") and not announced:
+                        emit("note", {"text": "no CUDA GPU where the model runs: inference on the CPU in float32 "
+                                              f"(--device auto; recorded as {DEVICE_ATTR})"})
+                emit("tile", {"zone": f"{grid.zone_name} risk", "tile": outcome.key, "skipped": False})
+
+            run_tile_jobs(pool, jobs, source, finished, key_prefix=f"slidewatch-risk-{uuid.uuid4().hex[:8]}",
+                          resources=resources, slots=2 * slots, check=verify)
+        if devices is not None:
+            devices.update(seen)
+        path = store.finalize({DEVICE_ATTR: ", ".join(sorted(seen))} if seen else None)
     finally:
         store.release()
     emit("written", {"zone": f"{grid.zone_name} risk", "stage": "risk", "path": str(path)})
@@ -166,6 +211,26 @@ def _same_susceptibility(path: Path, sus_fp: str) -> GenerationGuard | None:
     if attrs.get(COMPLETE_ATTR) is not True or attrs.get("susceptibility_fingerprint") != sus_fp:
         return None
     return GenerationGuard(path)
+
+
+def _recorded_devices(path: Path) -> set[str]:
+    """The ``inference_device`` recorded in the finished group at ``path`` (empty when none)."""
+    try:
+        value = zarr.open_group(str(path), mode="r").attrs.get(DEVICE_ATTR)
+    except Exception:  # noqa: BLE001 - unreadable: nothing to carry over
+        return set()
+    return {str(value)} if value else set()
+
+
+def _model_source(pool: TaskPool, predictor: PredictorLike, device: str, batch_size: int) -> object:
+    """How the tasks of ``pool`` get the model, once per worker: on this process's threads
+    the predictor itself; on a cluster a :class:`~flows.inference_workers.CheckpointRef` for
+    a checkpoint-backed predictor (each worker loads the file once), else the predictor
+    scattered once to every worker."""
+    if pool.client is None:
+        return predictor
+    ref = checkpoint_ref(predictor, device, batch_size)
+    return ref if ref is not None else pool.share(predictor)
 
 
 def _rehazard(store: TileStore, previous: GenerationGuard, by_window: dict, pending: list, thresholds: tuple,
@@ -222,26 +287,35 @@ def write_risk(
     batch_size: int = 8,
     overwrite: bool = False,
     on_event: Event | None = None,
+    device: str | None = None,
 ) -> RiskResult:
     """The region's mosaic: one group per zone in ``RUN/risk.zarr``, marked complete only
-    when every zone is."""
+    when every zone is.
+
+    The tiles are tasks on the active distributed client (else a thread here), the model
+    sent to each worker once (see :func:`write_zone_risk`); ``device`` is the device option
+    the workers load a checkpoint with (default: the predictor's own)."""
+    device = parse_device(device or getattr(predictor, "requested_device", None) or "auto")
     root = RunLayout(run_dir).risk
     result = RiskResult(root)
     cubes = cube_paths or {}
     for grid, lsi_path in zones:  # every zone's inputs checked before the store is touched
         check_model_channels(xr.open_zarr(lsi_path, decode_coords="all"), lsi_path, predictor, cubes.get(grid.zone_name))
-    group = zarr.open_group(str(root), mode="a", zarr_format=3)
+    group = zarr.open_group(str(root), mode="a", zarr_format=ZARR_FORMAT)  # the zone groups' format
     group.attrs.update({**risk_root_attrs(region, [g.zone_name for g, _ in zones], __version__), COMPLETE_ATTR: False})
-    for grid, lsi_path in zones:
-        _, reused = write_zone_risk(root, grid, lsi_path, predictor, rain=rain, mode=mode, thresholds=thresholds,
-                                    thresholds_source=thresholds_source, uncertainty=uncertainty, tile=tile,
-                                    extra_attrs=(zone_attrs or {}).get(grid.zone_name),
-                                    cube_path=cubes.get(grid.zone_name),
-                                    batch_size=batch_size, overwrite=overwrite, on_event=on_event,
-                                    stats=result.stats)
-        result.zones.append(grid.zone_name)
-        if reused:
-            result.reused.append(grid.zone_name)
+    with task_pool() as pool:
+        source = _model_source(pool, predictor, device, batch_size)  # sent once for every zone
+        for grid, lsi_path in zones:
+            _, reused = write_zone_risk(root, grid, lsi_path, predictor, rain=rain, mode=mode, thresholds=thresholds,
+                                        thresholds_source=thresholds_source, uncertainty=uncertainty, tile=tile,
+                                        extra_attrs=(zone_attrs or {}).get(grid.zone_name),
+                                        cube_path=cubes.get(grid.zone_name),
+                                        batch_size=batch_size, overwrite=overwrite, on_event=on_event,
+                                        stats=result.stats, device=device, pool=pool, source=source,
+                                        devices=result.devices)
+            result.zones.append(grid.zone_name)
+            if reused:
+                result.reused.append(grid.zone_name)
     zarr.open_group(str(root), mode="r+").attrs[COMPLETE_ATTR] = True
     return result
 

@@ -1,4 +1,8 @@
-"""Lazy cube assembly with stackstac: one dask-chunked ``xr.Dataset`` per UTM zone grid.
+"""Lazy cube assembly: one dask-chunked ``xr.Dataset`` per UTM zone grid.
+
+Sentinel pixels are read by the reader ``SLIDEWATCH_READER`` names
+(:mod:`pipeline.acquire.readers`): ``direct`` (default; one task per chunk reads, masks and
+composites) or ``stackstac``. Both give the same pixels.
 
 - Sentinel-2 L2A: SCL mask (clouds, shadows, cirrus, no data), DN → reflectance with the
   processing-baseline offset, median composite over the window, count of valid scenes.
@@ -26,6 +30,7 @@ from rasterio.enums import Resampling
 from pipeline import __version__
 from pipeline.acquire.catalog import RunInputs, has_map_projection
 from pipeline.acquire.items import items_over, refresh_signatures, sign_for_read
+from pipeline.acquire.readers import boa_offset, reader_choice, s2_composite_blocks, scenes_over, stack_blocks
 from pipeline.core.collections import (
     DEM_ASSET,
     S1_VALID_ABOVE,
@@ -38,9 +43,9 @@ from pipeline.core.collections import (
     COP_DEM,
     NO_SAR,
 )
-from pipeline.core.config import CubeConfig, TimeWindow, ZoneGrid
+from pipeline.core.config import CHUNKS_PER_TILE, CubeConfig, TimeWindow, ZoneGrid
 from pipeline.core.provenance import RunProvenance
-from pipeline.plan.estimate import ZonePlan, estimate_bytes, graph_tasks
+from pipeline.plan.estimate import ZonePlan, busiest_tile, estimate_bytes, graph_tasks
 from pipeline.core.stats import nanquantile_axis0
 from pipeline.factors.sar import align_tracks, orbit_track, sar_references
 from pipeline.core.errors import InputDataError, MissingAssetError, NoValidDataError
@@ -145,17 +150,12 @@ def _stack(
     return arr
 
 
-def _boa_offsets(arr: xr.DataArray) -> np.ndarray:
-    """Per-scene DN offset: -1000 from processing baseline 04.00 on, else 0."""
-    n = arr.sizes["time"]
-    if "s2:processing_baseline" in arr.coords:
-        baselines = np.broadcast_to(arr.coords["s2:processing_baseline"].values, (n,))
-        return np.array(
-            [S2_BOA_OFFSET if str(b) >= S2_OFFSET_BASELINE else 0 for b in baselines],
-            dtype="float32",
-        )
-    times = arr["time"].values.astype("datetime64[D]")
-    return np.where(times >= np.datetime64("2022-01-25"), S2_BOA_OFFSET, 0).astype("float32")
+def _boa_offsets(arr: xr.DataArray, items: Sequence[pystac.Item]) -> np.ndarray:
+    """Per-scene DN offset of a stackstac stack (:func:`pipeline.acquire.readers.boa_offset`
+    of each scene's item, matched by id: stackstac sorts by date and drops items)."""
+    by_id = {it.id: boa_offset(it) for it in items}
+    ids = np.atleast_1d(arr["id"].values) if "id" in arr.coords else [it.id for it in items]
+    return np.array([by_id[str(i)] for i in ids], dtype="float32")
 
 
 def _nanmedian_time(arr: xr.DataArray) -> xr.DataArray:
@@ -167,16 +167,21 @@ def _nanmedian_time(arr: xr.DataArray) -> xr.DataArray:
     return xr.DataArray(med, dims=arr.dims[1:], coords={k: v for k, v in arr.coords.items() if "time" not in v.dims})
 
 
-def s2_composite(items: Sequence[pystac.Item], grid: ZoneGrid, bands: Sequence[str]) -> xr.Dataset:
-    """Cloud-masked median reflectance of ``bands`` and the valid-observation count."""
+def s2_composite(
+    items: Sequence[pystac.Item], grid: ZoneGrid, bands: Sequence[str], reader: str | None = None,
+) -> xr.Dataset:
+    """Cloud-masked median reflectance of ``bands`` and the valid-observation count, read by
+    ``reader`` (default: :func:`pipeline.acquire.readers.reader_choice`)."""
     _check_assets(items, [*bands, S2_SCL], "sentinel-2-l2a")
+    if (reader or reader_choice()) == "direct":
+        return _s2_composite_direct(items, grid, bands)
     ntime = len(items)
     dn = _stack(items, bands, grid, dtype="float32", fill_value=np.nan,
                 resampling=Resampling.nearest, time_chunk=ntime)
     scl = _stack(items, [S2_SCL], grid, dtype="uint8", fill_value=0,
                  resampling=Resampling.nearest, time_chunk=ntime).isel(band=0, drop=True)
     valid = scl.isin(list(SCL_VALID))
-    offsets = xr.DataArray(_boa_offsets(dn), dims=["time"])
+    offsets = xr.DataArray(_boa_offsets(dn, items), dims=["time"])
     refl = ((dn + offsets) / np.float32(S2_QUANTIFICATION)).clip(min=0.0).astype("float32")
     refl = refl.where(valid & (dn > 0))
     out = xr.Dataset()
@@ -187,12 +192,27 @@ def s2_composite(items: Sequence[pystac.Item], grid: ZoneGrid, bands: Sequence[s
     return out
 
 
+def _s2_composite_direct(items: Sequence[pystac.Item], grid: ZoneGrid, bands: Sequence[str]) -> xr.Dataset:
+    """:func:`s2_composite` by the direct reader: one task per chunk reads, masks and composites."""
+    scenes = scenes_over(items, [*bands, S2_SCL], grid)
+    by_id = {it.id: it for it in items}
+    offsets = [boa_offset(by_id[s.item_id]) for s in scenes]
+    blocks = s2_composite_blocks(scenes, offsets, grid, len(bands), env=gdal_env())
+    coords = _grid_coords(grid)
+    out = xr.Dataset(coords=coords)
+    for i, band in enumerate(bands):
+        out[band] = (("y", "x"), blocks[i])
+    out["s2_valid_count"] = (("y", "x"), blocks[len(bands)].astype("uint8"))
+    return out
+
+
 def _to_db(linear: xr.DataArray) -> xr.DataArray:
     return (10.0 * np.log10(linear.where(linear > 0))).astype("float32")
 
 
 def s1_power(
     items: Sequence[pystac.Item], pol: str, grid: ZoneGrid, collection: str, dem: xr.DataArray | None = None,
+    reader: str | None = None,
 ) -> xr.DataArray:
     """Linear backscatter of polarisation ``pol`` per scene, ``(time, y, x)`` float32, time in
     one chunk, NaN where a scene has no data; the ``id`` coordinate names each scene's item
@@ -200,7 +220,8 @@ def s1_power(
     all-NaN scene with id ``""`` stands in).
 
     RTC assets are gamma0 power already. GRD assets are amplitude DN, squared to power
-    (relative, uncalibrated). GRD items with a map projection (``proj:*``) are read by stackstac;
+    (relative, uncalibrated). GRD items with a map projection (``proj:*``) are read by ``reader``
+    (default :func:`pipeline.acquire.readers.reader_choice`);
     those in radar geometry (Planetary Computer's) are geocoded through their GCPs by
     :mod:`pipeline.acquire.sar_geocode`, with ``dem`` (on the grid) correcting the terrain displacement.
     """
@@ -210,7 +231,14 @@ def s1_power(
     radar = [it for it in items if grd and not has_map_projection(it)]
     parts: list[da.Array] = []
     ids: list[str] = []
-    if projected:
+    if projected and (reader or reader_choice()) == "direct":
+        scenes = scenes_over(projected, [pol], grid)  # items with nothing over the grid are left out
+        if scenes:
+            ids += [s.item_id for s in scenes]
+            stack = stack_blocks(scenes, 0, grid, dtype="float32", fill_value=np.nan,
+                                 resampling=Resampling.bilinear, env=gdal_env())
+            parts.append(da.where(stack > S1_VALID_ABOVE, stack, np.nan))
+    elif projected:
         arr = _stack(projected, [pol], grid, dtype="float32", fill_value=np.nan, resampling=Resampling.bilinear,
                      time_chunk=len(projected), sortby_date=False)
         # stackstac drops items with no asset over the grid: the id coordinate says which are left
@@ -232,19 +260,21 @@ def s1_power(
 
 def s1_backscatter(
     items: Sequence[pystac.Item], grid: ZoneGrid, collection: str, dem: xr.DataArray | None = None,
+    reader: str | None = None,
 ) -> xr.Dataset:
     """Median VV and VH in dB over the scenes (see :func:`s1_power`)."""
     _check_assets(items, ["vv", "vh"], collection)
     return xr.Dataset({
-        pol: _nanmedian_time(_to_db(s1_power(items, pol, grid, collection, dem))) for pol in ("vv", "vh")
+        pol: _nanmedian_time(_to_db(s1_power(items, pol, grid, collection, dem, reader))) for pol in ("vv", "vh")
     })
 
 
 def s1_history_db(
     items: Sequence[pystac.Item], grid: ZoneGrid, collection: str, dem: xr.DataArray | None = None,
+    reader: str | None = None,
 ) -> xr.DataArray:
     """VV in dB for every scene of the reference history, ``(time, y, x)``, time in one chunk."""
-    return _to_db(s1_power(items, "vv", grid, collection, dem))
+    return _to_db(s1_power(items, "vv", grid, collection, dem, reader))
 
 
 def _grid_coords(grid: ZoneGrid) -> dict[str, np.ndarray]:
@@ -265,9 +295,11 @@ def dem_on_grid(items: Sequence[pystac.Item], grid: ZoneGrid) -> xr.DataArray:
     return xr.DataArray(data, dims=("y", "x"), coords=_grid_coords(grid))
 
 
-def build_cube(inputs: RunInputs, grid: ZoneGrid, bands: Sequence[str]) -> xr.Dataset:
-    """The lazy cube of one zone grid: S2 composite, S1 dB medians and references, DEM."""
-    ds = s2_composite(inputs.s2, grid, bands)
+def build_cube(inputs: RunInputs, grid: ZoneGrid, bands: Sequence[str], reader: str | None = None) -> xr.Dataset:
+    """The lazy cube of one zone grid: S2 composite, S1 dB medians and references, DEM; the
+    Sentinel pixels read by ``reader`` (default :func:`pipeline.acquire.readers.reader_choice`)."""
+    reader = reader or reader_choice()
+    ds = s2_composite(inputs.s2, grid, bands, reader)
     dem = dem_on_grid(inputs.dem, grid)
     y = ds["y"].values
     x = ds["x"].values
@@ -278,7 +310,7 @@ def build_cube(inputs: RunInputs, grid: ZoneGrid, bands: Sequence[str]) -> xr.Da
     if len(inputs.s1_history) >= 2:
         # VV over the whole history once, aligned across orbit tracks: the references and the
         # window's median come from the same scenes and the same geometry correction
-        history = s1_history_db(inputs.s1_history, grid, inputs.s1_collection, dem)
+        history = s1_history_db(inputs.s1_history, grid, inputs.s1_collection, dem, reader)
         track = {it.id: orbit_track(it) for it in inputs.s1_history}
         history = align_tracks(history, [track.get(str(i), "") for i in history["id"].values])
         dry, wet = sar_references(history)
@@ -291,10 +323,10 @@ def build_cube(inputs: RunInputs, grid: ZoneGrid, bands: Sequence[str]) -> xr.Da
         window = [k for k, i in enumerate(history["id"].values) if str(i) in in_window]
         vv = _nanmedian_time(history.isel(time=window)).data if window else nan
         ds["vv"] = (("y", "x"), vv)
-        vh = _nanmedian_time(_to_db(s1_power(inputs.s1, "vh", grid, inputs.s1_collection, dem)))
+        vh = _nanmedian_time(_to_db(s1_power(inputs.s1, "vh", grid, inputs.s1_collection, dem, reader)))
         ds["vh"] = vh.assign_coords(y=y, x=x)
     elif inputs.s1:
-        s1 = s1_backscatter(inputs.s1, grid, inputs.s1_collection, dem)
+        s1 = s1_backscatter(inputs.s1, grid, inputs.s1_collection, dem, reader)
         ds["vv"], ds["vh"] = (s1[v].assign_coords(y=y, x=x) for v in ("vv", "vh"))
     else:
         ds["vv"] = (("y", "x"), nan)
@@ -319,13 +351,27 @@ def cube_variables(bands: Sequence[str]) -> dict[str, str]:
 
 
 def zone_plan(inputs: RunInputs, grid: ZoneGrid, config: CubeConfig) -> ZonePlan:
-    """Items, bytes and dask tasks of one zone, without reading pixels."""
+    """Items, bytes and dask tasks of one zone, without reading pixels: the whole zone's cube
+    graph (``tasks``) and the largest graph the run submits, its busiest write tile's
+    (``largest_graph``)."""
     cube = build_cube(inputs, grid, config.s2_bands)
+    tile = busiest_tile(grid, grid.tiles(CHUNKS_PER_TILE), inputs.all_items())
+    largest = None
+    if tile is not None:
+        sub = grid.subgrid(tile)
+
+        def pick(items: Sequence[pystac.Item]) -> list[pystac.Item]:
+            return items_over(items, sub.epsg, sub.bounds)
+
+        sel = RunInputs(s2=pick(inputs.s2), s1=pick(inputs.s1), s1_history=pick(inputs.s1_history),
+                        dem=pick(inputs.dem), s1_collection=inputs.s1_collection)
+        largest = graph_tasks(build_cube(sel, sub, config.s2_bands)) if sel.s2 and sel.dem else 0
     nbytes = estimate_bytes(inputs.s2, [*config.s2_bands, "SCL"], grid, [2] * (len(config.s2_bands) + 1))
     s1_px = 2 if inputs.s1_collection == SENTINEL1_GRD else 4  # GRD DN are uint16, RTC gamma0 float32
     nbytes += estimate_bytes(inputs.s1_history, ["vv", "vh"], grid, [s1_px, s1_px])
     nbytes += estimate_bytes(inputs.dem, ["data"], grid, [4])  # float32 elevations
-    return ZonePlan(grid=grid, items=inputs.counts(), bytes_read=nbytes, tasks=graph_tasks(cube), notes=list(inputs.notes))
+    return ZonePlan(grid=grid, items=inputs.counts(), bytes_read=nbytes, tasks=graph_tasks(cube), notes=list(inputs.notes),
+                    largest_graph=largest)
 
 
 def tile_inputs(inputs: RunInputs, stac_url: str, grid: ZoneGrid) -> RunInputs:

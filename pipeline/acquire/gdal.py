@@ -268,7 +268,7 @@ def _check_grid(transform, shape: tuple[int, int], url: str, expected: AssetGeor
         corners = [(0.0, 0.0), (float(cols), 0.0), (0.0, float(rows)), (float(cols), float(rows))]
         try:
             inverse = ~file_tr
-            off = [inverse * (item_tr * p) for p in corners]
+            off = [inverse @ (item_tr @ p) for p in corners]
             worst = max(max(abs(u - p[0]), abs(v - p[1])) for (u, v), p in zip(off, corners))
         except Exception:  # noqa: BLE001 - a degenerate geotransform cannot match
             off, worst = [], float("inf")

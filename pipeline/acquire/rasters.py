@@ -6,9 +6,11 @@ computes the channels asked for and writes a *chip store*:
 
 ::
 
-    store.zarr/                 Zarr v3; root attrs: slidewatch_store="chips", channels, chips
+    store.zarr/                 Zarr v2 (ZARR_FORMAT, see docs/zarr.md); root attrs:
+                                slidewatch_store="chips", channels, chips
         <chip name>/            one group per chip: float32 variables = channels, dims (y, x),
                                 pixel-centre y/x coordinates, CRS in spatial_ref (rioxarray)
+                                and in each variable's ``_CRS`` (GDAL), NaN = no data
 
 * Bands are named by the raster's band descriptions (``B04``, ``red``, ``B4`` and ``nir``
   are understood; see :func:`canonical_band`) or by ``bands=("B02", "B03", ...)`` in band
@@ -46,6 +48,7 @@ from rasterio.enums import Resampling
 from pipeline import __version__
 from pipeline.core.errors import InputDataError, StoreError
 from pipeline.core.files import replace_dir
+from pipeline.core.layout import ZARR_FORMAT, crs_attrs, zarr_encoding
 from pipeline.factors.indices import INDEX_BANDS, INDEX_LONG_NAMES, spectral_indices
 from pipeline.factors.terrain import slope as terrain_slope
 
@@ -385,7 +388,7 @@ def prepare_chip_store(
     try:
         import zarr
 
-        zarr.open_group(str(tmp), mode="w", zarr_format=3)
+        zarr.open_group(str(tmp), mode="w", zarr_format=ZARR_FORMAT)
         for g, p in names.items():
             ds = read_raster(p, bands)
             if dem is not None and "dem" not in ds.data_vars:
@@ -395,9 +398,13 @@ def prepare_chip_store(
                 name = g + suffix
                 t = part.rio.transform()
                 part = part.assign_attrs(source=str(p.resolve()), chip=name)
+                crs = crs_attrs(part.rio.crs)
+                for var in part.data_vars.values():
+                    var.attrs.update(crs)
                 if max(part.sizes.values()) > 2048:
                     part = part.chunk({"y": 2048, "x": 2048})
-                part.to_zarr(str(tmp), group=name, mode="w", zarr_format=3, consolidated=False)
+                part.to_zarr(str(tmp), group=name, mode="w", zarr_format=ZARR_FORMAT, consolidated=False,
+                             encoding=zarr_encoding(part.variables))
                 chips.append({
                     "name": name,
                     "group": name,

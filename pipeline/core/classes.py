@@ -29,7 +29,8 @@ __all__ = [
 #: Class codes (uint8) and their names, low to high.
 CLASS_CODES: tuple[int, int, int] = (0, 1, 2)
 CLASS_NAMES: tuple[str, str, str] = ("low", "medium", "high")
-#: The class code of a pixel without a value (the uint8 fill value of every class layer).
+#: The class code of a pixel without a value: the Zarr ``fill_value``/CF ``_FillValue`` of
+#: every class layer (GDAL's nodata), never a class (0 low is a class, never a fill).
 NODATA_CLASS = 255
 
 #: Colours of the classes low, medium, high (quick-look, class COG, HTML report alike).

@@ -25,7 +25,13 @@ DEFAULT_CHUNK = 512
 #: every stage writes, records in its ledger and resumes.
 CHUNKS_PER_TILE = 2
 #: Edge (pixels) of the tiles the U-Net sees in the risk stage (a model input, not a write tile).
-INFERENCE_TILE = 256
+#: 576 = 9 × 64, the smallest multiple of 64 for which the default 64 px overlap keeps the
+#: pixels the model sees per output pixel, (tile / (tile - 64))² = 1.27, under 1.3 (256 px
+#: tiles: 1.78); one batch of 8 tiles is 2.7 Mpx. See docs/inference.md.
+INFERENCE_TILE = 576
+#: Most overlap (pixels) ``make_plan`` picks by default between neighbouring tiles (the
+#: blending band: ``4·halo`` capped at ``tile // 4`` and at this), so larger tiles cost less.
+INFERENCE_OVERLAP = 64
 
 
 def _parse_day(text: str | date, what: str) -> date:

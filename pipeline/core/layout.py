@@ -13,7 +13,14 @@
         report.html                          ``slidewatch report``
 
 Every stage, the export, the report and the watch take their paths from
-:class:`RunLayout`. Foundation: imports nothing of ours but the errors and file helpers.
+:class:`RunLayout`.
+
+How every store is written on disk lives here too (:data:`ZARR_FORMAT`,
+:func:`zarr_encoding`, :func:`fill_value`, :func:`crs_attrs`), so that the tile stores,
+the risk mosaic's root and the chip stores of ``slidewatch prepare`` are alike and open in
+GDAL/QGIS as well as in xarray (``docs/zarr.md``). Foundation: imports nothing of ours but
+the errors, the file helpers and the no-data codes of :mod:`pipeline.core.classes` and
+:mod:`pipeline.core.quality`.
 """
 
 from __future__ import annotations
@@ -25,10 +32,29 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from pipeline.core.classes import NODATA_CLASS
 from pipeline.core.errors import InputDataError, StoreError
 from pipeline.core.files import atomic_write_text
+from pipeline.core.quality import QUALITY_NODATA
 
-__all__ = ["RISK_STORE", "RUN_JSON", "RunLayout", "read_run_json", "run_dir_for", "write_run_json", "zarr_attrs"]
+__all__ = [
+    "RISK_STORE",
+    "RUN_JSON",
+    "ZARR_FORMAT",
+    "ZSTD_LEVEL",
+    "RunLayout",
+    "crs_attrs",
+    "fill_value",
+    "read_run_json",
+    "run_dir_for",
+    "store_format",
+    "write_run_json",
+    "zarr_attrs",
+    "zarr_encoding",
+    "zarr_metadata_file",
+]
 
 RISK_STORE = "risk.zarr"
 RUN_JSON = "run.json"
@@ -144,3 +170,90 @@ def zarr_attrs(store: Path, group: str | None = None) -> dict[str, Any]:
 
     root = zarr.open_group(str(store), mode="r")
     return dict((root[group] if group else root).attrs)
+
+
+# --------------------------------------------------------------------------- the Zarr format
+
+#: The Zarr format of every store slidewatch writes (cube, LSI, risk mosaic, chip stores).
+#: 2, not 3, so that the GDAL which the pinned rasterio (1.4.4) brings, GDAL 3.10, opens them
+#: with their CRS and geotransform (and QGIS with it): GDAL 3.10 knows only the pre-release
+#: Zarr v3 codec names ("Unsupported codec: bytes") and has no v3 zstd. GDAL 3.12 reads v3,
+#: but comes only with rasterio >= 1.5, which needs Python >= 3.12, where the CPU-only torch
+#: wheel we install does not apply. xarray reads both formats alike. See ``docs/zarr.md``.
+ZARR_FORMAT = 2
+#: zstd level of every array: GDAL 3.10 reads zstd (as blosc and zlib) in Zarr v2 stores,
+#: and zstd is what the v3 stores used, so sizes and speed stay as they were.
+ZSTD_LEVEL = 3
+
+
+def zarr_compressors() -> tuple[Any, ...]:
+    """The ``compressors`` encoding of every array we write (zstd, see :data:`ZSTD_LEVEL`)."""
+    from numcodecs import Zstd
+
+    return (Zstd(level=ZSTD_LEVEL),)
+
+
+def fill_value(dtype: Any) -> float | int:
+    """The Zarr ``fill_value`` (CF ``_FillValue``, GDAL's nodata) of a variable of ``dtype``:
+    never a valid value. NaN for floats; for ``uint8`` 255, which is :data:`NODATA_CLASS`
+    (classes are 0..2) and :data:`QUALITY_NODATA` (a flag combination that cannot occur)
+    and above the largest count we store (254); the largest value of other unsigned types,
+    the smallest of signed ones."""
+    dt = np.dtype(dtype)
+    if dt.kind == "f":
+        return float("nan")
+    if dt == np.uint8:
+        return NODATA_CLASS
+    if dt.kind == "u":
+        return int(np.iinfo(dt).max)
+    if dt.kind == "i":
+        return int(np.iinfo(dt).min)
+    raise TypeError(f"no fill value for dtype {dt}")
+
+
+def zarr_encoding(variables: Any, chunks: tuple[int, int] | None = None) -> dict[str, dict[str, Any]]:
+    """xarray ``to_zarr`` encoding of every variable of a dataset (``variables`` maps names to
+    arrays with a ``dtype`` and ``dims``): zstd for all, :func:`fill_value` as ``_FillValue``
+    (Zarr v2 ``fill_value``) for the variables that have dimensions, and ``chunks`` for
+    those on ``(y, x)``."""
+    enc: dict[str, dict[str, Any]] = {}
+    for name, var in variables.items():
+        e: dict[str, Any] = {"compressors": zarr_compressors()}
+        dims = tuple(getattr(var, "dims", ()))
+        if dims and np.dtype(var.dtype).kind in "fiu":
+            e["_FillValue"] = fill_value(var.dtype)
+        if chunks is not None and dims == ("y", "x"):
+            e["chunks"] = tuple(int(c) for c in chunks)
+        enc[str(name)] = e
+    return enc
+
+
+def crs_attrs(crs: Any) -> dict[str, Any]:
+    """The array-level CRS attribute GDAL reads (``_CRS``: WKT2 and, where one exists, its
+    EPSG URL), written beside the CF ``grid_mapping`` so that a reader opening one array
+    folder alone sees the CRS too. ``crs``: anything :class:`pyproj.CRS` accepts."""
+    from pyproj import CRS
+
+    c = CRS.from_user_input(crs)
+    doc: dict[str, Any] = {"wkt": c.to_wkt()}
+    epsg = c.to_epsg()
+    if epsg is not None:
+        doc["url"] = f"http://www.opengis.net/def/crs/EPSG/0/{epsg}"
+    return {"_CRS": doc}
+
+
+def store_format(path: str | os.PathLike) -> int | None:
+    """The Zarr format of the store or group folder at ``path`` (2 or 3), None when none is there."""
+    p = Path(path)
+    if (p / "zarr.json").is_file():
+        return 3
+    if (p / ".zgroup").is_file() or (p / ".zarray").is_file():
+        return 2
+    return None
+
+
+def zarr_metadata_file(path: str | os.PathLike) -> Path:
+    """The metadata file a finished store writes last (its consolidated metadata:
+    ``.zmetadata`` in Zarr v2, ``zarr.json`` in v3); its modification time is the store's."""
+    p = Path(path)
+    return p / "zarr.json" if store_format(p) == 3 else p / ".zmetadata"

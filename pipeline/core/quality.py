@@ -19,6 +19,11 @@ bit  name                 meaning
                           channel missing, or one missing), so the probability is NaN
 128  outside_region       outside the region's polygon (a GeoJSON region): masked
 ===  ===================  ============================================================
+
+A stored quality layer has the fill value :data:`QUALITY_NODATA` (255, every bit): "no
+quality known" (a chunk never written), which no pixel can carry, since
+``paper_denominator`` is set only where no factor is NaN, i.e. never with ``nan_factor``.
+It is the layer's Zarr ``fill_value``/CF ``_FillValue`` (GDAL's nodata); 0 ("ok") never is.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from __future__ import annotations
 import enum
 
 
-__all__ = ["QualityFlag", "describe", "quality_attrs"]
+__all__ = ["QUALITY_NODATA", "QualityFlag", "describe", "quality_attrs"]
 
 
 class QualityFlag(enum.IntFlag):
@@ -43,6 +48,11 @@ class QualityFlag(enum.IntFlag):
     OUTSIDE_REGION = 128
 
 
+#: The fill value of a stored quality layer: all bits, a combination no pixel can have
+#: (``paper_denominator`` excludes ``nan_factor``); see the module docstring.
+QUALITY_NODATA = 255
+
+
 def _members() -> list[QualityFlag]:
     return [f for f in QualityFlag if f.value != 0]
 
@@ -55,10 +65,13 @@ def quality_attrs(long_name: str = "pixel quality flags (bit field)") -> dict:
         "units": "1",
         "flag_masks": [int(f.value) for f in members],
         "flag_meanings": " ".join(str(f.name).lower() for f in members),
-        "comment": "0 = ok; bits combine, e.g. 3 = no_s2 + smi_from_ndmi_proxy",
+        "comment": f"0 = ok; bits combine, e.g. 3 = no_s2 + smi_from_ndmi_proxy; {QUALITY_NODATA} = no data "
+                   "(the fill value: a combination no pixel can have)",
     }
 
 
 def describe(code: int) -> list[str]:
-    """Names of the bits set in ``code`` (``[]`` for 0)."""
+    """Names of the bits set in ``code`` (``[]`` for 0; ``["no_data"]`` for :data:`QUALITY_NODATA`)."""
+    if int(code) == QUALITY_NODATA:
+        return ["no_data"]
     return [str(f.name).lower() for f in _members() if int(code) & f.value]

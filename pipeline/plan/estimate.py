@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 import pystac
 
-from pipeline.core.config import ZoneGrid
+from pipeline.core.config import Tile, ZoneGrid
 
 
 @dataclass
@@ -22,6 +23,10 @@ class ZonePlan:
     #: Why items, bytes and the cube's tasks are unknown (the STAC API could not be
     #: reached); ``tasks`` then counts the LSI stage's graph only.
     offline: str | None = None
+    #: Tasks of the largest graph the run submits at once: the cube graph of its busiest write
+    #: tile (the run computes write tiles one graph each, ``SLIDEWATCH_TILE_CONCURRENCY`` at a
+    #: time); None when unknown (offline).
+    largest_graph: int | None = None
 
     @property
     def area_km2(self) -> float:
@@ -57,3 +62,33 @@ def graph_tasks(obj: object) -> int:
     """Number of tasks in a dask collection's graph."""
     graph = obj.__dask_graph__()  # type: ignore[attr-defined]
     return len(graph)
+
+
+def busiest_tile(grid: ZoneGrid, tiles: Sequence[Tile], items: Sequence[pystac.Item]) -> Tile | None:
+    """The write tile whose lon/lat footprint meets the most item bboxes (the first of equals;
+    items without a bbox, or across the antimeridian, count for every tile): the tile whose
+    cube graph is the largest. None when there are no tiles."""
+    from pyproj import Transformer
+
+    boxes = []
+    everywhere = 0
+    for it in items:
+        b = it.bbox
+        if b is None or len(b) not in (4, 6):
+            everywhere += 1
+            continue
+        w, s, e, n = (b[0], b[1], b[3], b[4]) if len(b) == 6 else b
+        if w > e:
+            everywhere += 1
+            continue
+        boxes.append((w, s, e, n))
+    arr = np.asarray(boxes, dtype="float64").reshape(-1, 4)
+    to_lonlat = Transformer.from_crs(grid.epsg, 4326, always_xy=True)
+    best: Tile | None = None
+    most = -1
+    for tile in tiles:
+        w, s, e, n = to_lonlat.transform_bounds(*grid.subgrid(tile).bounds, densify_pts=11)
+        count = everywhere + int(((arr[:, 0] <= e) & (arr[:, 2] >= w) & (arr[:, 1] <= n) & (arr[:, 3] >= s)).sum())
+        if count > most:
+            best, most = tile, count
+    return best

@@ -5,10 +5,13 @@ and per-channel fills for nodata make a chunk's probabilities exactly those of o
 over the whole array, so mosaics have no chunk seams; all-nodata chunks and tiles never
 reach the model. A predictor declaring ``output_bands`` returns ``(N, K, H, W)``; every
 band is blended and masked like the probability and windows come back ``(K, H, W)``
-(e.g. :class:`pipeline.predict.uncertainty.FlipEnsemble`: mean and spread). :func:`predict_window` runs one window, :func:`iter_chunk_predictions`
-yields windows for a writer that stores them as they finish, :func:`predict_dataset`
-builds the lazy dask graph (the predictor enters it once). The design, the defaults and
-the edge and nodata rules are in ``docs/inference.md``.
+(e.g. :class:`pipeline.predict.uncertainty.FlipEnsemble`: mean and spread).
+:func:`predict_window` runs one window, :func:`iter_chunk_predictions` yields windows for
+a writer that stores them as they finish, :func:`predict_dataset` builds the lazy dask
+graph (the predictor enters it once). The last two run every tile of the grid once
+(shared by the windows it straddles) and blend every window from the same tile outputs
+in the same order, so a window's bits do not depend on the chunking. The design, the
+defaults, the costs and the edge and nodata rules are in ``docs/inference.md``.
 
 Longer than the project's ~500 lines on purpose: it does one job, and the tile plan, the
 blending weights, the batch loop and the two drivers (iterator, dask graph) share private
@@ -17,6 +20,7 @@ helpers whose split would expose them.
 
 from __future__ import annotations
 
+import itertools
 import math
 import threading
 import time
@@ -29,7 +33,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 import xarray as xr
 
-from pipeline.core.config import DEFAULT_CHUNK, INFERENCE_TILE
+from pipeline.core.config import DEFAULT_CHUNK, INFERENCE_OVERLAP, INFERENCE_TILE
 from pipeline.core.errors import InputDataError
 
 __all__ = [
@@ -79,12 +83,15 @@ class PredictionStats:
     """Counters of a prediction run (thread-safe; add with :meth:`add`).
 
     Attributes:
-        chunks_run: windows that called the model at least once.
-        chunks_skipped: windows without a valid pixel (returned as NaN, no model call).
-        tiles_run / tiles_skipped: tiles sent to the model / skipped as nodata.
+        chunks_run: windows blended from at least one tile.
+        chunks_skipped: windows without a valid pixel (returned as NaN; no model call
+            of their own).
+        tiles_run / tiles_skipped: tiles sent to the model / skipped as nodata (a tile
+            shared by several windows counts once in :func:`predict_dataset` and
+            :func:`iter_chunk_predictions`).
         model_calls: calls of the predictor (each with up to ``batch_size`` tiles).
         pixels_output: output pixels produced (windows' areas, skipped ones included).
-        pixels_processed: pixels passed to the model, overlap, halo and padding included.
+        pixels_processed: pixels passed to the model, overlap and edge padding included.
         pixels_read: input pixels read (per channel), halos included.
         model_seconds: wall time spent inside the predictor.
     """
@@ -178,20 +185,20 @@ class TilePlan:
 
     def tiles_for(self, n: int, lo: int, hi: int) -> list[int]:
         """Origins of the tiles with a positive weight somewhere in ``[lo, hi)``."""
-        out = []
-        for o in self.origins(n):
-            s, e = self.nonzero_span(int(o), n)
-            if s < hi and e > lo:
-                out.append(int(o))
-        return out
+        o = self.origins(n)
+        start = o + np.where(o > 0, self.margin, 0)
+        stop = np.where(o + self.tile < n, o + self.tile - self.margin, n)
+        return [int(v) for v in o[(start < hi) & (stop > lo)]]
 
 
 def make_plan(
     predictor: Any, tile: int = INFERENCE_TILE, overlap: int | None = None, margin: int | None = None
 ) -> TilePlan:
-    """Resolve the tiling for ``predictor`` (defaults in the module docstring).
+    """Resolve the tiling for ``predictor`` (defaults in ``docs/inference.md``).
 
-    ``tile`` and ``overlap`` are rounded up to multiples of the predictor's
+    Default ``overlap``: ``min(4·halo, tile // 4, INFERENCE_OVERLAP)`` (64 px), so a larger
+    tile keeps the same blending band and costs less overlap; default ``margin``:
+    ``min(halo, overlap // 4)``. ``tile`` and ``overlap`` are rounded up to multiples of the predictor's
     ``size_multiple``. Raises :class:`~pipeline.core.errors.InputDataError` for a tile that
     is not positive, an overlap not smaller than the tile, or a margin that leaves no
     blending ramp (``2·margin ≥ overlap``).
@@ -207,7 +214,7 @@ def make_plan(
         raise InputDataError(f"tile={tile} is not a positive size.", "pass tile=256 or another positive size.")
     t = _round_up(int(tile), sm)
     if overlap is None:
-        ov = min(4 * halo, t // 4)
+        ov = min(4 * halo, t // 4, INFERENCE_OVERLAP)
         ov = _round_up(ov, sm) if ov > 0 else 0
         if ov > t // 2:
             ov = (t // 2) // sm * sm
@@ -316,6 +323,163 @@ def _pad_tile(x: np.ndarray, sm: int) -> tuple[np.ndarray, int, int]:
     return np.pad(x, ((0, 0), (0, ph), (0, pw)), mode=mode), h, w
 
 
+#: A tile of the global grid: global origin and size clipped to the array, ``(oy, ox, ly, lx)``.
+_Tile = tuple[int, int, int, int]
+
+
+def _tiles(plan: TilePlan, full_shape: tuple[int, int], window: tuple[int, int, int, int]) -> list[_Tile]:
+    """The tiles with a positive weight somewhere in ``window``, sorted by ``(oy, ox)``
+    (the order every driver blends them in, so results agree to the bit)."""
+    H, W = full_shape
+    y0, y1, x0, x1 = window
+    return [(oy, ox, min(plan.tile, H - oy), min(plan.tile, W - ox))
+            for oy in plan.tiles_for(H, y0, y1) for ox in plan.tiles_for(W, x0, x1)]
+
+
+@lru_cache(maxsize=64)
+def _weights_2d(plan: TilePlan, ly: int, lx: int, top: bool, bottom: bool, left: bool, right: bool) -> np.ndarray:
+    """2-D blending weights ``(ly, lx)`` of a tile whose edges are interior (tapered) or
+    not (read-only float32, cached: a grid has at most nine distinct ones)."""
+    w = (axis_weights(ly, plan.tile, plan.overlap, plan.margin, top, bottom)[:, None]
+         * axis_weights(lx, plan.tile, plan.overlap, plan.margin, left, right)[None, :])
+    w.setflags(write=False)
+    return w
+
+
+def _tile_weights(plan: TilePlan, full_shape: tuple[int, int], tile: _Tile) -> np.ndarray:
+    """The 2-D weights of ``tile`` (the outer product of ``plan.weights`` on both axes)."""
+    oy, ox, ly, lx = tile
+    H, W = full_shape
+    return _weights_2d(plan, ly, lx, oy > 0, oy + plan.tile < H, ox > 0, ox + plan.tile < W)
+
+
+def _span_has_valid(valid: np.ndarray, origin: tuple[int, int], tile: _Tile, plan: TilePlan,
+                    full_shape: tuple[int, int], window: tuple[int, int, int, int] | None = None) -> bool:
+    """Whether a valid pixel lies where ``tile`` has a positive weight (within ``window``
+    when given); ``valid`` covers global pixels from ``origin`` and holds that span."""
+    oy, ox, _, _ = tile
+    sy0, sy1 = plan.nonzero_span(oy, full_shape[0])
+    sx0, sx1 = plan.nonzero_span(ox, full_shape[1])
+    if window is not None:
+        sy0, sy1 = max(sy0, window[0]), min(sy1, window[1])
+        sx0, sx1 = max(sx0, window[2]), min(sx1, window[3])
+    vy, vx = origin
+    return bool(valid[sy0 - vy : sy1 - vy, sx0 - vx : sx1 - vx].any())
+
+
+def _fill_block(block: np.ndarray, fill: np.ndarray, owned: bool) -> tuple[np.ndarray, np.ndarray]:
+    """``(filled, valid)``: non-finite inputs replaced by the per-channel ``fill`` (in place
+    when ``owned``: a float32 scratch copy) and the ``(h, w)`` all-channels-finite mask."""
+    finite = np.isfinite(block)
+    valid = finite.all(axis=0)
+    if valid.all():
+        return block.astype(np.float32, copy=False), valid
+    if owned and block.dtype == np.float32:
+        np.copyto(block, np.broadcast_to(fill[:, None, None], block.shape), where=~finite)
+        return block, valid
+    return np.where(finite, block, fill[:, None, None]).astype(np.float32, copy=False), valid
+
+
+def _run_tiles(
+    filled: np.ndarray,
+    origin: tuple[int, int],
+    tiles: Sequence[_Tile],
+    predictor: Callable[[np.ndarray], np.ndarray],
+    plan: TilePlan,
+    batch_size: int,
+    bands: tuple[str, ...] | None,
+    counts: dict[str, float],
+) -> list[np.ndarray]:
+    """The predictor's output ``(K, ly, lx)`` for each tile (in the order given), from
+    ``filled`` (C, h, w) whose top-left pixel is global ``origin`` and which holds every tile.
+
+    Tiles are batched by padded shape (a grid has at most four: full, right edge, bottom
+    edge, corner) in balanced batches of at most ``batch_size`` (9 tiles at 8 → 5 + 4),
+    copied into one preallocated batch; edge tiles are padded to ``size_multiple``."""
+    k = 1 if bands is None else len(bands)
+    lead = () if bands is None else (k,)
+    sm = plan.size_multiple
+    by0, bx0 = origin
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, (_, _, ly, lx) in enumerate(tiles):
+        groups.setdefault((_round_up(ly, sm), _round_up(lx, sm)), []).append(i)
+    out: list[np.ndarray] = [None] * len(tiles)  # type: ignore[list-item]
+    for (ph, pw), idx in groups.items():
+        n_batches = -(-len(idx) // batch_size)
+        size = -(-len(idx) // n_batches)
+        for s in range(0, len(idx), size):
+            part = idx[s : s + size]
+            batch = np.empty((len(part), filled.shape[0], ph, pw), dtype=np.float32)
+            for b, i in enumerate(part):
+                oy, ox, ly, lx = tiles[i]
+                src = filled[:, oy - by0 : oy - by0 + ly, ox - bx0 : ox - bx0 + lx]
+                batch[b] = src if (ly, lx) == (ph, pw) else _pad_tile(src, sm)[0]
+            t0 = time.perf_counter()
+            pred = np.asarray(predictor(batch))
+            counts["model_seconds"] += time.perf_counter() - t0
+            counts["model_calls"] += 1
+            counts["tiles_run"] += len(part)
+            counts["pixels_processed"] += batch.shape[0] * ph * pw
+            if pred.shape != (batch.shape[0],) + lead + (ph, pw):
+                if bands is None:
+                    fix = ("a predictor must return (N, H, W) probabilities for (N, C, H, W) "
+                           "inputs; one returning (N, K, H, W) must declare output_bands.")
+                else:
+                    fix = (f"a predictor declaring output_bands={list(bands)} must return "
+                           f"(N, {k}, H, W) for (N, C, H, W) inputs.")
+                raise InputDataError(
+                    f"predictor {predictor!r} returned shape {pred.shape} for a batch {batch.shape}.", fix)
+            del batch
+            pred = pred.reshape((pred.shape[0], k, ph, pw))
+            for b, i in enumerate(part):
+                out[i] = pred[b, :, : tiles[i][2], : tiles[i][3]]
+    return out
+
+
+def _blend(
+    window: tuple[int, int, int, int],
+    tiles: Sequence[_Tile],
+    preds: Sequence[np.ndarray | None],
+    plan: TilePlan,
+    full_shape: tuple[int, int],
+    core_valid: np.ndarray,
+    k: int,
+) -> np.ndarray:
+    """Weighted mean ``(K, h, w)`` float32 over ``window`` of the tiles' outputs (``None``:
+    a skipped tile), in the order given; NaN where no tile weighs or ``core_valid`` is
+    False. The same tiles in the same order give the same bits whatever the window."""
+    y0, y1, x0, x1 = window
+    acc = np.zeros((k, y1 - y0, x1 - x0), dtype=np.float32)  # every band blended alike
+    wsum = np.zeros((y1 - y0, x1 - x0), dtype=np.float32)
+    for (oy, ox, ly, lx), p in zip(tiles, preds):
+        if p is None:
+            continue
+        ty0, ty1 = max(y0, oy), min(y1, oy + ly)
+        tx0, tx1 = max(x0, ox), min(x1, ox + lx)
+        if ty0 >= ty1 or tx0 >= tx1:
+            continue
+        w2 = _tile_weights(plan, full_shape, (oy, ox, ly, lx))[ty0 - oy : ty1 - oy, tx0 - ox : tx1 - ox]
+        ay, ax = slice(ty0 - y0, ty1 - y0), slice(tx0 - x0, tx1 - x0)
+        acc[:, ay, ax] += w2 * p[:, ty0 - oy : ty1 - oy, tx0 - ox : tx1 - ox]
+        wsum[ay, ax] += w2
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = np.divide(acc, wsum, out=acc)
+    out[:, (wsum <= 0) | ~core_valid] = np.nan  # nodata: the same pixels in every band
+    return out
+
+
+def _new_counts() -> dict[str, float]:
+    return {"tiles_run": 0, "tiles_skipped": 0, "model_calls": 0, "pixels_processed": 0, "model_seconds": 0.0}
+
+
+def _nan_window(lead: tuple[int, ...], window: tuple[int, int, int, int], stats: PredictionStats | None) -> np.ndarray:
+    """An all-nodata window: NaN, no model call, counted as skipped."""
+    y0, y1, x0, x1 = window
+    if stats is not None:
+        stats.add(chunks_skipped=1, pixels_output=(y1 - y0) * (x1 - x0))
+    return np.full(lead + (y1 - y0, x1 - x0), np.nan, dtype=np.float32)
+
+
 def _predict_core(
     block: np.ndarray,
     block_origin: tuple[int, int],
@@ -328,96 +492,32 @@ def _predict_core(
     stats: PredictionStats | None,
     owned: bool = False,
 ) -> np.ndarray:
-    """Blended prediction of ``window`` (global y0, y1, x0, x1) from ``block`` (C, bh, bw)
+    """Blended prediction of one ``window`` (global y0, y1, x0, x1) from ``block`` (C, bh, bw)
     whose top-left pixel is at global ``block_origin``; the block must hold every tile
     touching the window (clipped to ``full_shape``). ``owned``: the block is a float32
-    scratch copy that may be filled in place. Returns ``(h, w)``, or ``(K, h, w)`` for a
-    predictor declaring ``output_bands``."""
+    scratch copy that may be filled in place. Tiles without a valid pixel where they weigh
+    inside the window are skipped. Returns ``(h, w)``, or ``(K, h, w)`` for a predictor
+    declaring ``output_bands``."""
     y0, y1, x0, x1 = window
     by0, bx0 = block_origin
-    H, W = full_shape
-    out_shape = (y1 - y0, x1 - x0)
     bands = output_bands(predictor)
     k = 1 if bands is None else len(bands)
-    lead = () if bands is None else (k,)  # the bands axis of the predictor's and our output
-    finite = np.isfinite(block)
-    valid = finite.all(axis=0)
+    lead = () if bands is None else (k,)
+    filled, valid = _fill_block(block, fill, owned)
     core_valid = valid[y0 - by0 : y1 - by0, x0 - bx0 : x1 - bx0]
     if not core_valid.any():
-        if stats is not None:
-            stats.add(chunks_skipped=1, pixels_output=out_shape[0] * out_shape[1])
-        return np.full(lead + out_shape, np.nan, dtype=np.float32)
-    if owned and block.dtype == np.float32:
-        filled = block
-        np.copyto(filled, np.broadcast_to(fill[:, None, None], block.shape), where=~finite)
-    else:
-        filled = np.where(finite, block, fill[:, None, None]).astype(np.float32, copy=False)
-    del finite, valid
-
-    acc = np.zeros((k,) + out_shape, dtype=np.float32)  # every band blended alike
-    wsum = np.zeros(out_shape, dtype=np.float32)
-    counts = {"tiles_run": 0, "tiles_skipped": 0, "model_calls": 0,
-              "pixels_processed": 0, "model_seconds": 0.0}
-
-    # 1. plan: the tiles with a valid pixel where they weigh, grouped by padded shape
-    groups: dict[tuple[int, int], list[tuple]] = {}
-    sm = plan.size_multiple
-    for oy in plan.tiles_for(H, y0, y1):
-        wy = plan.weights(oy, H)
-        ny0, ny1 = plan.nonzero_span(oy, H)
-        sy = slice(max(y0, oy) - oy, min(y1, oy + wy.size) - oy)  # tile rows inside window
-        for ox in plan.tiles_for(W, x0, x1):
-            wx = plan.weights(ox, W)
-            nx0, nx1 = plan.nonzero_span(ox, W)
-            sx = slice(max(x0, ox) - ox, min(x1, ox + wx.size) - ox)
-            vy0, vy1 = max(y0, ny0) - y0, min(y1, ny1) - y0
-            vx0, vx1 = max(x0, nx0) - x0, min(x1, nx1) - x0
-            if not core_valid[vy0:vy1, vx0:vx1].any():
-                counts["tiles_skipped"] += 1
-                continue
-            key = (_round_up(wy.size, sm), _round_up(wx.size, sm))
-            groups.setdefault(key, []).append((oy, ox, wy, wx, sy, sx))
-
-    # 2. run each group in balanced batches (9 tiles at batch_size 8 -> 5 + 4, not 8 + 1)
-    for items in groups.values():
-        n_batches = -(-len(items) // batch_size)
-        size = -(-len(items) // n_batches)
-        for i in range(0, len(items), size):
-            part = items[i : i + size]
-            batch = np.stack([
-                _pad_tile(filled[:, oy - by0 : oy - by0 + wy.size, ox - bx0 : ox - bx0 + wx.size], sm)[0]
-                for oy, ox, wy, wx, _, _ in part
-            ])
-            t0 = time.perf_counter()
-            pred = np.asarray(predictor(batch))
-            counts["model_seconds"] += time.perf_counter() - t0
-            counts["model_calls"] += 1
-            counts["tiles_run"] += len(part)
-            counts["pixels_processed"] += batch.shape[0] * batch.shape[2] * batch.shape[3]
-            if pred.shape != (batch.shape[0],) + lead + batch.shape[2:]:
-                if bands is None:
-                    fix = ("a predictor must return (N, H, W) probabilities for (N, C, H, W) "
-                           "inputs; one returning (N, K, H, W) must declare output_bands.")
-                else:
-                    fix = (f"a predictor declaring output_bands={list(bands)} must return "
-                           f"(N, {k}, H, W) for (N, C, H, W) inputs.")
-                raise InputDataError(
-                    f"predictor {predictor!r} returned shape {pred.shape} for a batch {batch.shape}.", fix)
-            del batch
-            pred = pred.reshape((pred.shape[0], k) + pred.shape[-2:])
-            for p, (oy, ox, wy, wx, sy, sx) in zip(pred, part):
-                w2 = wy[sy][:, None] * wx[sx][None, :]
-                ay = slice(oy + sy.start - y0, oy + sy.stop - y0)
-                ax = slice(ox + sx.start - x0, ox + sx.stop - x0)
-                acc[:, ay, ax] += w2 * p[:, sy, sx]
-                wsum[ay, ax] += w2
-
-    with np.errstate(invalid="ignore", divide="ignore"):
-        out = acc / wsum
-    out[:, (wsum <= 0) | ~core_valid] = np.nan  # nodata: the same pixels in every band
+        return _nan_window(lead, window, stats)
+    counts = _new_counts()
+    tiles = []
+    for t in _tiles(plan, full_shape, window):
+        if _span_has_valid(valid, block_origin, t, plan, full_shape, window):
+            tiles.append(t)
+        else:
+            counts["tiles_skipped"] += 1
+    preds = _run_tiles(filled, block_origin, tiles, predictor, plan, batch_size, bands, counts)
+    out = _blend(window, tiles, preds, plan, full_shape, core_valid, k)
     if stats is not None:
-        stats.add(chunks_run=1, pixels_output=out_shape[0] * out_shape[1], **counts)
-    out = out.astype(np.float32, copy=False)
+        stats.add(chunks_run=1, pixels_output=(y1 - y0) * (x1 - x0), **counts)
     return out[0] if bands is None else out
 
 
@@ -604,7 +704,7 @@ def _chunk_sizes(n: int, size: int) -> tuple[int, ...]:
 
 def _bounds(sizes: Sequence[int]) -> list[tuple[int, int]]:
     edges = np.concatenate([[0], np.cumsum(sizes)]).astype(int)
-    return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:])]
+    return [(int(a), int(b)) for a, b in itertools.pairwise(edges)]
 
 
 def chunk_windows(shape: tuple[int, int], chunks: int | tuple[int, int]) -> list[tuple[slice, slice]]:
@@ -636,6 +736,82 @@ def _resolve_channels(ds: xr.Dataset, predictor: PredictorLike, channels: Sequen
     return names
 
 
+def _box(tiles: Iterable[_Tile], window: tuple[int, int, int, int] | None = None) -> tuple[int, int, int, int]:
+    """The global ``(y0, y1, x0, x1)`` bounding box of ``tiles`` (and ``window``)."""
+    boxes = [(oy, oy + ly, ox, ox + lx) for oy, ox, ly, lx in tiles] + ([window] if window else [])
+    return (min(b[0] for b in boxes), max(b[1] for b in boxes),
+            min(b[2] for b in boxes), max(b[3] for b in boxes))
+
+
+def _shared_tiles(
+    filled: np.ndarray,
+    valid: np.ndarray,
+    origin: tuple[int, int],
+    tiles: Sequence[_Tile],
+    predictor: Callable[[np.ndarray], np.ndarray],
+    plan: TilePlan,
+    full_shape: tuple[int, int],
+    batch_size: int,
+    stats: PredictionStats | None,
+) -> dict[_Tile, np.ndarray | None]:
+    """Outputs of ``tiles`` for any window that needs them (``None``: no valid pixel where
+    the tile weighs, never sent to the model), from a filled block holding them all."""
+    counts = _new_counts()
+    run = [t for t in tiles if _span_has_valid(valid, origin, t, plan, full_shape)]
+    counts["tiles_skipped"] = len(tiles) - len(run)
+    out: dict[_Tile, np.ndarray | None] = dict.fromkeys(tiles)
+    out.update(zip(run, _run_tiles(filled, origin, run, predictor, plan, batch_size,
+                                   output_bands(predictor), counts)))
+    if stats is not None:
+        stats.add(**counts)
+    return out
+
+
+def _iter_shared(src: _Source, wins: Sequence[tuple[int, int, int, int]], predictor: Any, plan: TilePlan,
+                 batch_size: int, fill: np.ndarray, stats: PredictionStats | None) -> Iterator[np.ndarray]:
+    """Blend ``wins`` one after another, running each tile of the global grid once.
+
+    A tile's output is kept while a later window still needs it (windows in row-major
+    order keep about two rows of tiles: ``2 × width × tile × 4`` bytes per band); each
+    window reads its own pixels and those of the tiles it is the first to need."""
+    full = src.shape
+    bands = output_bands(predictor)
+    k = 1 if bands is None else len(bands)
+    lead = () if bands is None else (k,)
+    tiles_of = [_tiles(plan, full, w) for w in wins]
+    need: dict[_Tile, int] = {}
+    for ts in tiles_of:
+        for t in ts:
+            need[t] = need.get(t, 0) + 1
+    cache: dict[_Tile, np.ndarray | None] = {}
+    for window, ts in zip(wins, tiles_of):
+        y0, y1, x0, x1 = window
+        missing = [t for t in ts if t not in cache]
+        ry0, ry1, rx0, rx1 = _box(missing, window)
+        block = src.read(ry0, ry1, rx0, rx1)
+        if stats is not None:
+            stats.add(pixels_read=block.shape[1] * block.shape[2])
+        filled, valid = _fill_block(block, fill, owned=True)
+        core_valid = valid[y0 - ry0 : y1 - ry0, x0 - rx0 : x1 - rx0]
+        if core_valid.any():
+            if missing:
+                cache.update(_shared_tiles(filled, valid, (ry0, rx0), missing, predictor, plan, full,
+                                           batch_size, stats))
+            out = _blend(window, ts, [cache[t] for t in ts], plan, full, core_valid, k)
+            if stats is not None:
+                stats.add(chunks_run=1, pixels_output=(y1 - y0) * (x1 - x0))
+            out = out[0] if bands is None else out
+        else:
+            out = _nan_window(lead, window, stats)
+        del block, filled, valid
+        for t in ts:
+            need[t] -= 1
+            if not need[t]:
+                del need[t]
+                cache.pop(t, None)
+        yield out
+
+
 def iter_chunk_predictions(
     ds: xr.Dataset,
     predictor: PredictorLike,
@@ -658,10 +834,13 @@ def iter_chunk_predictions(
 
     Checks the channels once (``predictor.check_channels``; ``channels`` default as in
     :func:`predict_dataset`), then computes each window of ``chunk_windows(shape,
-    chunks)``, or only ``windows`` when given (e.g. the chunks a resumed run still lacks).
-    Every window reads its own halo, so results do not depend on which windows run or in
-    which order. For a zarr source, open it without dask (``chunks=None``) so each window
-    reads only its own pixels.
+    chunks)``, or only ``windows`` when given (e.g. the chunks a resumed run still lacks),
+    in that order. Each tile of the global grid runs once per call: a tile straddling two
+    windows is kept until the later one is blended (about two rows of tiles for windows in
+    row-major order), so the model sees each pixel about ``(tile / stride)²`` times,
+    whatever the window size. Results do not depend on which windows run or in which
+    order. For a zarr source, open it without dask (``chunks=None``) so each window reads
+    only its own pixels (and those of the tiles it needs first).
     """
     names = _resolve_channels(ds, predictor, channels)
     output_bands(predictor)  # a bad declaration fails before the first window
@@ -669,48 +848,109 @@ def iter_chunk_predictions(
     plan = make_plan(predictor, tile, overlap, margin)
     fills = _fill_values(predictor, len(names), fill)
     bs = max(1, int(batch_size))
-    wins = chunk_windows(src.shape, chunks) if windows is None else windows
-    for sy, sx in wins:
+    wins = []
+    for sy, sx in (chunk_windows(src.shape, chunks) if windows is None else windows):
         y0, y1, _ = sy.indices(src.shape[0])
         x0, x1, _ = sx.indices(src.shape[1])
-        yield (slice(y0, y1), slice(x0, x1)), _predict_from_source(
-            src, (y0, y1, x0, x1), predictor, plan, bs, fills, stats)
+        if not (y0 < y1 and x0 < x1):
+            raise InputDataError(f"window y[{y0}:{y1}] x[{x0}:{x1}] is empty.",
+                                 "pass windows with 0 <= start < stop <= the array's size.")
+        wins.append((y0, y1, x0, x1))
+    for w, out in zip(wins, _iter_shared(src, wins, predictor, plan, bs, fills, stats)):
+        yield (slice(w[0], w[1]), slice(w[2], w[3])), out
 
 
 @dataclass(frozen=True)
-class _BlockTask:
-    """Static parameters of one dask task (an opaque object in the graph)."""
+class _ReadSpec:
+    """Where a dask task's pixels come from (an opaque object in the graph): the global
+    box it reads and, for a dask-backed source, per channel the global ``(start, stop)``
+    of the source blocks' rows and columns it is handed."""
 
-    window: tuple[int, int, int, int]
-    read: tuple[int, int, int, int]
-    bounds: tuple[tuple[tuple[tuple[int, int], ...], tuple[tuple[int, int], ...]], ...]
-    # per channel: global (start, stop) of the source block rows and of the block columns
+    box: tuple[int, int, int, int]
+    bounds: tuple[tuple[tuple[tuple[int, int], ...], tuple[tuple[int, int], ...]], ...] = ()
+
+
+def _assemble(blocks: list, spec: _ReadSpec) -> np.ndarray:
+    """Copy ``spec.box`` out of the source blocks (a float32 scratch array)."""
+    ry0, ry1, rx0, rx1 = spec.box
+    out = np.empty((len(blocks), ry1 - ry0, rx1 - rx0), dtype=np.float32)
+    for c, (chan, (rows, cols)) in enumerate(zip(blocks, spec.bounds)):
+        for row, (ys, ye) in zip(chan, rows):
+            a, b = max(ys, ry0), min(ye, ry1)
+            for src, (xs, xe) in zip(row, cols):
+                l, r = max(xs, rx0), min(xe, rx1)
+                out[c, a - ry0 : b - ry0, l - rx0 : r - rx0] = np.asarray(src)[a - ys : b - ys, l - xs : r - xs]
+    return out
+
+
+def _read(source: Any, spec: _ReadSpec, stats: PredictionStats | None) -> np.ndarray:
+    """The task's box: from the shared lazy reader, or assembled from source blocks."""
+    block = source.read(*spec.box) if isinstance(source, _Source) else _assemble(source, spec)
+    if stats is not None:
+        stats.add(pixels_read=block.shape[1] * block.shape[2])
+    return block
+
+
+@dataclass(frozen=True)
+class _TileTask:
+    """Static parameters of one group of tiles run by one dask task."""
+
+    tiles: tuple[_Tile, ...]
+    read: _ReadSpec
     full_shape: tuple[int, int]
     plan: TilePlan
     batch_size: int
     fill: tuple[float, ...]
 
 
-def _dataset_block(predictor: Any, blocks: list, spec: _BlockTask, stats: PredictionStats | None) -> np.ndarray:
-    """Dask task: copy the read window out of the source blocks, predict the window."""
-    ry0, ry1, rx0, rx1 = spec.read
-    block = np.empty((len(blocks), ry1 - ry0, rx1 - rx0), dtype=np.float32)
-    for c, (chan, (rows, cols)) in enumerate(zip(blocks, spec.bounds)):
-        for row, (ys, ye) in zip(chan, rows):
-            a, b = max(ys, ry0), min(ye, ry1)
-            for src, (xs, xe) in zip(row, cols):
-                l, r = max(xs, rx0), min(xe, rx1)
-                block[c, a - ry0 : b - ry0, l - rx0 : r - rx0] = np.asarray(src)[a - ys : b - ys, l - xs : r - xs]
+def _tile_group(predictor: Any, source: Any, spec: _TileTask, stats: PredictionStats | None) -> tuple:
+    """Dask task: the outputs of a group of tiles (each tile of the grid is in one group)
+    and the validity mask of the box they cover, ``(outputs, valid, box origin)``."""
+    block = _read(source, spec.read, stats)
+    filled, valid = _fill_block(block, np.asarray(spec.fill, dtype=np.float32), owned=True)
+    origin = spec.read.box[::2]
+    return (_shared_tiles(filled, valid, origin, spec.tiles, predictor, spec.plan, spec.full_shape,
+                          spec.batch_size, stats), valid, origin)
+
+
+@dataclass(frozen=True)
+class _WindowTask:
+    """Static parameters of one output chunk."""
+
+    window: tuple[int, int, int, int]
+    tiles: tuple[_Tile, ...]
+    full_shape: tuple[int, int]
+    plan: TilePlan
+    bands: int | None  # None: a plain (h, w) probability; else K
+
+
+def _window(groups: list[tuple], spec: _WindowTask, stats: PredictionStats | None) -> np.ndarray:
+    """Dask task: one output chunk blended from the tile groups it overlaps (whose boxes
+    cover it: every pixel lies in a tile that weighs there), without reading the source."""
+    y0, y1, x0, x1 = spec.window
+    k = spec.bands or 1
+    lead = () if spec.bands is None else (k,)
+    core_valid = np.zeros((y1 - y0, x1 - x0), dtype=bool)
+    found: dict[_Tile, np.ndarray | None] = {}
+    for outputs, valid, (vy, vx) in groups:
+        found.update(outputs)
+        a, b = max(y0, vy), min(y1, vy + valid.shape[0])
+        c, d = max(x0, vx), min(x1, vx + valid.shape[1])
+        if a < b and c < d:
+            core_valid[a - y0 : b - y0, c - x0 : d - x0] = valid[a - vy : b - vy, c - vx : d - vx]
+    if not core_valid.any():
+        return _nan_window(lead, spec.window, stats)
+    out = _blend(spec.window, spec.tiles, [found[t] for t in spec.tiles], spec.plan, spec.full_shape,
+                 core_valid, k)
     if stats is not None:
-        stats.add(pixels_read=block.shape[1] * block.shape[2])
-    return _predict_core(block, (ry0, rx0), spec.full_shape, spec.window, predictor, spec.plan,
-                         spec.batch_size, np.asarray(spec.fill, dtype=np.float32), stats, owned=True)
+        stats.add(chunks_run=1, pixels_output=(y1 - y0) * (x1 - x0))
+    return out[0] if spec.bands is None else out
 
 
-def _source_block(predictor: Any, src: _Source, spec: _BlockTask, stats: PredictionStats | None) -> np.ndarray:
-    """Dask task for a non-dask dataset: read the window, predict it."""
-    return _predict_from_source(src, spec.window, predictor, spec.plan, spec.batch_size,
-                                np.asarray(spec.fill, dtype=np.float32), stats)
+def _group_shape(batch_size: int) -> tuple[int, int]:
+    """Tiles per dask task, rows × columns: about one batch (8 → 2 × 4)."""
+    gy = max(1, math.isqrt(batch_size))
+    return gy, -(-batch_size // gy)
 
 
 def predict_dataset(
@@ -727,15 +967,22 @@ def predict_dataset(
     stats: PredictionStats | None = None,
     name: str = "probability",
 ) -> xr.DataArray:
-    """Lazy probability of a factor dataset, one dask task per output chunk.
+    """Lazy probability of a factor dataset: every tile of the global grid runs once.
+
+    The graph has one task per group of about ``batch_size`` tiles (2 × 4 at 8), which
+    reads the box of its tiles and runs them, and one task per output chunk, which blends
+    the outputs of the groups it overlaps (it reads nothing itself). A tile straddling
+    chunk lines is shared, never recomputed, so the model sees about ``(tile /
+    stride)²`` pixels per output pixel (1.27 at the defaults) whatever the chunks.
 
     Args:
-        ds: ``(y, x)`` factor variables. Dask-backed: each task takes the source
-            blocks under its read window (dask keeps a source block until its
-            neighbours are done, so memory grows with the region's *width*). Not
-            dask-backed (``xr.open_zarr(path, chunks=None)``, or in memory): each task
-            reads its own window through one shared lazy reader; memory stays flat
-            whatever the region size, at the cost of reading halos twice.
+        ds: ``(y, x)`` factor variables. Dask-backed: each group task takes the source
+            blocks under its box (dask keeps a source block until its neighbours are
+            done, so memory grows with the region's *width*). Not dask-backed
+            (``xr.open_zarr(path, chunks=None)``, or in memory): each group task reads
+            its own box through one shared lazy reader; memory stays flat whatever the
+            region size (dask keeps a group's outputs until the chunks it overlaps are
+            done).
         predictor: loaded once by the caller; placed in the graph once and shared by
             every task. ``predictor.check_channels`` is called up front with the channel
             list and its error propagates.
@@ -743,14 +990,12 @@ def predict_dataset(
             name, when the dataset has them all (extra variables ignored); else the
             dataset's variable names (so the check reports what is missing).
         chunks: output chunk size (int or ``(cy, cx)``); default the source's chunks
-            (of the first channel), or 512 for a dataset without dask chunks. Tiles
-            straddling a chunk line run once for each chunk, so chunks of several tiles
-            cost less per output pixel: at tile 256 / overlap 64, about 3.7 model pixels
-            per output pixel with 512 chunks, 2.7 with 1024 and 2.2 with 2048 (a
-            multiple of the store's chunks keeps writes aligned).
+            (of the first channel), or 512 for a dataset without dask chunks. It does
+            not change the model's work nor, to the bit, the result.
         tile, overlap, margin, batch_size, fill: see :func:`make_plan` and the module
             docstring.
-        stats: counters updated as tasks run (in-process schedulers).
+        stats: counters updated as tasks run (in-process schedulers); tile counters
+            and model time come from the group tasks, chunk counters from the chunk tasks.
 
     Returns:
         float32 ``(y, x)`` DataArray named ``name``, chunked like the output, with the
@@ -786,7 +1031,7 @@ def predict_dataset(
     lazy = all(ds[c].chunks is None for c in names)
     if lazy:
         # no dask inputs (opened with chunks=None, or in memory): every task reads its own
-        # window from one shared lazy reader; no task waits for, or keeps, another's input
+        # pixels from one shared lazy reader; no task waits for, or keeps, another's input
         token = uuid.uuid4().hex
         arrays: list = []
     else:
@@ -795,6 +1040,7 @@ def predict_dataset(
         token = tokenize(*[a.name for a in arrays], plan, bs, fills, ychunks, xchunks,
                          type(predictor).__qualname__, id(predictor), id(stats))
     out_name = f"slidewatch-predict-{token}"
+    tname = f"slidewatch-predict-tiles-{token}"
     pkey = f"slidewatch-predictor-{token}"
     skey = f"slidewatch-predict-stats-{token}"
     rkey = f"slidewatch-predict-source-{token}"
@@ -804,22 +1050,40 @@ def predict_dataset(
     if lazy:
         layer[rkey] = _Source(ds, names)
     src_bounds = [(_bounds(a.chunks[0]), _bounds(a.chunks[1])) for a in arrays]
+
+    def source(box: tuple[int, int, int, int]) -> tuple[Any, _ReadSpec]:
+        """The task argument that reads ``box`` and its spec."""
+        if lazy:
+            return rkey, _ReadSpec(box)
+        blocks, bounds = [], []
+        for a, (yb, xb) in zip(arrays, src_bounds):
+            bi = [k for k, (s, e) in enumerate(yb) if s < box[1] and e > box[0]]
+            bj = [k for k, (s, e) in enumerate(xb) if s < box[3] and e > box[2]]
+            bounds.append((tuple(yb[k] for k in bi), tuple(xb[k] for k in bj)))
+            blocks.append([[(a.name, r, s) for s in bj] for r in bi])
+        return blocks, _ReadSpec(box, tuple(bounds))
+
+    # 1. every tile of the global grid once: one task per group of about a batch of tiles
+    ys, xs = plan.origins(H), plan.origins(W)
+    gy, gx = _group_shape(bs)
+    row_of = {int(o): i // gy for i, o in enumerate(ys)}
+    col_of = {int(o): j // gx for j, o in enumerate(xs)}
+    for gi in range(0, len(ys), gy):
+        for gj in range(0, len(xs), gx):
+            tiles = tuple((int(oy), int(ox), min(plan.tile, H - int(oy)), min(plan.tile, W - int(ox)))
+                          for oy in ys[gi : gi + gy] for ox in xs[gj : gj + gx])
+            src, read = source(_box(tiles))
+            layer[(tname, gi // gy, gj // gx)] = (
+                _tile_group, pkey, src, _TileTask(tiles, read, (H, W), plan, bs, fills), skey)
+    # 2. one task per output chunk, blended from the groups it overlaps
     for i, (y0, y1) in enumerate(_bounds(ychunks)):
         for j, (x0, x1) in enumerate(_bounds(xchunks)):
             window = (y0, y1, x0, x1)
-            read = _read_window(plan, (H, W), window)
-            blocks, bounds = [], []
-            for a, (yb, xb) in zip(arrays, src_bounds):
-                bi = [k for k, (s, e) in enumerate(yb) if s < read[1] and e > read[0]]
-                bj = [k for k, (s, e) in enumerate(xb) if s < read[3] and e > read[2]]
-                bounds.append((tuple(yb[k] for k in bi), tuple(xb[k] for k in bj)))
-                blocks.append([[(a.name, r, s) for s in bj] for r in bi])
-            spec = _BlockTask(window, read, tuple(bounds), (H, W), plan, bs, fills)
+            tiles = tuple(_tiles(plan, (H, W), window))
+            groups = sorted({(tname, row_of[t[0]], col_of[t[1]]) for t in tiles})
+            spec = _WindowTask(window, tiles, (H, W), plan, None if bands is None else len(bands))
             key = (out_name, i, j) if bands is None else (out_name, 0, i, j)
-            if lazy:
-                layer[key] = (_source_block, pkey, rkey, spec, skey)
-            else:
-                layer[key] = (_dataset_block, pkey, blocks, spec, skey)
+            layer[key] = (_window, list(groups), spec, skey)
     graph = HighLevelGraph.from_collections(out_name, layer, dependencies=arrays)
     coords = {k: v for k, v in ds.coords.items() if set(v.dims) <= {ydim, xdim}}
     attrs = {"long_name": "landslide probability", "units": "1",

@@ -2,7 +2,7 @@
 
 Layout (a documented choice: per-zone groups in one store, no reprojection)::
 
-    RUN/risk.zarr/             Zarr v3 group; attrs: region, zones, slidewatch_complete
+    RUN/risk.zarr/             Zarr group (v2, see docs/zarr.md); attrs: region, zones, slidewatch_complete
     RUN/risk.zarr/<zone>/      one group per UTM zone (e.g. ``utm48n``), own CRS and grid
         susceptibility        float32  U-Net probability of a landslide under the reference
                                        event (R_m = 1), from rain-free inputs, 0..1, NaN = no value
@@ -13,8 +13,14 @@ Layout (a documented choice: per-zone groups in one store, no reprojection)::
                                        (from hazard, same thresholds)
         uncertainty           float32  spread of the susceptibility over the flip ensemble (0..0.5)
         lsi                   float32  Landslide Susceptibility Index, 0..1 (rain-free unless ``paper``)
-        quality               uint8    bit field: why a pixel has no value (see pipeline.core.quality)
+        quality               uint8    bit field: why a pixel has no value (see pipeline.core.quality),
+                                       255 no data
         spatial_ref                    CF grid mapping (rioxarray)
+
+Fill values (Zarr ``fill_value``, CF ``_FillValue``, GDAL's nodata) are NaN for the float
+layers and 255 for the uint8 ones, never a class or a flag: xarray reads the uint8 layers
+as float32 with NaN there (pass ``mask_and_scale=False`` for the stored codes, 255 = no
+data); GDAL and QGIS show them as nodata (``docs/zarr.md``).
 
 The class thresholds come from the checkpoint's calibration on validation data when it
 has one (see :func:`models.calibration.class_thresholds`), else the defaults; the group's
@@ -36,7 +42,7 @@ from pipeline.core.classes import PROBABILITY_THRESHOLDS, check_thresholds, clas
 from pipeline.core.errors import InputDataError
 from pipeline.core.files import fingerprint
 from pipeline.core.provenance import RunProvenance
-from pipeline.core.quality import QualityFlag, quality_attrs
+from pipeline.core.quality import QUALITY_NODATA, QualityFlag, quality_attrs
 from pipeline.predict.hazard import HAZARD_FORMULA, check_hazard_mode, hazard
 from pipeline.predict.inference import PredictorLike
 
@@ -49,6 +55,7 @@ __all__ = [
     "risk_zone_attrs",
     "RISK_VARIABLES",
     "classify",
+    "quality_codes",
     "risk_attrs",
     "risk_tile",
 ]
@@ -117,8 +124,8 @@ def risk_tile(
     sus = np.asarray(susceptibility, dtype=np.float32)
     if sus.shape != np.shape(lsi) or sus.shape != np.shape(quality):
         raise InputDataError(f"tile shapes differ: susceptibility {sus.shape}, lsi {np.shape(lsi)}, quality {np.shape(quality)}.")
-    q = np.asarray(quality, dtype=np.uint8).copy()
-    q[~np.isfinite(sus)] |= np.uint8(QualityFlag.NO_MODEL)
+    q = quality_codes(quality)
+    q[~np.isfinite(sus) & (q != QUALITY_NODATA)] |= np.uint8(QualityFlag.NO_MODEL)
     haz = sus.copy() if check_hazard_mode(mode) == "paper" else hazard(sus, rain_multiplier)
     spread = (np.full(sus.shape, np.nan, np.float32) if uncertainty is None
               else np.where(np.isfinite(sus), np.asarray(uncertainty, dtype=np.float32), np.float32(np.nan)))
@@ -131,6 +138,15 @@ def risk_tile(
         "lsi": np.asarray(lsi, dtype=np.float32),
         "quality": q,
     }
+
+
+def quality_codes(quality: np.ndarray) -> np.ndarray:
+    """uint8 quality codes from a quality layer as read: the stored codes, or xarray's
+    decoded float32 (NaN where the store holds its fill) with NaN back to :data:`QUALITY_NODATA`."""
+    q = np.asarray(quality)
+    if q.dtype.kind == "f":
+        return np.where(np.isfinite(q), q, QUALITY_NODATA).astype(np.uint8)
+    return q.astype(np.uint8, copy=True)
 
 
 def tile_dataset(arrays: dict[str, np.ndarray], like: xr.Dataset) -> xr.Dataset:

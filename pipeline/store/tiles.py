@@ -1,10 +1,17 @@
-"""Zarr v3 stores written tile by tile, resumable, and complete only when they are.
+"""Zarr stores written tile by tile, resumable, and complete only when they are.
 
 A store is built at ``<name>.zarr.partial``: the template (metadata, coordinates, CRS)
 first, then chunk-aligned region writes, one tile at a time, each recorded in a progress
 ledger. Only when every tile is written are the metadata consolidated, the store marked
 ``slidewatch_complete`` and the folder renamed to ``<name>.zarr`` — so a store at the
 final path is always complete, and an interrupted run resumes from the ledger.
+
+Every store is written in :data:`~pipeline.core.layout.ZARR_FORMAT` (Zarr v2, so that the
+GDAL of the pinned rasterio, and QGIS, open it with its CRS; ``docs/zarr.md``) with the
+fill values of :func:`~pipeline.core.layout.fill_value`, which are never valid values (NaN;
+255 for the uint8 classes, quality flags and counts). A finished store in another format
+(Zarr v3, as earlier versions wrote) is not complete for :meth:`TileStore.is_complete`:
+it is rebuilt, then replaced.
 
 Every finished store carries a fresh ``slidewatch_generation`` id. A stage that reads
 another store (the LSI reading the cube, the risk mosaic reading the LSI) notes that id
@@ -67,6 +74,7 @@ from pipeline.core.config import Tile, ZoneGrid
 from pipeline.core.errors import SlidewatchError, StoreError
 from pipeline.core.files import replace_dir
 from pipeline.core.generation import GENERATION_ATTR, GenerationGuard, StoreChangedError, store_generation
+from pipeline.core.layout import ZARR_FORMAT, crs_attrs, fill_value, store_format, zarr_encoding
 from pipeline.core.locking import WriterLock
 
 COMPLETE_ATTR = "slidewatch_complete"
@@ -88,15 +96,20 @@ def grid_coords(grid: ZoneGrid) -> dict[str, np.ndarray]:
 
 
 def georeference(ds: xr.Dataset, grid: ZoneGrid) -> xr.Dataset:
-    """Attach CF grid mapping (``spatial_ref``) and transform with rioxarray."""
+    """Attach CF grid mapping (``spatial_ref``) and transform with rioxarray, and the
+    array-level ``_CRS`` GDAL reads (:func:`~pipeline.core.layout.crs_attrs`) on every
+    variable on ``(y, x)``."""
     import rioxarray  # noqa: F401  (registers the .rio accessor)
 
     ds = ds.rio.write_crs(f"EPSG:{grid.epsg}")
     ds = ds.rio.write_transform(_affine(grid))
     ds = ds.rio.write_coordinate_system()
+    crs = crs_attrs(grid.epsg)
     for name in ds.data_vars:
         ds[name].attrs["grid_mapping"] = "spatial_ref"
         ds[name].encoding.pop("grid_mapping", None)
+        if set(ds[name].dims) >= {"y", "x"}:
+            ds[name].attrs.update(crs)
     return ds
 
 
@@ -124,22 +137,19 @@ def template(
 
 
 def blank(grid: ZoneGrid, variables: Mapping[str, str]) -> xr.Dataset:
-    """A lazy dataset of fill values (NaN, or 0 for integers) on ``grid``: cheap empty tiles."""
+    """A lazy dataset of fill values (:func:`~pipeline.core.layout.fill_value`: NaN, 255
+    for uint8) on ``grid``: cheap empty tiles, read back as "no data"."""
     coords = grid_coords(grid)
     data = {
-        name: (("y", "x"), da.full(grid.shape, _fill_value(np.dtype(dt)), dtype=dt, chunks=grid.chunk))
+        name: (("y", "x"), da.full(grid.shape, fill_value(dt), dtype=dt, chunks=grid.chunk))
         for name, dt in variables.items()
     }
     return xr.Dataset(data, coords=coords)
 
 
-def _fill_value(dtype: np.dtype) -> object:
-    return np.nan if np.issubdtype(dtype, np.floating) else 0
-
-
 @dataclass
 class TileStore:
-    """A resumable, tile-by-tile Zarr v3 store (see the module docstring)."""
+    """A resumable, tile-by-tile Zarr store (see the module docstring)."""
 
     path: Path
     fingerprint: str
@@ -164,14 +174,21 @@ class TileStore:
 
     # -- state ----------------------------------------------------------------------
     def is_complete(self) -> bool:
-        """A finished store with this fingerprint exists at the final path."""
-        if not self.path.exists():
+        """A finished store with this fingerprint, in :data:`ZARR_FORMAT`, exists at the final
+        path (one in an older format is rebuilt: see :meth:`outdated_format`)."""
+        if not self.path.exists() or store_format(self.path) != ZARR_FORMAT:
             return False
         try:
             attrs = dict(zarr.open_group(str(self.path), mode="r").attrs)
         except Exception:
             return False
         return bool(attrs.get(COMPLETE_ATTR)) and attrs.get(FINGERPRINT_ATTR) == self.fingerprint
+
+    def outdated_format(self) -> int | None:
+        """The Zarr format of the store at the final path when it is not :data:`ZARR_FORMAT`
+        (a store an older slidewatch wrote in Zarr v3: rebuilt, then replaced), else None."""
+        found = store_format(self.path) if self.path.exists() else None
+        return found if found not in (None, ZARR_FORMAT) else None
 
     def existing_fingerprint(self) -> str | None:
         try:
@@ -219,20 +236,19 @@ class TileStore:
             )
         if self.partial.exists():
             doc = self._read_ledger()
-            if doc is not None and doc.get("fingerprint") == self.fingerprint:
+            if (doc is not None and doc.get("fingerprint") == self.fingerprint
+                    and store_format(self.partial) == ZARR_FORMAT):
                 return  # resume
             shutil.rmtree(self.partial)
         ds = tmpl.copy()
         ds.attrs.update({k: _jsonable(v) for k, v in attrs.items()})
         ds.attrs[FINGERPRINT_ATTR] = self.fingerprint
         ds.attrs[COMPLETE_ATTR] = False
-        encoding = {
-            name: {"chunks": (tmpl.chunksizes["y"][0], tmpl.chunksizes["x"][0]),
-                   "fill_value": _fill_value(var.dtype)}
-            for name, var in tmpl.data_vars.items()
-        }
+        for var in ds.variables.values():
+            var.encoding = {k: v for k, v in var.encoding.items() if k not in ("_FillValue", "fill_value")}
+        encoding = zarr_encoding(ds.variables, (tmpl.chunksizes["y"][0], tmpl.chunksizes["x"][0]))
         try:
-            ds.to_zarr(str(self.partial), mode="w", compute=False, zarr_format=3,
+            ds.to_zarr(str(self.partial), mode="w", compute=False, zarr_format=ZARR_FORMAT,
                        consolidated=False, encoding=encoding)
         except OSError as exc:
             raise StoreError(f"Cannot write {self.partial}: {exc.strerror or exc}.", "choose a writable --out.") from None
@@ -257,16 +273,22 @@ class TileStore:
             done.update(keys)
             self._write_ledger(done)
 
-    def has_data(self, name: str) -> bool:
-        """Whether variable ``name`` of the partial store holds any value but its fill (NaN
-        for floats, 0 for integers); reads chunk by chunk and stops at the first hit."""
+    def has_data(self, name: str, where: Callable[[np.ndarray], np.ndarray] | None = None) -> bool:
+        """Whether variable ``name`` of the partial store holds any value but its fill (the
+        array's Zarr ``fill_value``: NaN for floats, 255 for uint8) for which ``where``
+        (a numpy predicate, e.g. ``lambda count: count > 0``) also holds when given; reads
+        chunk by chunk and stops at the first hit."""
         arr = zarr.open_group(str(self.partial), mode="r")[name]
         floating = np.issubdtype(arr.dtype, np.floating)
+        fill = arr.fill_value
         cy, cx = arr.chunks
         for r in range(0, arr.shape[0], cy):
             for c in range(0, arr.shape[1], cx):
                 block = np.asarray(arr[r:r + cy, c:c + cx])
-                if (np.isfinite(block) if floating else block != 0).any():
+                ok = np.isfinite(block) if floating else (block != fill if fill is not None else np.ones(block.shape, bool))
+                if where is not None:
+                    ok &= np.asarray(where(block), dtype=bool)
+                if ok.any():
                     return True
         return False
 
@@ -280,7 +302,7 @@ class TileStore:
         trash = self.path.with_name(self.path.name + ".old")
         shutil.rmtree(trash, ignore_errors=True)  # left by a run killed while replacing a store
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # "consolidated metadata is not in the v3 spec yet"
+            warnings.simplefilter("ignore")  # (v3 only) "consolidated metadata is not in the v3 spec yet"
             zarr.consolidate_metadata(str(self.partial))
         # atomic where the file system allows (no moment without a store at the final path)
         replace_dir(self.partial, self.path, trash)
@@ -292,6 +314,26 @@ class TileStore:
         tmp = ledger.with_suffix(".tmp")
         tmp.write_text(json.dumps({"fingerprint": self.fingerprint, "tiles": sorted(tiles)}))
         tmp.replace(ledger)
+
+
+def open_parent_group(path: Path) -> zarr.Group:
+    """Open (creating it) the group at ``path`` whose child groups are stores of their own
+    (the risk mosaic's root, one :class:`TileStore` per zone), in :data:`ZARR_FORMAT`.
+
+    A root that an earlier version wrote in another Zarr format (v3) would hide children
+    written in this one (zarr reads the v3 metadata first): its metadata file is replaced
+    by one in this format, its attributes kept; its children are rebuilt as stores of their
+    own (:meth:`TileStore.is_complete` is false for them)."""
+    path = Path(path)
+    found = store_format(path)
+    if found is not None and found != ZARR_FORMAT:
+        attrs = dict(zarr.open_group(str(path), mode="r").attrs)
+        for name in ("zarr.json",) if found == 3 else (".zgroup", ".zattrs", ".zmetadata"):
+            (path / name).unlink(missing_ok=True)
+        group = zarr.open_group(str(path), mode="a", zarr_format=ZARR_FORMAT)
+        group.attrs.update(attrs)
+        return group
+    return zarr.open_group(str(path), mode="a", zarr_format=ZARR_FORMAT)
 
 
 def write_region(partial: Path, tile: Tile, ds: xr.Dataset) -> None:
@@ -307,7 +349,7 @@ def write_region(partial: Path, tile: Tile, ds: xr.Dataset) -> None:
         var.attrs = {}
         var.encoding = {}
     try:
-        ds.to_zarr(str(partial), region=region, mode="r+", zarr_format=3, consolidated=False)
+        ds.to_zarr(str(partial), region=region, mode="r+", zarr_format=ZARR_FORMAT, consolidated=False)
     except OSError as exc:
         if exc.errno in _FATAL_WRITE_ERRNO:
             raise StoreError(f"Cannot write tile {tile.key} into {partial}: {exc.strerror}.",

@@ -56,7 +56,8 @@ from rasterio.errors import NotGeoreferencedWarning
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from pipeline.acquire.catalog import RunInputs, load_items  # noqa: E402
+from pipeline.acquire.catalog import RunInputs  # noqa: E402
+from pipeline.acquire.items import load_items  # noqa: E402
 from pipeline.core.collections import COP_DEM, SENTINEL1_RTC, SENTINEL2  # noqa: E402
 from pipeline.core.config import CubeConfig  # noqa: E402
 from pipeline.demo import ensure_demo_data  # noqa: E402
@@ -128,7 +129,7 @@ def _best_interleaved(fns: dict[str, object], repeat: int) -> tuple[dict[str, fl
     return best, results
 
 
-def throughput(repeat: int, cores: int) -> dict[str, float]:
+def throughput(repeat: int, cores: int, hypotheses: bool) -> dict[str, float]:
     import odc.stac
     import stackstac
     from affine import Affine
@@ -137,6 +138,8 @@ def throughput(repeat: int, cores: int) -> dict[str, float]:
 
     from pipeline.acquire.cube import build_cube, s2_composite, stackstac_dict
     from pipeline.acquire.gdal import gdal_env
+    from pipeline.acquire.readers import scenes_over, stack_blocks
+    from stackstac.rio_reader import DEFAULT_GDAL_ENV
 
     inputs = demo_inputs()
     grid = plan_grids(DEMO_REGION)[0]
@@ -146,18 +149,33 @@ def throughput(repeat: int, cores: int) -> dict[str, float]:
     print(f"grid {grid.width}x{grid.height} px EPSG:{grid.epsg} chunk {grid.chunk}; "
           f"{len(inputs.s2)} S2 scenes; bands {','.join(bands)} (+SCL); {cores} cores, dask threads")
 
-    def ours() -> None:
-        s2_composite(inputs.s2, grid, bands).compute()
+    def composite(reader: str):  # type: ignore[no-untyped-def]
+        return lambda: s2_composite(inputs.s2, grid, bands, reader).compute()
 
-    def raw_stackstac() -> float:
-        arr = stackstac.stack(
-            [stackstac_dict(it) for it in inputs.s2], assets=assets, epsg=grid.epsg,
-            resolution=grid.resolution, bounds=grid.bounds, snap_bounds=False,
-            resampling=Resampling.nearest, chunksize=grid.chunk, dtype=np.dtype("float32"),
-            fill_value=np.float32(np.nan), rescale=False, xy_coords="center", gdal_env=gdal_env(),
-        )
-        assert arr.shape[-2:] == grid.shape, arr.shape
-        return float(da.nansum(arr.data).compute())
+    def raw_stackstac(dtype: str = "float32", chunk: int = grid.chunk, env=None, native: bool = False):  # type: ignore[no-untyped-def]
+        def run() -> float:
+            kw = dict(epsg=grid.epsg, resolution=grid.resolution, bounds=grid.bounds)
+            use = assets
+            if native:  # each file's own grid (no warp): the 10 m bands over their full extent
+                use = [b for b in bands if b in ("B02", "B03", "B04", "B08")]
+                kw = {}
+            fill = np.float32(np.nan) if dtype == "float32" else np.dtype(dtype).type(0)
+            arr = stackstac.stack(
+                [stackstac_dict(it) for it in inputs.s2], assets=use, snap_bounds=False,
+                resampling=Resampling.nearest, chunksize=chunk, dtype=np.dtype(dtype),
+                fill_value=fill, rescale=False, xy_coords="center", gdal_env=env or gdal_env(), **kw,
+            )
+            if not native:
+                assert arr.shape[-2:] == grid.shape, arr.shape
+            # per output pixel of the grid: a native read covers (2304/2048)^2 of the grid per 10 m band
+            return float(da.nansum(arr.data.astype("float64")).compute())
+        return run
+
+    def raw_direct() -> float:
+        scenes = scenes_over(inputs.s2, assets, grid)
+        arrs = [stack_blocks(scenes, i, grid, dtype="float32", fill_value=np.nan, resampling=Resampling.nearest)
+                for i in range(len(assets))]
+        return float(sum(dask.compute(*[da.nansum(a) for a in arrs])))
 
     geobox = GeoBox(grid.shape, Affine(*grid.transform), f"EPSG:{grid.epsg}")
 
@@ -168,36 +186,96 @@ def throughput(repeat: int, cores: int) -> dict[str, float]:
         sums = dask.compute(*[da.nansum(ds[b].data) for b in assets])
         return float(sum(sums))
 
-    def whole_cube() -> None:
-        build_cube(inputs, grid, bands).compute()
+    def whole_cube(reader: str):  # type: ignore[no-untyped-def]
+        return lambda: build_cube(inputs, grid, bands, reader).compute()
 
     # warm the page cache: every method then reads the COGs from memory
     for it in [*inputs.s2, *inputs.s1_history, *inputs.dem]:
         for asset in it.assets.values():
             Path(asset.href).read_bytes()
+    fns = {"a": composite("direct"), "a2": composite("stackstac"), "b": raw_stackstac(), "c": raw_odc, "d": raw_direct}
+    if hypotheses:
+        fns.update({
+            "h_uint16": raw_stackstac(dtype="uint16"),
+            "h_chunk1024": raw_stackstac(chunk=1024),
+            "h_defaultenv": raw_stackstac(env=DEFAULT_GDAL_ENV),
+            "h_native": raw_stackstac(native=True),
+        })
     with dask.config.set(scheduler="threads", num_workers=cores):
-        t, sums = _best_interleaved({"a": ours, "b": raw_stackstac, "c": raw_odc}, repeat)
-        t["cube"] = _best_interleaved({"cube": whole_cube}, 1)[0]["cube"]
-    sb, so = sums["b"], sums["c"]
+        t, sums = _best_interleaved(fns, repeat)
+        t.update(_best_interleaved({"cube": whole_cube("direct"), "cube_stackstac": whole_cube("stackstac")}, 1)[0])
+    sb, so, sd = sums["b"], sums["c"], sums["d"]
     print(f"checksum (nansum of every pixel read, 7 assets x {len(inputs.s2)} scenes): stackstac {sb:.6e}  "
-          f"odc-stac {so:.6e}  rel.diff {abs(sb - so) / max(abs(sb), 1e-30):.1e}")
+          f"odc-stac {so:.6e}  direct {sd:.6e}  rel.diff odc {abs(sb - so) / max(abs(sb), 1e-30):.1e} "
+          f"direct {abs(sb - sd) / max(abs(sb), 1e-30):.1e}")
 
-    def mpx(sec: float) -> float:
-        return npx * len(bands) / sec / cores / 1e6
+    def mpx(sec: float, px: float = npx, nb: int = len(bands)) -> float:
+        return px * nb / sec / cores / 1e6
 
     print(f"\n1. Cube assembly throughput, demo region (best of {repeat}; Mpx/s per core = "
           f"{npx:,} px x {len(bands)} bands / s / {cores} cores)")
     rows = [
-        ("a", "s2_composite (mask+median+count) .compute()"),
+        ("a", "s2_composite, direct reader (default)"),
+        ("a2", "s2_composite, stackstac reader"),
         ("b", "raw stackstac.stack 7 assets, da.nansum"),
         ("c", "odc.stac.load 7 assets, da.nansum"),
+        ("d", "raw direct reader 7 assets, da.nansum"),
     ]
+    if hypotheses:
+        rows += [
+            ("h_uint16", "hyp. stackstac as uint16 (no float32 cast)"),
+            ("h_chunk1024", "hyp. stackstac, 1024 px chunks"),
+            ("h_defaultenv", "hyp. stackstac, its default GDAL env"),
+        ]
     for key, label in rows:
         print(f"  ({key}) {label:<46} {t[key]:7.2f} s  {mpx(t[key]):6.2f} Mpx/s/core  "
-              f"time vs (b) x{t[key] / t['b']:.2f}  throughput vs (b) x{t['b'] / t[key]:.2f}")
-    print(f"  whole build_cube (11 variables) .compute()          {t['cube']:7.2f} s  "
-          f"({npx / t['cube'] / cores / 1e6:.2f} Mpx/s/core of output grid)")
+              f"throughput vs (b) x{t['b'] / t[key]:.2f}  vs odc-stac (c) x{t['c'] / t[key]:.2f}")
+    if hypotheses:
+        # no warp: the 4 10 m bands on their own 2304^2 grid (no SCL): per pixel read, vs (b) per pixel read
+        native_rate = 2304 * 2304 * 4 * len(inputs.s2) / t["h_native"]
+        warped_rate = npx * len(assets) * len(inputs.s2) / t["b"]
+        print(f"  (h_native) hyp. stackstac without warping (files' own grids)  {t['h_native']:7.2f} s  "
+              f"pixel reads/s x{native_rate / warped_rate:.2f} of (b) (warped onto the grid)")
+    print(f"  goal: (a) >= 1.0x odc-stac's bare load (c): x{t['c'] / t['a']:.2f}")
+    for key, label in (("cube", "direct"), ("cube_stackstac", "stackstac")):
+        print(f"  whole build_cube (11 variables), {label:<9} reader  {t[key]:7.2f} s  "
+              f"({npx / t[key] / cores / 1e6:.2f} Mpx/s/core of output grid)")
     return t
+
+
+# --------------------------------------------------------------------------- 3. graph size
+
+
+def graph_sizes() -> dict[str, int]:
+    """Dask tasks of the 100,000 km² plan (docs/scaling_estimates.py): the whole-zone cube graph
+    (what the dry run counts) and the busiest write tile's (what a run submits at once), per reader."""
+    sys.path.insert(0, str(ROOT / "docs"))
+    import scaling_estimates as se
+
+    from pipeline.acquire.cube import build_cube
+    from pipeline.acquire.items import items_over
+    from pipeline.core.config import CHUNKS_PER_TILE
+    from pipeline.plan.estimate import busiest_tile, graph_tasks
+
+    out: dict[str, int] = {}
+    grids = plan_grids(Region("scaling-example", se.region_bbox()))
+    for reader in ("direct", "stackstac"):
+        zone, tile_max = 0, 0
+        for g in grids:
+            inp = se.synthetic_inputs(g)
+            zone = max(zone, graph_tasks(build_cube(inp, g, se.S2_CUBE_BANDS, reader)))
+            tile = busiest_tile(g, g.tiles(CHUNKS_PER_TILE), inp.all_items())
+            sub = g.subgrid(tile)  # type: ignore[arg-type]
+            sel = RunInputs(*(items_over(x, sub.epsg, sub.bounds) for x in (inp.s2, inp.s1, inp.s1_history, inp.dem)))
+            tile_max = max(tile_max, graph_tasks(build_cube(sel, sub, se.S2_CUBE_BANDS, reader)))
+        out[reader], out[f"{reader}_tile"] = zone, tile_max
+    chunks = grids[0].chunk_shape[0] * grids[0].chunk_shape[1]
+    print(f"\n3. Dask tasks of the 100,000 km² plan ({len(grids)} zones, {chunks:,} chunks in the larger)")
+    for reader in ("direct", "stackstac"):
+        print(f"  {reader:<9} reader: whole-zone cube graph {out[reader]:8,d} ({out[reader] / chunks:5.1f} per chunk), "
+              f"busiest write tile {out[reader + '_tile']:5,d}")
+    print(f"  goal: whole-zone graph < 200,000 with the default reader: {out['direct']:,}")
+    return out
 
 
 # --------------------------------------------------------------------------- 4× mosaic
@@ -430,6 +508,9 @@ def main() -> None:
     p.add_argument("--repeat", type=int, default=1, help="interleaved repeats of (a)/(b)/(c), best kept")
     p.add_argument("--skip-throughput", action="store_true")
     p.add_argument("--skip-rss", action="store_true")
+    p.add_argument("--skip-graph", action="store_true")
+    p.add_argument("--hypotheses", action="store_true",
+                   help="also time stackstac as uint16, with 1024 px chunks, with its default GDAL env, without warping")
     p.add_argument("--child", choices=["demo", "4x"], help=argparse.SUPPRESS)
     p.add_argument("--items-dir", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--out", type=Path, help=argparse.SUPPRESS)
@@ -442,18 +523,22 @@ def main() -> None:
     ensure_demo_data(DEMO_ROOT)
     cores = os.cpu_count() or 1
     t0 = time.perf_counter()
-    t = throughput(args.repeat, cores) if not args.skip_throughput else None
+    t = throughput(args.repeat, cores, args.hypotheses) if not args.skip_throughput else None
     r = peak_rss() if not args.skip_rss else None
+    g = graph_sizes() if not args.skip_graph else None
     parts = []
     if t:
         npx = GRID_SIZE * GRID_SIZE * 6
-        parts.append(f"S2 composite {npx / t['a'] / cores / 1e6:.2f} Mpx/s/core "
-                     f"(x{t['b'] / t['a']:.2f} of raw stackstac, odc-stac x{t['b'] / t['c']:.2f} of stackstac), "
-                     f"whole cube {t['cube']:.1f} s")
+        parts.append(f"S2 composite {npx / t['a'] / cores / 1e6:.2f} Mpx/s/core, x{t['c'] / t['a']:.2f} of odc-stac's "
+                     f"bare load (goal >= 1.0; stackstac reader x{t['c'] / t['a2']:.2f}, raw stackstac "
+                     f"x{t['c'] / t['b']:.2f}), whole cube {t['cube']:.1f} s")
     if r:
         parts.append(f"peak RSS demo {r['demo']['peak_kb'] / 1024:.0f} MB, 4x {r['4x']['peak_kb'] / 1024:.0f} MB "
-                     f"(x{r['ratio']['rss']:.2f} for 4x the pixels)")
-    print(f"\nSUMMARY: {'; '.join(parts)}  [total {time.perf_counter() - t0:.0f} s]")
+                     f"(x{r['ratio']['rss']:.2f} for 4x the pixels; goal <= 1.3)")
+    if g:
+        parts.append(f"100,000 km² plan: whole-zone cube graph {g['direct']:,} tasks (goal < 200,000; "
+                     f"stackstac reader {g['stackstac']:,}), busiest tile {g['direct_tile']:,}")
+    print("\nSUMMARY: " + ";\n         ".join(parts) + f"  [total {time.perf_counter() - t0:.0f} s]")
 
 
 if __name__ == "__main__":

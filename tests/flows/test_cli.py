@@ -12,6 +12,7 @@ from pyproj import Transformer
 from typer.testing import CliRunner
 
 from flows.cli import app
+from pipeline.core.layout import zarr_metadata_file
 from pipeline.demo.server import LocalStacServer
 from tests.tinyregion import GRID, make_tiny_region
 
@@ -57,10 +58,10 @@ def test_run_writes_a_georeferenced_cube_and_reuses_it(tiny_api, tmp_path):  # t
     assert np.isfinite(ds["B04"].values).mean() > 0.5
     saved = json.loads((path.parent / "items" / "utm48n" / "sentinel-2-l2a.json").read_text())
     assert len(saved["features"]) == 3
-    mtime = (path / "zarr.json").stat().st_mtime
+    mtime = zarr_metadata_file(path).stat().st_mtime
     res2 = runner.invoke(app, args)
     assert res2.exit_code == 0 and "reusing" in res2.output
-    assert (path / "zarr.json").stat().st_mtime == mtime
+    assert zarr_metadata_file(path).stat().st_mtime == mtime
 
 
 def test_dry_run_prints_the_plan_and_writes_nothing(tiny_api, tmp_path):  # type: ignore[no-untyped-def]

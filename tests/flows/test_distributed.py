@@ -63,7 +63,7 @@ def _assert_identical(a: Path, b: Path) -> None:
         assert np.array_equal(da_[c].values, db_[c].values)
 
 
-def _stop(proc: subprocess.Popen) -> None:
+def stop_process(proc: subprocess.Popen) -> None:
     if proc.poll() is None:
         proc.terminate()
         try:
@@ -73,34 +73,51 @@ def _stop(proc: subprocess.Popen) -> None:
             proc.wait(timeout=15)
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory):  # type: ignore[no-untyped-def]
-    """``dask scheduler`` + two single-threaded ``dask worker`` processes on 127.0.0.1; always stopped."""
-    tmp = tmp_path_factory.mktemp("cluster")
-    sched_file = tmp / "scheduler.json"
+def cluster_env() -> dict[str, str]:
+    """The environment of the scheduler and worker processes: this checkout importable, no address."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     env.pop(ADDRESS_ENV, None)
+    return env
+
+
+def start_scheduler(tmp: Path, procs: list, logs: list) -> str:
+    """Start ``dask scheduler`` on 127.0.0.1 (appended to ``procs``); its address."""
+    sched_file = tmp / "scheduler.json"
+    log = open(tmp / "scheduler.log", "w")
+    logs.append(log)
+    procs.append(subprocess.Popen(
+        [sys.executable, "-m", "dask", "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
+         "--scheduler-file", str(sched_file)], stdout=log, stderr=subprocess.STDOUT, env=cluster_env(), cwd=REPO))
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while not sched_file.exists() or not sched_file.read_text().strip():
+        if procs[-1].poll() is not None or time.monotonic() > deadline:
+            pytest.fail(f"dask scheduler did not start: {(tmp / 'scheduler.log').read_text()[-2000:]}")
+        time.sleep(0.2)
+    return json.loads(sched_file.read_text())["address"]
+
+
+def start_worker(address: str, name: str, tmp: Path, logs: list, *extra: str) -> subprocess.Popen:
+    """Start a single-threaded ``dask worker`` process on 127.0.0.1 (``extra``: more options,
+    e.g. ``--resources GPU=1``); the caller waits for it and stops it."""
+    log = open(tmp / f"{name}.log", "w")
+    logs.append(log)
+    return subprocess.Popen(
+        [sys.executable, "-m", "dask", "worker", address, "--host", "127.0.0.1", "--nthreads", "1",
+         "--no-nanny", "--no-dashboard", "--memory-limit", "2GB", "--name", name, *extra],
+        stdout=log, stderr=subprocess.STDOUT, env=cluster_env(), cwd=REPO)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):  # type: ignore[no-untyped-def]
+    """``dask scheduler`` + two single-threaded ``dask worker`` processes on 127.0.0.1; always
+    stopped. Yields ``(address, {worker address: name})``."""
+    tmp = tmp_path_factory.mktemp("cluster")
     procs: list[subprocess.Popen] = []
-    logs = []
+    logs: list = []
     try:
-        log = open(tmp / "scheduler.log", "w")
-        logs.append(log)
-        procs.append(subprocess.Popen(
-            [sys.executable, "-m", "dask", "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
-             "--scheduler-file", str(sched_file)], stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO))
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while not sched_file.exists() or not sched_file.read_text().strip():
-            if procs[0].poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"dask scheduler did not start: {(tmp / 'scheduler.log').read_text()[-2000:]}")
-            time.sleep(0.2)
-        address = json.loads(sched_file.read_text())["address"]
+        address = start_scheduler(tmp, procs, logs)
         for i in range(2):
-            log = open(tmp / f"worker{i}.log", "w")
-            logs.append(log)
-            procs.append(subprocess.Popen(
-                [sys.executable, "-m", "dask", "worker", address, "--host", "127.0.0.1", "--nthreads", "1",
-                 "--no-nanny", "--no-dashboard", "--memory-limit", "2GB", "--name", f"w{i}"],
-                stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO))
+            procs.append(start_worker(address, f"w{i}", tmp, logs))
         from distributed import Client
 
         with Client(address, timeout=60) as c:
@@ -109,7 +126,7 @@ def cluster(tmp_path_factory):  # type: ignore[no-untyped-def]
         yield address, workers
     finally:
         for p in reversed(procs):
-            _stop(p)
+            stop_process(p)
         for f in logs:
             f.close()
 

@@ -167,3 +167,29 @@ def test_demo_model_is_trained_once_and_cached(lsi_run, tmp_path, monkeypatch) -
     events.clear()
     ensure_demo_model(lsi_path, truth, tmp_path / "model", on_event=lambda k, i: events.append(k))
     assert "training" in events
+
+
+def test_device_used_is_announced_and_recorded(lsi_run, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from dataclasses import replace
+
+    from pipeline.core.errors import InputDataError
+
+    result, rain, ckpt = lsi_run
+    run = replace(result, run_dir=tmp_path / "run")  # a fresh mosaic beside the module's
+    if not torch.cuda.is_available():  # `gpu` is `cuda`: refused in one line, nothing written
+        with pytest.raises(InputDataError, match="--device cuda") as info:
+            stages.risk_stage(run, rain, ckpt, tile=64, device="gpu", uncertainty=False)
+        assert "\n" not in str(info.value) and "Fix:" in str(info.value)
+        assert not (tmp_path / "run").exists()
+    with pytest.raises(InputDataError, match="'tpu'"):
+        stages.risk_stage(run, rain, ckpt, tile=64, device="tpu", uncertainty=False)
+    events: list[tuple[str, dict]] = []
+    stages.risk_stage(run, rain, ckpt, tile=64, device="auto", uncertainty=False,
+                      on_event=lambda k, i: events.append((k, i)))
+    zone = open_zone(run.run_dir, "utm48n")
+    want = "cpu (float32)" if not torch.cuda.is_available() else zone.attrs["inference_device"]
+    assert zone.attrs["inference_device"] == want and want.split()[0] in ("cpu", "cuda:0")
+    notes = [i["text"] for k, i in events if k == "note" and "inference on the CPU" in i["text"]]
+    assert len(notes) == (0 if torch.cuda.is_available() else 1)  # the fallback, said once
+    (stats,) = [i for k, i in events if k == "inference"]
+    assert stats["devices"] == [want] and stats["stats"]["chunks_run"] > 0

@@ -14,6 +14,7 @@ from models.checkpoint import read_metadata
 from models.data import CHIP_GUTTER, IGNORE, label_store, open_cube, open_store
 from models.labels import parse_label_values
 from pipeline.core.errors import InputDataError
+from pipeline.core.layout import ZARR_FORMAT
 
 runner = CliRunner()
 TINY = ["--epochs", "1", "--width", "4", "--depth", "2", "--chip-size", "64", "--batch-size", "8",
@@ -35,7 +36,7 @@ def test_prepare_writes_one_group_per_chip_with_its_crs(prepared):
     import zarr
 
     root = zarr.open_group(str(store), mode="r")
-    assert root.metadata.zarr_format == 3
+    assert root.metadata.zarr_format == ZARR_FORMAT
     attrs = dict(root.attrs)
     assert attrs["slidewatch_store"] == "chips"
     assert attrs["channels"] == ["B02", "B03", "B04", "B08", "dem", "ndvi", "ndwi", "slope"]

@@ -21,6 +21,7 @@ from models.data import NormStats
 from models.networks import DEFAULT_CHANNELS, EnhancedUNet
 from pipeline.core.config import CubeConfig, TimeWindow
 from pipeline.core.files import exchange_paths, replace_dir
+from pipeline.core.layout import ZARR_FORMAT
 from pipeline.factors.lsi import LsiParams
 from pipeline.rain.events import resolve_rain
 from pipeline.store.tiles import (
@@ -41,7 +42,7 @@ def _tiny_store(path: Path, value: float, fp: str = "fp") -> TileStore:
     store = TileStore(path, fp)
     ds = xr.Dataset({"v": (("y", "x"), np.full((4, 4), value, np.float32))})
     ds.attrs.update({"slidewatch_fingerprint": fp, COMPLETE_ATTR: False})
-    ds.to_zarr(str(store.partial), mode="w", zarr_format=3, consolidated=False)
+    ds.to_zarr(str(store.partial), mode="w", zarr_format=ZARR_FORMAT, consolidated=False)
     store.finalize()
     return store
 

@@ -230,7 +230,7 @@ def test_no_seam_at_chunk_lines():
     out = _compute(predict_dataset(_dataset(x, 64), fake, tile=48))
     lines = np.arange(64, 200, 64)
     cols = np.arange(64, 173, 64)
-    jump = lambda a: np.concatenate([np.abs(a[lines] - a[lines - 1]).ravel(),  # noqa: E731
+    jump = lambda a: np.concatenate([np.abs(a[lines] - a[lines - 1]).ravel(),
                                      np.abs(a[:, cols] - a[:, cols - 1]).ravel()])
     assert np.max(np.abs(jump(out) - jump(ref))) < 1e-5
     # negative control: chunks predicted without their halo do show seams there
@@ -402,7 +402,13 @@ def test_graph_has_one_task_per_chunk_and_one_shared_predictor():
     out = predict_dataset(ds, fake, tile=32)
     layer = dict(out.data.__dask_graph__().layers[out.data.name])
     n_chunks = math.ceil(130 / 32) * math.ceil(100 / 32)
-    assert len(layer) == n_chunks + 2  # + the predictor and the counters, once each
+    chunk_keys = [k for k in layer if isinstance(k, tuple) and k[0] == out.data.name]
+    tile_keys = [k for k in layer if isinstance(k, tuple) and k[0] != out.data.name]
+    assert len(chunk_keys) == n_chunks
+    # tile 32, overlap 8: origins 0, 24, ..., 120 (6) down, 0, 24, 48, 72 (4) across, in
+    # groups of 2 x 4 tiles (about one batch of 8): 3 tile tasks
+    assert len(tile_keys) == 3
+    assert len(layer) == n_chunks + 3 + 2  # + the predictor and the counters, once each
     assert sum(v is fake for v in layer.values()) == 1
     assert "spatial_ref" in out.coords and out.dims == ("y", "x")
     np.testing.assert_array_equal(out["x"].values, ds["x"].values)
@@ -411,8 +417,9 @@ def test_graph_has_one_task_per_chunk_and_one_shared_predictor():
 
 
 def test_lazy_zarr_source_reads_windows_directly(tmp_path):
-    """A dataset opened without dask: one task per chunk plus three shared keys (the
-    predictor, the counters, the reader), no source tasks, same result."""
+    """A dataset opened without dask: one task per chunk, one per group of tiles, plus
+    three shared keys (the predictor, the counters, the reader), no source tasks, same
+    result."""
     x = _data(150, 140, seed=8)
     x[:, :40, :50] = np.nan
     _dataset(x, 64).to_zarr(tmp_path / "f.zarr", mode="w", consolidated=False)
@@ -421,7 +428,7 @@ def test_lazy_zarr_source_reads_windows_directly(tmp_path):
     fake = LocalFake(2)
     out = predict_dataset(ds, fake, 64, tile=32)
     graph = dict(out.data.__dask_graph__())
-    assert len(graph) == 3 * 3 + 3
+    assert len(graph) == 3 * 3 + 3 * 2 + 3  # 6 x 6 tiles (stride 24) in groups of 2 x 4
     ref = fake.reference(np.where(np.isnan(x), np.float32(0), x))
     ref[:40, :50] = np.nan
     np.testing.assert_allclose(_compute(out), ref, atol=1e-5, rtol=0)
@@ -451,3 +458,56 @@ def test_iterator_windows_resume_and_sources():
     np.testing.assert_array_equal(a, b)
     with pytest.raises(InputDataError, match="outside"):
         predict_chunk(x, 0, 120, 0, 10, fake)
+
+
+# -- each tile once: the overlap factor does not depend on the chunking -----------------
+
+# tile 48, overlap 12 (stride 36) on 200 x 173, worked by hand: origins 0, 36, ..., 180
+# down (the last one 20 rows), 0, 36, ..., 144 across (the last one 29 columns)
+_GRID_TILES = 6 * 5
+_GRID_PIXELS = (5 * 48 + 20) * (4 * 48 + 29)  # 260 x 221 = 57,460 for 34,600 output pixels
+
+
+@pytest.mark.parametrize("chunks", [32, 64, (50, 70), 256])
+def test_each_tile_runs_once_whatever_the_chunking(chunks):
+    x = _data()
+    fake = LocalFake(3)
+    stats = PredictionStats()
+    out = _compute(predict_dataset(_dataset(x), fake, chunks, tile=48, overlap=12, margin=3, stats=stats))
+    np.testing.assert_allclose(out, fake.reference(x), atol=1e-5, rtol=0)
+    assert stats.tiles_run == _GRID_TILES and stats.pixels_processed == _GRID_PIXELS
+    assert stats.overlap_factor == pytest.approx(57460 / 34600)
+    # groups of 2 x 4 tiles (batch 8): rows 0-1 and 2-3 give 8 full tiles and 2 of the
+    # right edge (29 columns); rows 4-5 give 4 full + 4 bottom-edge (20 rows) tiles, and a
+    # right-edge and a corner tile: one call per shape in a group
+    assert stats.model_calls == 8 and sorted(fake.batch_sizes) == [1, 1, 2, 2, 4, 4, 8, 8]
+    assert {t.shape[1:] for t in fake.tiles} == {(48, 48), (48, 29), (20, 48), (20, 29)}
+
+
+@pytest.mark.parametrize("chunks", [32, (40, 90)])
+def test_iterator_runs_each_tile_once_in_any_window_order(chunks):
+    x = _data(seed=9)
+    x[:, 150:, :60] = np.nan  # a nodata corner: tiles there are skipped, never run twice
+    fake = LocalFake(3)
+    wins = chunk_windows(x.shape[1:], chunks)
+    order = np.random.default_rng(10).permutation(len(wins))
+    stats = PredictionStats()
+    got = list(iter_chunk_predictions(_dataset(x), fake, windows=[wins[i] for i in order], tile=48,
+                                      overlap=12, margin=3, stats=stats))
+    assert [w for w, _ in got] == [wins[i] for i in order]  # yielded in the order asked
+    assert stats.tiles_run + stats.tiles_skipped == _GRID_TILES and stats.tiles_skipped >= 1
+    assert stats.pixels_output == 200 * 173
+    whole = predict_window(x, LocalFake(3), tile=48, overlap=12, margin=3)
+    for (sy, sx), arr in got:  # the same bits as one pass over the whole array
+        np.testing.assert_array_equal(arr, whole[sy, sx])
+
+
+def test_default_plan_keeps_overlap_under_1_3():
+    unet = LocalFake(224, size_multiple=16)  # the default enhanced U-Net: halo 224
+    p = make_plan(unet)
+    assert (p.tile, p.overlap, p.margin) == (576, 64, 16)
+    assert make_plan(unet, 1024).overlap == 64  # larger tiles keep the 64 px blending band
+    assert make_plan(LocalFake(3), 48).overlap == 12  # small halos: 4·halo, as before
+    # a 4096-pixel axis: origins 0, 512, ..., 3584 (8 tiles, the last 512 long)
+    per_axis = sum(min(p.tile, 4096 - int(o)) for o in p.origins(4096)) / 4096
+    assert per_axis == 4544 / 4096 and per_axis**2 < 1.3

@@ -12,6 +12,7 @@ import xarray as xr
 
 from pipeline.core.config import ZoneGrid
 from pipeline.core.errors import StoreError
+from pipeline.core.layout import ZARR_FORMAT, store_format, zarr_metadata_file
 from pipeline.store.tiles import TileStore, grid_coords, template, write_tiles
 
 GRID = ZoneGrid(epsg=32648, x0=320000.0, y1=3309440.0, width=128, height=128, chunk=32)
@@ -41,7 +42,7 @@ def test_round_trip_with_crs_and_attrs(tmp_path):  # type: ignore[no-untyped-def
     np.testing.assert_array_equal(ds["a"].values, yy * 1000 + xx)
     assert ds.attrs["slidewatch_complete"] is True and ds.attrs["input_items"] == {"s2": ["x"]}
     assert store.is_complete()
-    assert os.path.exists(store.path / "zarr.json")
+    assert store_format(store.path) == ZARR_FORMAT and os.path.exists(zarr_metadata_file(store.path))
 
 
 def test_resume_writes_only_missing_tiles(tmp_path):  # type: ignore[no-untyped-def]
