@@ -7,7 +7,8 @@ real planner (``pipeline.plan.grid.plan_grids``), makes synthetic STAC items fro
 (assumptions below), and asks the real estimators for bytes (``pipeline.plan.estimate.estimate_bytes``,
 the same assets and sample sizes as the dry-run plan) and dask tasks
 (``pipeline.plan.estimate.graph_tasks`` of ``pipeline.acquire.cube.build_cube``: the lazy cube graph, nothing
-is read). Time figures scale throughputs measured elsewhere (constants below, with sources).
+is read; with the default ``direct`` reader, and the whole-zone graph with the ``stackstac`` reader too).
+Time figures scale throughputs measured elsewhere (constants below, with sources).
 
 The output is a Markdown table; docs/scaling.md embeds it verbatim and
 tests/infra/test_infra_files.py checks that the two agree.
@@ -189,6 +190,7 @@ def estimates() -> list[tuple[str, float, str, str, str]]:
     scenes_px = {"s2": 0.0, "s1": 0.0, "hist": 0.0, "dem": 0.0}  # Σ overlap × grid px
     requests = 0.0
     zone_tasks: list[int] = []
+    zone_tasks_stackstac: list[int] = []
     tile_tasks: list[int] = []
     tile_tasks_opt: list[int] = []
     max_scenes_tile = 0
@@ -205,7 +207,8 @@ def estimates() -> list[tuple[str, float, str, str, str]]:
         nbytes["s2"] += estimate_bytes(inp.s2, S2_ASSETS, g, [2] * len(S2_ASSETS))
         nbytes["s1"] += estimate_bytes(inp.s1_history, ["vv", "vh"], g, [4, 4])
         nbytes["dem"] += estimate_bytes(inp.dem, ["data"], g, [4])
-        zone_tasks.append(graph_tasks(build_cube(inp, g, S2_CUBE_BANDS)))
+        zone_tasks.append(graph_tasks(build_cube(inp, g, S2_CUBE_BANDS, "direct")))
+        zone_tasks_stackstac.append(graph_tasks(build_cube(inp, g, S2_CUBE_BANDS, "stackstac")))
         for t in sample_tiles(g):
             sub = g.subgrid(t)
             sel = RunInputs(s2=_intersecting(inp.s2, sub), s1=_intersecting(inp.s1, sub),
@@ -213,7 +216,7 @@ def estimates() -> list[tuple[str, float, str, str, str]]:
             if not sel.s2 or not sel.dem:
                 continue  # the run writes a blank tile there
             max_scenes_tile = max(max_scenes_tile, len(sel.s2), len(sel.s1_history))
-            cube = build_cube(sel, sub, S2_CUBE_BANDS)
+            cube = build_cube(sel, sub, S2_CUBE_BANDS, "direct")
             tile_tasks.append(graph_tasks(cube))
             tile_tasks_opt.append(optimised_tasks(cube))
     per_px = {k: v / px for k, v in scenes_px.items()}
@@ -255,6 +258,7 @@ def estimates() -> list[tuple[str, float, str, str, str]]:
         ("range_requests_k", requests / 1e3, ",.0f", "k", "HTTP range requests: at least one per chunk × item × asset"),
         ("cube_tasks_zone_graph", max(zone_tasks), ",d", "", "tasks of the larger whole-zone cube graph (the dry-run count)"),
         ("cube_tasks_per_chunk_zone", max(zone_tasks) / zone_chunks, ".0f", "", "the same, per chunk"),
+        ("cube_tasks_zone_graph_stackstac", max(zone_tasks_stackstac), ",d", "", "the same with SLIDEWATCH_READER=stackstac"),
         ("cube_tasks_per_tile", max_tile, ",d", "", "largest sampled write-tile cube graph (what a run computes at once)"),
         # dask's fusion varies by a few tasks with the hash seed (136 or 142 seen): rounded
         ("cube_tasks_per_tile_optimised", round(max(tile_tasks_opt), -1), ",d", "", "the same after dask's fusion, to the nearest 10 (what the scheduler gets)"),

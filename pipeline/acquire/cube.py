@@ -404,6 +404,7 @@ def cube_attrs(
         "cube_config": config.as_dict(),
         "epsg": grid.epsg,
         "s1_collection": inputs.s1_collection,
+        "reader": reader_choice(),  # SLIDEWATCH_READER (pipeline.acquire.readers): same pixels either way
         "notes": inputs.notes,
     }
 
