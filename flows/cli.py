@@ -185,7 +185,7 @@ def run(
     check_rain_options(rain_intensity, rain_duration, precip)  # before any pixel is read
     params, calibrated_by = load_calibration(calibration) if calibration is not None else (None, None)
     from flows.dask_context import check_scheduler_address
-    from flows.inference_workers import parse_device
+    from flows.stages.inference_workers import parse_device
 
     check_scheduler_address(dask_address)
     device = parse_device(device)  # a misspelt device is refused before any work
@@ -206,7 +206,7 @@ def run(
     from flows.dask_context import THREADS, dashboard_url, dask_client
 
     if checkpoint is not None and device.startswith("cuda") and (dask_address or "").strip() in ("", THREADS):
-        from flows.inference_workers import driver_device
+        from flows.stages.inference_workers import driver_device
 
         driver_device(device, None)  # a local run: CUDA here or refused, before anything is written
     with run_lock(out, reg, window), dask_client(dask_address, dashboard=dashboard) as client:
@@ -215,7 +215,7 @@ def run(
             console.print(f"dashboard: {url}" if url else "dashboard: none (no distributed client)")
         if checkpoint is not None and device.startswith("cuda") and client is not None:  # GPU workers?
             from flows.dask_context import task_pool
-            from flows.inference_workers import driver_device
+            from flows.stages.inference_workers import driver_device
 
             with task_pool() as pool:
                 driver_device(device, pool)  # refused now, not after the cube and LSI

@@ -39,7 +39,7 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     """``"auto"`` → CUDA when available, else CPU; otherwise ``torch.device(device)``.
     Raises :class:`InputDataError` (one line) for a name torch does not know and for CUDA
     where none is available. (The CLI's spelling, ``gpu`` included, is
-    :func:`flows.inference_workers.parse_device`.)"""
+    :func:`flows.stages.inference_workers.parse_device`.)"""
     if isinstance(device, str) and device.strip().lower() == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:

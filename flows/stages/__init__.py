@@ -219,7 +219,7 @@ def load_predictor(checkpoint: Path, device: str = "auto", batch_size: int = 8) 
     """The checkpoint's Predictor, loaded once per process (see :func:`models.predictor.cached_predictor`).
     ``device``: ``auto``, ``cpu``, ``cuda`` (``gpu`` is an alias); a misspelt one, or CUDA
     where there is none, is refused in one line."""
-    from flows.inference_workers import parse_device
+    from flows.stages.inference_workers import parse_device
     from models.predictor import cached_predictor
 
     return cached_predictor(str(checkpoint), parse_device(device), batch_size)
@@ -256,12 +256,12 @@ def risk_stage(
 
     The tiles run as Dask tasks on the active client's workers (GPU workers when some
     advertise a ``GPU`` resource), or on a thread here without a client; each worker loads
-    the checkpoint once (:mod:`flows.inference_workers`). ``device``: ``auto`` (CUDA where
+    the checkpoint once (:mod:`flows.stages.inference_workers`). ``device``: ``auto`` (CUDA where
     the model runs, else the CPU: announced, and recorded as ``inference_device``),
     ``cpu``, or ``cuda`` (alias ``gpu``; refused in one line where there is no CUDA).
     """
     from flows.dask_context import task_pool
-    from flows.inference_workers import driver_device, parse_device
+    from flows.stages.inference_workers import driver_device, parse_device
     from flows.stages.risk import open_zone, write_risk
     from pipeline.products.stac_item import export_run
     from pipeline.products.quicklook import write_quicklook

@@ -2,8 +2,8 @@
 zone, written tile by tile as results finish, resumable). Wiring only: the inference maths
 is :mod:`pipeline.predict.inference`, the variables and attributes :mod:`pipeline.predict.mosaic`.
 
-The tiles are Dask work (:mod:`flows.inference_workers`): each pending tile is one task on
-the active distributed client's workers (or on a thread here without one) that predicts
+The tiles are Dask work (:mod:`flows.stages.inference_workers`): each pending tile is one
+task on the active distributed client's workers (or on a thread here without one) that predicts
 and writes its region; this process checks the input stores' generations, enters each
 finished tile in the ledger and reports progress, in the order the tiles finish."""
 
@@ -39,8 +39,14 @@ from pipeline.predict.mosaic import (
 from pipeline.store.tiles import COMPLETE_ATTR, GenerationGuard, TileStore, template
 
 from flows.dask_context import TaskPool, task_pool
-from flows.inference_workers import (TileJob, TileOutcome, checkpoint_ref, inference_resources, parse_device,
-                                     run_tile_jobs)
+from flows.stages.inference_workers import (
+    TileJob,
+    TileOutcome,
+    checkpoint_ref,
+    inference_resources,
+    parse_device,
+    run_tile_jobs,
+)
 
 #: The zone attribute naming the device(s) the model ran on (``cpu (float32)``, ``cuda:0 ...``).
 DEVICE_ATTR = "inference_device"
@@ -224,7 +230,7 @@ def _recorded_devices(path: Path) -> set[str]:
 
 def _model_source(pool: TaskPool, predictor: PredictorLike, device: str, batch_size: int) -> object:
     """How the tasks of ``pool`` get the model, once per worker: on this process's threads
-    the predictor itself; on a cluster a :class:`~flows.inference_workers.CheckpointRef` for
+    the predictor itself; on a cluster a :class:`~flows.stages.inference_workers.CheckpointRef` for
     a checkpoint-backed predictor (each worker loads the file once), else the predictor
     scattered once to every worker."""
     if pool.client is None:

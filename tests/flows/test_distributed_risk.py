@@ -1,0 +1,204 @@
+"""The risk stage as Dask work on a real ``dask scheduler`` with ``dask worker`` processes on
+loopback: every inference task runs on the workers, each worker loads the checkpoint once
+(counted in the worker), and the mosaic equals, bit for bit, the same stage on local threads.
+On a cluster with a worker advertising ``GPU=1``, inference tasks run only there, and a
+predictor built in memory reaches each worker once (scattered), never once per task."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections import Counter
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from flows.dask_context import ADDRESS_ENV, dask_client
+from pipeline.core.errors import CheckpointError
+from tests.flows.test_distributed import START_TIMEOUT_S, cluster, start_worker, stop_process  # noqa: F401
+from tests.tinyregion import GRID, FakeSource, make_tiny_region
+
+torch = pytest.importorskip("torch")
+pytestmark = pytest.mark.slow
+CHANNELS = ("slope", "dem", "ndvi", "ndwi", "smi", "ndbi", "lsi")  # models.networks.DEFAULT_CHANNELS
+RISK_TASK = "slidewatch-risk-"
+
+
+def tiny_lsi(root: Path):  # type: ignore[no-untyped-def]
+    """The tiny region's cube and LSI store under ``root`` (4 risk tiles): ``(grid, lsi_path)``."""
+    from pyproj import Transformer
+
+    from flows import stages
+    from pipeline.core.config import CubeConfig, TimeWindow
+    from pipeline.plan.regions import Region
+    from pipeline.rain.events import resolve_rain
+
+    items = make_tiny_region(root / "cogs")
+    tr = Transformer.from_crs(GRID.epsg, 4326, always_xy=True)
+    minx, miny, maxx, maxy = GRID.bounds
+    w, s = tr.transform(minx + 50, miny + 50)
+    e, n = tr.transform(maxx - 50, maxy - 50)
+    window = TimeWindow(date(2024, 7, 1), date(2024, 8, 31))
+    with dask_client("threads"):
+        result = stages.cube_stage(Region("tiny", (w, s, e, n)), window, FakeSource.url, root / "out",
+                                   CubeConfig(), chunk=32, source=FakeSource(items))
+        stages.lsi_stage(result, resolve_rain(None, None, None, (w, s, e, n), window))
+    (zone,) = result.zones
+    return zone.grid, zone.lsi_path
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):  # type: ignore[no-untyped-def]
+    from models.checkpoint import save_checkpoint
+    from models.data import NormStats
+    from models.networks import DEFAULT_CHANNELS, EnhancedUNet
+
+    root = tmp_path_factory.mktemp("distributed-risk")
+    grid, lsi_path = tiny_lsi(root)
+    torch.manual_seed(3)
+    ckpt = save_checkpoint(root / "model.safetensors", EnhancedUNet(DEFAULT_CHANNELS, base_width=4, depth=2),
+                           NormStats((0.0,) * 7, (1.0,) * 7))
+    return grid, lsi_path, ckpt
+
+
+@pytest.fixture
+def one_torch_thread():  # type: ignore[no-untyped-def]
+    """One torch thread here, as on the workers (set there with ``client.run``): CPU
+    convolutions sum in a thread-count dependent order."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _arrays(run_dir: Path, zone: str) -> dict[str, np.ndarray]:
+    ds = xr.open_zarr(run_dir / "risk.zarr", group=zone, consolidated=False)
+    return {k: v.values for k, v in ds.data_vars.items()}
+
+
+def _assert_identical(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> None:
+    assert a.keys() == b.keys() and {"susceptibility", "uncertainty", "hazard", "risk_class"} <= a.keys()
+    for name in a:
+        assert a[name].dtype == b[name].dtype, name
+        assert np.array_equal(a[name], b[name], equal_nan=a[name].dtype.kind == "f"), f"{name} differs"
+    assert np.isfinite(a["susceptibility"]).mean() > 0.5
+
+
+def _inference_tasks(stream: list[dict]) -> list[dict]:
+    return [d for d in stream if str(d["key"]).startswith(RISK_TASK)]
+
+
+def test_risk_on_a_scheduler_equals_threads_and_loads_the_model_once_per_worker(  # type: ignore[no-untyped-def]
+        cluster, tiny, tmp_path, monkeypatch, one_torch_thread):  # noqa: F811 (the imported fixture)
+    from distributed import get_task_stream
+
+    from flows.stages.inference_workers import model_loads
+    from flows.stages.risk import write_risk
+    from models.predictor import Predictor
+
+    address, workers = cluster
+    grid, lsi_path, ckpt = tiny
+    monkeypatch.delenv(ADDRESS_ENV, raising=False)
+    pred = Predictor.from_checkpoint(ckpt, device="cpu")
+    with dask_client("threads"):
+        local = write_risk(tmp_path / "threads", [(grid, lsi_path)], pred, region="tiny", tile=32)
+    with dask_client(address) as client:
+        client.run(torch.set_num_threads, 1)  # as here
+        before = model_loads(client)
+        with get_task_stream(client) as ts:
+            remote = write_risk(tmp_path / "cluster", [(grid, lsi_path)], pred, region="tiny", tile=32)
+        loads = {w: n - before[w] for w, n in model_loads(client).items()}
+    tasks = _inference_tasks(ts.data)
+    per_worker = Counter(d["worker"] for d in tasks)
+    # one task per tile, every one on the two worker processes (none in this process)
+    assert len(tasks) == len(grid.tiles(2)) == 4 and set(per_worker) <= set(workers), per_worker
+    # each worker that ran tiles loaded the checkpoint exactly once, whatever its number of tiles
+    assert max(per_worker.values()) >= 2
+    assert loads == {w: int(w in per_worker) for w in workers}, (loads, per_worker)
+    assert remote.stats.as_dict()["chunks_run"] == local.stats.as_dict()["chunks_run"] > 0
+    assert remote.devices == local.devices == {"cpu (float32)"}
+    _assert_identical(_arrays(tmp_path / "cluster", grid.zone_name), _arrays(tmp_path / "threads", grid.zone_name))
+    zone = xr.open_zarr(tmp_path / "cluster" / "risk.zarr", group=grid.zone_name, consolidated=False)
+    assert zone.attrs["slidewatch_complete"] is True and zone.attrs["inference_device"] == "cpu (float32)"
+
+
+class LoggedPredictor:
+    """A numpy predictor (a fixed weighted sum of the channels through a sigmoid) that
+    appends the pid of every process that unpickles it to a log file."""
+
+    channels = CHANNELS
+    halo = 4
+
+    def __init__(self, log: Path) -> None:
+        self.log = str(log)
+        self.weights = np.linspace(-1.0, 1.0, len(CHANNELS), dtype=np.float32)
+
+    def check_channels(self, names) -> None:  # type: ignore[no-untyped-def]
+        if tuple(names) != self.channels:
+            raise CheckpointError(f"channels {list(names)} are not {list(self.channels)}.", "pass them in order.")
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        x = np.nan_to_num(np.asarray(batch, dtype=np.float32))
+        z = np.tensordot(self.weights, x, axes=(0, 1)) / 100.0
+        return (1.0 / (1.0 + np.exp(-z))).astype(np.float32)
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        with open(state["log"], "a") as f:
+            f.write(f"{os.getpid()}\n")
+
+
+def test_gpu_workers_get_the_inference_and_an_in_memory_model_once(  # type: ignore[no-untyped-def]
+        cluster, tiny, tmp_path, monkeypatch):  # noqa: F811 (the imported fixture)
+    import cloudpickle
+    from distributed import Client, get_task_stream
+
+    from flows.dask_context import task_pool
+    from flows.stages.inference_workers import inference_resources
+    from flows.stages.risk import write_risk
+
+    address, workers = cluster
+    grid, lsi_path, _ = tiny
+    monkeypatch.delenv(ADDRESS_ENV, raising=False)
+    log = tmp_path / "unpickled.txt"
+    pred = LoggedPredictor(log)
+    with dask_client("threads"):
+        write_risk(tmp_path / "threads", [(grid, lsi_path)], pred, region="tiny", tile=32)
+    assert not log.exists()  # threads share the object
+
+    logs: list = []
+    gpu = start_worker(address, "gpu0", tmp_path, logs, "--resources", "GPU=1")
+    module = sys.modules[__name__]
+    cloudpickle.register_pickle_by_value(module)  # the workers cannot import this test module
+    try:
+        with dask_client(address) as client:
+            client.wait_for_workers(3, timeout=START_TIMEOUT_S)
+            (gpu_addr,) = [w for w, i in client.scheduler_info()["workers"].items() if i["name"] == "gpu0"]
+            with task_pool() as pool:
+                assert inference_resources(pool, "auto") == ({"GPU": 1}, 1)
+                assert inference_resources(pool, "cpu") == (None, 3)
+            pids = client.run(os.getpid)
+            with get_task_stream(client) as ts:
+                res = write_risk(tmp_path / "cluster", [(grid, lsi_path)], pred, region="tiny", tile=32)
+    finally:
+        cloudpickle.unregister_pickle_by_value(module)
+        stop_process(gpu)
+        for f in logs:
+            f.close()
+        with Client(address, timeout=60) as c:  # leave the module's cluster as it was
+            deadline = time.monotonic() + START_TIMEOUT_S
+            while len(c.scheduler_info()["workers"]) > len(workers) and time.monotonic() < deadline:
+                time.sleep(0.2)
+    tasks = _inference_tasks(ts.data)
+    assert len(tasks) == 4 and {d["worker"] for d in tasks} == {gpu_addr}, Counter(d["worker"] for d in tasks)
+    # scattered to each of the 3 workers (broadcast), not sent with each of the 4 tasks: one
+    # copy per worker, rarely two (distributed's replication may copy to a worker that just
+    # received it); a copy per task would give the GPU worker at least 5
+    unpickled = Counter(int(line) for line in log.read_text().split())
+    assert set(unpickled) == set(pids.values()) and max(unpickled.values()) <= 2, (unpickled, pids)
+    assert res.devices == {"LoggedPredictor (in memory)"}
+    _assert_identical(_arrays(tmp_path / "cluster", grid.zone_name), _arrays(tmp_path / "threads", grid.zone_name))
