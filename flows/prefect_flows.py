@@ -355,7 +355,7 @@ def rainfall_watch_flow(
 def _draw_alert(row: dict, ledger: AlertLedger) -> list[str]:
     """The recorded alert of ``row`` drawn against its threshold (``OUT/alerts/<id>.png`` and
     ``RUN/plots/alert.png``), so a served watch draws what it records; returns the paths."""
-    from flows.watch_commands import write_alert_plots
+    from flows.stages.alert_plots import write_alert_plots
 
     return [str(p) for p in write_alert_plots([row], ledger.path)]
 

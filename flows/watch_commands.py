@@ -4,7 +4,7 @@ Plain functions with typer annotations; the main CLI registers them with
 ``app.command("watch")(friendly_errors(watch))`` and ``app.command("serve")(friendly_errors(serve))``.
 Wiring only: options are passed to :func:`flows.prefect_flows.rainfall_watch_flow`, results
 printed as a rich table, and each recorded alert drawn against its threshold
-(:func:`write_alert_plots`: ``OUT/alerts/<alert id>.png``, and ``RUN/plots/alert.png`` in
+(:func:`flows.stages.alert_plots.write_alert_plots`: ``OUT/alerts/<alert id>.png``, and ``RUN/plots/alert.png`` in
 the run a new alert triggered). Prefect is imported when a command runs, not when the CLI
 loads.
 """
@@ -19,10 +19,10 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.markup import escape
 from rich.table import Table
 
 from flows.console import err_console, friendly_errors, out_console
+from flows.stages.alert_plots import write_alert_plots
 from pipeline.core.collections import PLANETARY_COMPUTER_STAC
 from pipeline.core.config import DEFAULT_CHUNK
 from pipeline.core.errors import SlidewatchError
@@ -55,41 +55,6 @@ def watch_table(rows: Sequence[dict], title: str = "rainfall watch") -> Table:
             str(r.get("status", "")), str(r.get("forecast") or "–"), str(r.get("run_dir") or ""),
         )
     return table
-
-
-def write_alert_plots(rows: Sequence[dict], ledger_path: Path) -> list[Path]:
-    """Draw every alert of ``rows`` that the ledger at ``ledger_path`` (``OUT/alerts.jsonl``) records
-    (:func:`pipeline.products.plots.alert_plot` of its record): ``OUT/alerts/<alert id>.png``
-    for a new alert, or when that picture is missing, and ``RUN/plots/alert.png`` in the run
-    folder a new alert triggered (when the run made it). Alerts of a check-only pass are not
-    recorded, so not drawn. A picture that cannot be drawn is announced in one line and
-    never fails the watch. Returns the paths written."""
-    from pipeline.products.plots import ALERT_PLOT, alert_plot, run_plots_dir, save_plot
-    from pipeline.rain.alerts import AlertLedger
-
-    ledger = AlertLedger(ledger_path)
-    wanted = [r for r in rows if r.get("alert_id")]
-    if not wanted or not ledger.path.is_file():
-        return []
-    records = ledger.records()
-    written: list[Path] = []
-    for row in wanted:
-        rec = records.get(row["alert_id"])
-        if rec is None:
-            continue
-        try:
-            target = ledger.plot_path(rec["id"])
-            if not (row.get("new") or not target.exists()):
-                continue  # drawn when it was new
-            fig = alert_plot(rec)
-            written.append(save_plot(fig, target))
-            run_dir = Path(row["run_dir"]) if row.get("new") and row.get("run_dir") else None
-            if run_dir is not None and run_dir.is_dir():
-                written.append(save_plot(fig, run_plots_dir(run_dir) / ALERT_PLOT))
-        except Exception as exc:  # noqa: BLE001 - a picture never fails the watch
-            err_console().print(f"[yellow]note:[/yellow] alert {escape(str(row['alert_id']))} was not drawn "
-                                f"({escape(str(exc))}).", soft_wrap=True)
-    return written
 
 
 def _path(p: Path | None) -> str | None:
