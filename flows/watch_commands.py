@@ -23,6 +23,7 @@ from rich.table import Table
 
 from flows.console import err_console, friendly_errors, out_console
 from flows.stages.alert_plots import write_alert_plots
+from flows.stages.inference_workers import parse_device
 from pipeline.core.collections import PLANETARY_COMPUTER_STAC
 from pipeline.core.config import DEFAULT_CHUNK
 from pipeline.core.errors import SlidewatchError
@@ -76,7 +77,7 @@ def watch(
     dask_address: Annotated[str | None, typer.Option("--dask-address", envvar="SLIDEWATCH_DASK_ADDRESS", help="Dask scheduler address; default: a local cluster.")] = None,
     chunk: Annotated[int, typer.Option("--chunk", help="Chunk edge in pixels of the triggered runs.")] = DEFAULT_CHUNK,
     check_only: Annotated[bool, typer.Option("--check-only", help="Print the table but start no run and record no alert.")] = False,
-    device: Annotated[str, typer.Option("--device", help="Inference device: auto, cpu or cuda.")] = "auto",
+    device: Annotated[str, typer.Option("--device", help="Inference device: auto (CUDA when present, else the CPU), cpu, or cuda (alias gpu).")] = "auto",
     rain_source: Annotated[str | None, typer.Option("--rain-source", help="Observed rain: imerg-early (default; NASA IMERG V07 Early Run, about 4 h behind, needs EARTHDATA_TOKEN), imerg-late (about 14 h behind), imerg-v06-pc (Planetary Computer archive, ended 2021-05-31) or local-zarr (with --precip, the default then).")] = None,
     forecast: Annotated[str, typer.Option("--forecast", help="Forecast checked too: ecmwf (IFS open data, keyless), gfs (NOAA, keyless) or none.")] = "ecmwf",
     lead_hours: Annotated[int, typer.Option("--lead-hours", min=1, max=240, help="Hours of forecast checked ahead (1 to 3 days is usual).")] = 72,
@@ -89,6 +90,7 @@ def watch(
 
     load_watchlist(watchlist)  # fail fast, before Prefect starts
     _check_sources(rain_source, forecast, precip, static_period)
+    device = parse_device(device)
     while True:
         rows = rainfall_watch_flow(
             watchlist=_path(watchlist), out=_path(out), hours=hours, now=now, precip=_path(precip),
@@ -182,7 +184,7 @@ def serve(
     checkpoint: Annotated[Path | None, typer.Option("--checkpoint", help="U-Net checkpoint for the triggered runs.")] = None,
     dask_address: Annotated[str | None, typer.Option("--dask-address", envvar="SLIDEWATCH_DASK_ADDRESS", help="Dask scheduler address; default: a local cluster.")] = None,
     chunk: Annotated[int, typer.Option("--chunk", help="Chunk edge in pixels of the triggered runs.")] = DEFAULT_CHUNK,
-    device: Annotated[str, typer.Option("--device", help="Inference device: auto, cpu or cuda.")] = "auto",
+    device: Annotated[str, typer.Option("--device", help="Inference device: auto (CUDA when present, else the CPU), cpu, or cuda (alias gpu).")] = "auto",
     rain_source: Annotated[str | None, typer.Option("--rain-source", help="Observed rain: imerg-early (default; NASA IMERG V07 Early Run, about 4 h behind, needs EARTHDATA_TOKEN), imerg-late (about 14 h behind), imerg-v06-pc (Planetary Computer archive, ended 2021-05-31) or local-zarr (with --precip, the default then).")] = None,
     forecast: Annotated[str, typer.Option("--forecast", help="Forecast checked too: ecmwf (IFS open data, keyless), gfs (NOAA, keyless) or none.")] = "ecmwf",
     lead_hours: Annotated[int, typer.Option("--lead-hours", min=1, max=240, help="Hours of forecast checked ahead (1 to 3 days is usual).")] = 72,
@@ -199,6 +201,7 @@ def serve(
 
     load_watchlist(watchlist)
     _check_sources(rain_source, forecast, precip, static_period)
+    device = parse_device(device)
     from flows.prefect_server import prefect_api
 
     with prefect_api(Path(out) / ".prefect") as (url, started):

@@ -299,6 +299,6 @@ def risk_stage(
         quicklooks[grid.zone_name] = write_quicklook(
             ds["hazard"], layout.risk_quicklook(grid.zone_name), classes=ds["risk_class"],
             title=f"Landslide hazard for the event, {ds.attrs.get('region')} {grid.zone_name}", label="hazard")
-    item = export_run(result.run_dir, quicklooks=quicklooks, run_info=record)
+    item = export_run(result.run_dir, quicklooks=quicklooks, run_info=record, checkpoint=checkpoint)
     emit("exported", {"item": str(item), "exports": str(layout.exports)})
     return risk.path

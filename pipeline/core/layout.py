@@ -7,7 +7,9 @@
         lsi_<zone>.zarr  lsi_<zone>.png      factors, LSI and its quick-look
         risk.zarr/<zone>/                    the risk mosaic, one group per zone
         items/<zone>/<collection>.json       the STAC items read (tokens stripped)
-        exports/                             COGs, quick-looks, the run's STAC item
+        exports/                             COGs + .qml styles, region mosaics, quick-looks,
+                                             the run's STAC catalog (collection.json, items/)
+        plots/alert.png                      the alert that triggered the run (the watch)
         run.json                             parameters, rain, alert, zones
         calibration.json                     the LSI calibration the demo fitted
         report.html                          ``slidewatch report``
@@ -37,7 +39,6 @@ import numpy as np
 from pipeline.core.classes import NODATA_CLASS
 from pipeline.core.errors import InputDataError, StoreError
 from pipeline.core.files import atomic_write_text
-from pipeline.core.quality import QUALITY_NODATA
 
 __all__ = [
     "RISK_STORE",
@@ -59,6 +60,7 @@ __all__ = [
 RISK_STORE = "risk.zarr"
 RUN_JSON = "run.json"
 EXPORTS = "exports"
+PLOTS = "plots"
 ITEMS = "items"
 REPORT = "report.html"
 CALIBRATION = "calibration.json"
@@ -92,6 +94,11 @@ class RunLayout:
     @property
     def exports(self) -> Path:
         return self.run_dir / EXPORTS
+
+    @property
+    def plots(self) -> Path:
+        """The run's pictures (the report shows every PNG there)."""
+        return self.run_dir / PLOTS
 
     def risk_quicklook(self, zone: str) -> Path:
         return self.exports / f"risk_{zone}.png"
@@ -196,7 +203,7 @@ def zarr_compressors() -> tuple[Any, ...]:
 def fill_value(dtype: Any) -> float | int:
     """The Zarr ``fill_value`` (CF ``_FillValue``, GDAL's nodata) of a variable of ``dtype``:
     never a valid value. NaN for floats; for ``uint8`` 255, which is :data:`NODATA_CLASS`
-    (classes are 0..2) and :data:`QUALITY_NODATA` (a flag combination that cannot occur)
+    (classes are 0..2) and :data:`pipeline.core.quality.QUALITY_NODATA` (a flag combination that cannot occur)
     and above the largest count we store (254); the largest value of other unsigned types,
     the smallest of signed ones."""
     dt = np.dtype(dtype)

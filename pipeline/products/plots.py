@@ -35,6 +35,7 @@ from matplotlib.ticker import LogFormatterSciNotation
 
 from pipeline.core.classes import CLASS_COLOURS, CLASS_NAMES
 from pipeline.core.files import atomic_path
+from pipeline.core.layout import RunLayout
 
 __all__ = [
     "ALERT_PLOT",
@@ -72,10 +73,8 @@ _SERIES_COLOURS = ("#1f4e9c", "#e66101", "#5e3c99", "#1b9e77", "#d95f02", "#7570
 
 
 def run_plots_dir(run_dir: str | os.PathLike) -> Path:
-    """``RUN/plots``: where a run's pictures go (the report shows every PNG there).
-
-    Kept here until :class:`pipeline.core.layout.RunLayout` has a ``plots`` path."""
-    return Path(run_dir) / PLOTS_DIR
+    """``RUN/plots``: where a run's pictures go (the report shows every PNG there)."""
+    return RunLayout(Path(run_dir)).plots
 
 
 def _figure(layout: str | None = "constrained") -> Figure:

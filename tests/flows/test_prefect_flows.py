@@ -392,3 +392,21 @@ def test_watch_without_an_earthdata_login_is_one_line_before_prefect_starts(tmp_
     text = " ".join(res.output.split())
     assert res.exit_code == 2 and "EARTHDATA_TOKEN is not set" in text and "Fix:" in text, res.output
     assert "Traceback" not in res.output and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("command", ["watch", "serve"])
+def test_watch_and_serve_refuse_an_unknown_device_before_prefect_starts(tmp_path, command):  # type: ignore[no-untyped-def]
+    import typer
+
+    from flows.watch_commands import serve, watch
+
+    (tmp_path / "w.yaml").write_text("regions:\n  - name: a\n    region: 103.10,29.80,103.20,29.90\n")
+    app = typer.Typer()
+    app.command("watch")(watch)
+    app.command("serve")(serve)
+    res = CliRunner().invoke(app, [command, "--watchlist", str(tmp_path / "w.yaml"), "--out", str(tmp_path / "out"),
+                                   "--precip", str(tmp_path / "p.zarr"), "--forecast", "none", "--device", "tpu"],
+                             env={"COLUMNS": "250"})
+    text = " ".join(res.output.split())
+    assert res.exit_code == 2 and "--device 'tpu'" in text and "Fix:" in text, res.output
+    assert "Traceback" not in res.output and not (tmp_path / "out").exists()

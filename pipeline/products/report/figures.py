@@ -22,15 +22,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pipeline.core.layout import RunLayout
+from pipeline.products.plots import ALERT_PLOT, PR_CURVE_PLOT, RELIABILITY_PLOT, TRAINING_CURVES_PLOT
+
 __all__ = ["MAX_BYTES", "MODEL_FIGURES", "Figure", "find_figures"]
 
 #: Largest figure embedded, bytes.
 MAX_BYTES = 8 * 1024 * 1024
 #: The model's figures beside its checkpoint, with their captions.
 MODEL_FIGURES: dict[str, str] = {
-    "training_curves.png": "Training curves of the checkpoint: loss and validation scores per epoch.",
-    "pr_curve.png": "Precision–recall curve of the checkpoint on its validation data.",
-    "reliability.png": "Reliability diagram of the checkpoint's probabilities on its validation data.",
+    TRAINING_CURVES_PLOT: "Training curves of the checkpoint: loss and validation scores per epoch.",
+    PR_CURVE_PLOT: "Precision–recall curve of the checkpoint on the split `slidewatch evaluate` ran (named in its title).",
+    RELIABILITY_PLOT: "Reliability diagram of the checkpoint's probabilities on the split `slidewatch evaluate` ran (named in its title).",
 }
 _ALERT_CAPTION = "The rainfall alert that triggered this run: the observed or forecast rain against the threshold."
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -66,10 +69,10 @@ def _slug(name: str) -> str:
 def find_figures(run_dir: Path, run: Mapping[str, Any]) -> tuple[list[Figure], list[str]]:
     """The run's figures (see the module notes) and one line per file left out."""
     found: list[tuple[str, str, str, Path]] = []
-    plots = Path(run_dir) / "plots"
+    plots = RunLayout(Path(run_dir)).plots
     if plots.is_dir():
         for png in sorted(plots.glob("*.png")):
-            if png.name == "alert.png":
+            if png.name == ALERT_PLOT:
                 found.append(("fig-alert", "alert", _ALERT_CAPTION, png))
             else:
                 caption = f"{png.stem.replace('_', ' ')} (plots/{png.name})."
