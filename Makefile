@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install bench clean-demo
+.PHONY: demo test install bench gpu-check clean-demo
 
 $(STAMP): pyproject.toml
 	@command -v $(PY) >/dev/null || { echo "error: $(PY) not found; install Python 3.11 or run 'make PY=python3 ...'"; exit 1; }
@@ -33,6 +33,10 @@ bench: $(STAMP)
 	$(BIN)/python tests/benchmarks/bench_grd.py
 	$(BIN)/python tests/benchmarks/bench_tiles.py
 	-$(BIN)/python tests/benchmarks/bench_alert.py
+
+## On a machine with an NVIDIA GPU: the CUDA tests and the GPU inference benchmark (< 5 min).
+gpu-check:
+	bash tests/benchmarks/gpu_check.sh
 
 clean-demo:
 	rm -rf data/demo out/demo
