@@ -99,6 +99,8 @@ def _print_plan(result) -> None:  # type: ignore[no-untyped-def]
                 out_console.print(f"  items {name}: {count}")
             out_console.print(f"  estimated bytes read: {_human_bytes(p.bytes_read)}")
             out_console.print(f"  dask tasks: {p.tasks:,}")
+            if p.largest_graph is not None:
+                out_console.print(f"  largest submitted graph: {p.largest_graph:,} tasks (the busiest write tile's cube)")
         for note in p.notes:
             out_console.print(f"  note: {note}")
         total_bytes += p.bytes_read

@@ -187,7 +187,7 @@ def s2_composite(
     out = xr.Dataset()
     for i, band in enumerate(bands):
         out[band] = _nanmedian_time(refl.isel(band=i, drop=True))
-    count = valid.sum("time").clip(max=255).astype("uint8")
+    count = valid.sum("time").clip(max=254).astype("uint8")  # 255 is the fill (no data)
     out["s2_valid_count"] = count.drop_vars([c for c in count.coords if c not in ("x", "y")])
     return out
 
@@ -410,12 +410,14 @@ def cube_attrs(
 
 
 def check_cube_has_data(
-    has_data: Callable[[str], bool], grid: ZoneGrid, window: TimeWindow, config: CubeConfig, inputs: RunInputs,
+    has_data: Callable[..., bool], grid: ZoneGrid, window: TimeWindow, config: CubeConfig, inputs: RunInputs,
 ) -> None:
     """Refuse (NoValidDataError) to mark complete a cube whose S2 composite or DEM is empty
-    everywhere; ``has_data(variable)`` says whether a written variable holds a valid pixel."""
+    everywhere; ``has_data(variable[, where])`` says whether a written variable holds a value
+    other than its fill (for which the numpy predicate ``where`` holds, when given):
+    :meth:`pipeline.store.tiles.TileStore.has_data`. A count of 0 is no cloud-free pixel."""
     kept = "the partial store was kept but not marked complete."
-    if not has_data("s2_valid_count"):
+    if not has_data("s2_valid_count", lambda count: count > 0):
         raise NoValidDataError(
             f"No cloud-free Sentinel-2 pixel in zone {grid.zone_name} between {window.start} and {window.end}.",
             f"widen the time window or raise --max-cloud; {kept}",

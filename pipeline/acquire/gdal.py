@@ -127,7 +127,8 @@ def clear_http_cache(url: str | None = None) -> bool:
     in the same process would fail again without asking the server; call this before a
     retry. Returns False when the GDAL library could not be reached (nothing cleared).
     """
-    global _LIB
+    global _LIB, _GENERATION
+    _GENERATION += 1  # files kept open by the readers are reopened (their handles cache bytes too)
     if _LIB is None:
         _LIB = _libgdal() or False
     if not _LIB:
@@ -144,6 +145,14 @@ def clear_http_cache(url: str | None = None) -> bool:
 
 
 _LIB = None
+_GENERATION = 0
+
+
+def http_cache_generation() -> int:
+    """How many times :func:`clear_http_cache` ran in this process: a reader that keeps files
+    open (:mod:`pipeline.acquire.readers`) closes them when it changes, so a retry never reads
+    through a handle that saw the failure."""
+    return _GENERATION
 
 
 # ------------------------------------------------------------------------------ reading

@@ -70,6 +70,11 @@ def test_dry_run_prints_the_plan_and_writes_nothing(tiny_api, tmp_path):  # type
     assert res.exit_code == 0, res.output
     for needle in ("dry-run plan", "128×128", "items sentinel-2-l2a: 3", "dask tasks", "estimated bytes read"):
         assert needle in res.output
+    # the graph a run submits (the busiest write tile's) is printed, and is part of the whole
+    import re
+    whole = int(re.search(r"dask tasks: ([\d,]+)", res.output).group(1).replace(",", ""))
+    largest = int(re.search(r"largest submitted graph: ([\d,]+) tasks", res.output).group(1).replace(",", ""))
+    assert 0 < largest <= whole
     assert not any(tmp_path.rglob("*.zarr"))
 
 
