@@ -21,7 +21,7 @@ import logging
 import os
 import sys
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 import dask
 
@@ -86,45 +86,36 @@ def tile_concurrency() -> int:
 
 
 # ------------------------------------------------------------------------ task pools
-#: Seconds a stage that stops waits for its tasks still running before it lets go of its store.
-DRAIN_TIMEOUT_S = 120.0
-
-
 class TaskPool:
-    """Functions run as tasks, on the active distributed client or on this process's threads.
+    """Dask graphs run on the active distributed client or on this process's threads.
 
-    The interface a stage needs to map a function over many items with a bounded number in
-    flight and handle each result as it finishes, whatever runs the tasks (see
-    :func:`task_pool`): :meth:`submit`, :meth:`wait_any`, :meth:`share` (an object every
-    task reads, sent once), :meth:`threads` (how many tasks can run at once) and
-    :meth:`drain` (wait for the tasks still running when the stage stops).
+    The interface a stage needs to compute one graph whose output tasks it handles as each
+    finishes, whatever runs them (see :func:`task_pool`): :meth:`compute_each`,
+    :meth:`run_everywhere` (a function in every process that runs tasks) and
+    :meth:`threads` (how many tasks can run at once).
     """
 
     client: object | None = None
 
-    def submit(self, fn: Callable, *args: object, key: str, resources: dict[str, float] | None = None) -> object:
-        """Start ``fn(*args)``; a future (``result()``, ``done()``)."""
+    def compute_each(self, tasks: Sequence[object], on_done: Callable[[object], None]) -> None:
+        """Compute the ``dask.delayed`` ``tasks`` as one graph (what they share runs once)
+        and call ``on_done(result)`` in this thread as each finishes, in completion order.
+        The first error (a task's, or ``on_done``'s) propagates; tasks not started by then
+        are dropped, those running are not waited for (the caller's business)."""
         raise NotImplementedError
 
-    def wait_any(self, futures: set) -> set:
-        """Block until at least one of ``futures`` is done; the done ones."""
-        raise NotImplementedError
-
-    def share(self, obj: object) -> object:
-        """``obj`` as an argument every task of this pool can take, sent to each worker once."""
-        return obj
+    def run_everywhere(self, fn: Callable, *args: object) -> list:
+        """``fn(*args)`` in every process that runs this pool's tasks (this one included):
+        the results (a process that cannot answer is left out)."""
+        return [fn(*args)]
 
     def threads(self, resource: str | None = None) -> int:
         """Tasks that can run at once (on the workers advertising ``resource``, when given)."""
         raise NotImplementedError
 
-    def drain(self, futures: set, timeout: float = DRAIN_TIMEOUT_S) -> None:
-        """Drop the tasks of ``futures`` not started yet and wait (up to ``timeout`` s) for the others."""
-        raise NotImplementedError
-
 
 class _ThreadTaskPool(TaskPool):
-    """Tasks on a thread pool of this process (no distributed client)."""
+    """Graphs on dask's threaded scheduler, with a thread pool of this process."""
 
     def __init__(self, threads: int) -> None:
         from concurrent.futures import ThreadPoolExecutor
@@ -132,61 +123,53 @@ class _ThreadTaskPool(TaskPool):
         self._threads = max(1, int(threads))
         self._executor = ThreadPoolExecutor(max_workers=self._threads, thread_name_prefix="slidewatch-task")
 
-    def submit(self, fn: Callable, *args: object, key: str, resources: dict[str, float] | None = None) -> object:
-        return self._executor.submit(fn, *args)
+    def compute_each(self, tasks: Sequence[object], on_done: Callable[[object], None]) -> None:
+        wanted = {t.key for t in tasks}  # type: ignore[attr-defined]
 
-    def wait_any(self, futures: set) -> set:
-        from concurrent.futures import FIRST_COMPLETED, wait
+        def posttask(key: object, result: object, dsk: object, state: object, worker_id: object) -> None:
+            if key in wanted:  # runs in this thread, as each task finishes
+                on_done(result)
 
-        return set(wait(futures, return_when=FIRST_COMPLETED).done)
+        # a callback of this compute only, as the tuple (start, start_state, pretask, posttask,
+        # finish) dask's local scheduler takes (a Callback used as a context manager is global)
+        dask.compute(*tasks, scheduler="threads", pool=self._executor, callbacks=[(None, None, None, posttask, None)])
 
     def threads(self, resource: str | None = None) -> int:
         return 0 if resource else self._threads
-
-    def drain(self, futures: set, timeout: float = DRAIN_TIMEOUT_S) -> None:
-        from concurrent.futures import wait
-
-        running = {f for f in futures if not f.cancel()}
-        if running:
-            wait(running, timeout=timeout)
 
     def close(self) -> None:
         self._executor.shutdown(wait=True, cancel_futures=True)
 
 
 class _ClientTaskPool(TaskPool):
-    """Tasks on a distributed client's workers."""
+    """Graphs on a distributed client's workers."""
 
     def __init__(self, client: object) -> None:
         self.client = client
 
-    def submit(self, fn: Callable, *args: object, key: str, resources: dict[str, float] | None = None) -> object:
-        return self.client.submit(fn, *args, key=key, resources=resources, pure=False)  # type: ignore[attr-defined]
+    def compute_each(self, tasks: Sequence[object], on_done: Callable[[object], None]) -> None:
+        from distributed import as_completed
 
-    def wait_any(self, futures: set) -> set:
-        from distributed import wait
+        futures = self.client.compute(list(tasks))  # type: ignore[attr-defined]
+        try:
+            for fut in as_completed(futures):
+                on_done(fut.result())
+        except BaseException:
+            self.client.cancel(futures)  # type: ignore[attr-defined]
+            raise
 
-        return set(wait(list(futures), return_when="FIRST_COMPLETED").done)
-
-    def share(self, obj: object) -> object:
-        return self.client.scatter(obj, broadcast=True, hash=False)  # type: ignore[attr-defined]
+    def run_everywhere(self, fn: Callable, *args: object) -> list:
+        client = self.client
+        out = list(client.run(fn, *args, on_error="ignore").values())  # type: ignore[attr-defined]
+        with contextlib.suppress(Exception):
+            out.append(client.run_on_scheduler(fn, *args))  # type: ignore[attr-defined]
+        return out + [fn(*args)]  # this process: the driver, and the workers of an in-process cluster
 
     def threads(self, resource: str | None = None) -> int:
         workers = self.client.scheduler_info()["workers"].values()  # type: ignore[attr-defined]
         if resource is None:
             return sum(int(w.get("nthreads", 1)) for w in workers)
         return sum(int(min(w.get("nthreads", 1), (w.get("resources") or {}).get(resource, 0))) for w in workers)
-
-    def drain(self, futures: set, timeout: float = DRAIN_TIMEOUT_S) -> None:
-        from distributed import wait
-
-        if not futures:
-            return
-        try:  # queued ones run too (a cancelled running task would go on writing unseen)
-            wait(list(futures), timeout=timeout)
-        except Exception:  # noqa: BLE001 - timed out, or the client is gone: cancel what is left
-            pass
-        self.client.cancel(list(futures))  # type: ignore[attr-defined]
 
 
 @contextlib.contextmanager
@@ -352,7 +335,10 @@ def _redact_worker_logs(client: object) -> None:
     future (a worker plugin): their "Compute Failed" records carry signed URLs."""
 
     def setup() -> None:
-        from pipeline.core.secrets import install_handler_redaction, install_log_redaction
+        from pipeline.core.secrets import (
+            install_handler_redaction,
+            install_log_redaction,
+        )
 
         install_log_redaction()
         install_handler_redaction()

@@ -2,13 +2,16 @@
 zone, written tile by tile as results finish, resumable). Wiring only: the inference maths
 is :mod:`pipeline.predict.inference`, the variables and attributes :mod:`pipeline.predict.mosaic`.
 
-The tiles are Dask work (:mod:`flows.stages.inference_workers`): each pending tile is one
-task on the active distributed client's workers (or on a thread here without one) that predicts
-and writes its region; this process checks the input stores' generations, enters each
-finished tile in the ledger and reports progress, in the order the tiles finish."""
+Each zone is one Dask graph (:mod:`flows.stages.inference_workers`): every inference tile
+of the zone runs once, in a task of a group of tiles, and one task per pending write tile
+blends its tiles' outputs and writes its region, on the active distributed client's
+workers (or on threads here without one); this process checks the input stores'
+generations, enters each finished tile in the ledger and reports progress, in the order
+the tiles finish."""
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -18,6 +21,18 @@ import numpy as np
 import xarray as xr
 import zarr
 
+from flows.dask_context import TaskPool, task_pool
+from flows.stages.inference_workers import (
+    TileJob,
+    TileOutcome,
+    checkpoint_ref,
+    collect_counters,
+    inference_resources,
+    parse_device,
+    run_counters,
+    run_writes,
+    zone_graph,
+)
 from pipeline import __version__
 from pipeline.core.config import CHUNKS_PER_TILE, INFERENCE_TILE, Tile, ZoneGrid
 from pipeline.core.errors import CheckpointError, StoreError
@@ -25,7 +40,6 @@ from pipeline.core.layout import ZARR_FORMAT, RunLayout
 from pipeline.core.provenance import Rain, RunProvenance
 from pipeline.predict.hazard import check_hazard_mode
 from pipeline.predict.inference import PredictionStats, PredictorLike
-from pipeline.predict.uncertainty import FlipEnsemble
 from pipeline.predict.mosaic import (
     CLASS_THRESHOLDS,
     RISK_VARIABLES,
@@ -36,17 +50,8 @@ from pipeline.predict.mosaic import (
     risk_zone_attrs,
     tile_dataset,
 )
+from pipeline.predict.uncertainty import FlipEnsemble
 from pipeline.store.tiles import COMPLETE_ATTR, GenerationGuard, TileStore, template
-
-from flows.dask_context import TaskPool, task_pool
-from flows.stages.inference_workers import (
-    TileJob,
-    TileOutcome,
-    checkpoint_ref,
-    inference_resources,
-    parse_device,
-    run_tile_jobs,
-)
 
 #: The zone attribute naming the device(s) the model ran on (``cpu (float32)``, ``cuda:0 ...``).
 DEVICE_ATTR = "inference_device"
@@ -105,11 +110,15 @@ def write_zone_risk(
     ``uncertainty`` runs the model on 4 flips of every tile (4× the model time) and writes
     their mean as the susceptibility and their spread as ``uncertainty``.
 
-    The tiles run as tasks of ``pool`` (default: :func:`flows.dask_context.task_pool`, i.e.
-    the active distributed client, else a thread here) with the model from ``source``
-    (default: :func:`_model_source`; ``device`` is the device option the workers load a
-    checkpoint with, default the predictor's own). The devices the tiles ran on are added
-    to ``devices`` and recorded in the group's ``inference_device`` attribute.
+    The zone is one graph (:func:`flows.stages.inference_workers.zone_graph`: each inference
+    tile runs once, in groups of about ``batch_size`` tiles, whatever write tiles it
+    straddles; one write task per pending tile) run on ``pool`` (default:
+    :func:`flows.dask_context.task_pool`, i.e. the active distributed client, else a thread
+    here) with the model from ``source`` (default: :func:`_model_source`; ``device`` is the
+    device option the workers load a checkpoint with, default the predictor's own). The
+    graph's inference counters are added to ``stats`` (summed over every process that ran
+    part of it); the devices the model ran on are added to ``devices`` and recorded in the
+    group's ``inference_device`` attribute.
     """
     if pool is None:
         with task_pool() as own:
@@ -172,30 +181,39 @@ def write_zone_risk(
                       emit)
             pending = []
             seen.update(_recorded_devices(previous.path))  # its susceptibility is the one kept
+        run = uuid.uuid4().hex[:12]
         jobs = [TileJob(grid.zone_name, by_window[(sy.start, sy.stop, sx.start, sx.stop)], str(lsi_path),
-                        str(store.partial), tuple(model.channels), (float(thresholds[0]), float(thresholds[1])), rm,
-                        mode, uncertainty, int(tile), int(batch_size),
-                        str(cube_path) if from_cube else None, tuple(from_cube))
+                        str(store.partial), (float(thresholds[0]), float(thresholds[1])), rm, mode, uncertainty, run)
                 for sy, sx in pending]
         if jobs:
-            resources, slots = inference_resources(pool, device)
+            resources, _ = inference_resources(pool, device)
             if source is None:
                 source = _model_source(pool, predictor, device, batch_size)
+            step = grid.chunk * CHUNKS_PER_TILE  # the write tiles: the graph's output chunks
 
             def finished(outcome: TileOutcome) -> None:
                 store.record([outcome.key], verify=verify)
-                if stats is not None:
-                    stats.add(**outcome.stats)
-                if outcome.device not in seen:
-                    announced = outcome.device in (devices or ())  # once per run, not per zone
-                    seen.add(outcome.device)
-                    if device == "auto" and outcome.device.startswith("cpu") and not announced:
-                        emit("note", {"text": "no CUDA GPU where the model runs: inference on the CPU in float32 "
-                                              f"(--device auto; recorded as {DEVICE_ATTR})"})
                 emit("tile", {"zone": f"{grid.zone_name} risk", "tile": outcome.key, "skipped": False})
 
-            run_tile_jobs(pool, jobs, source, finished, key_prefix=f"slidewatch-risk-{uuid.uuid4().hex[:8]}",
-                          resources=resources, slots=2 * slots, check=verify)
+            try:
+                writes = zone_graph(jobs, predictor, source, run_counters(run), lsi_path=lsi_path,
+                                    tile_shape=(step, step), tile=tile, batch_size=batch_size,
+                                    uncertainty=uncertainty, cube_path=cube_path if from_cube else None,
+                                    cube_vars=tuple(from_cube), resources=resources)
+                run_writes(pool, writes, finished, run=run, check=verify)
+            except BaseException:
+                with contextlib.suppress(Exception):  # drop the run's counters in every process
+                    collect_counters(pool, run)
+                raise
+            counts, ran_on = collect_counters(pool, run)
+            if stats is not None:
+                stats.add(**counts.as_dict())
+            for label in sorted(ran_on - seen):
+                announced = label in (devices or ())  # once per run, not per zone
+                seen.add(label)
+                if device == "auto" and label.startswith("cpu") and not announced:
+                    emit("note", {"text": "no CUDA GPU where the model runs: inference on the CPU in float32 "
+                                          f"(--device auto; recorded as {DEVICE_ATTR})"})
         if devices is not None:
             devices.update(seen)
         path = store.finalize({DEVICE_ATTR: ", ".join(sorted(seen))} if seen else None)
@@ -229,14 +247,12 @@ def _recorded_devices(path: Path) -> set[str]:
 
 
 def _model_source(pool: TaskPool, predictor: PredictorLike, device: str, batch_size: int) -> object:
-    """How the tasks of ``pool`` get the model, once per worker: on this process's threads
-    the predictor itself; on a cluster a :class:`~flows.stages.inference_workers.CheckpointRef` for
-    a checkpoint-backed predictor (each worker loads the file once), else the predictor
-    scattered once to every worker."""
-    if pool.client is None:
-        return predictor
-    ref = checkpoint_ref(predictor, device, batch_size)
-    return ref if ref is not None else pool.share(predictor)
+    """What the model's tasks on ``pool`` resolve the predictor from (see
+    :class:`~flows.stages.inference_workers.WorkerModel`): on a cluster a
+    :class:`~flows.stages.inference_workers.CheckpointRef` for a checkpoint-backed predictor
+    (each worker loads the file once); else the predictor itself (in the graph once)."""
+    ref = checkpoint_ref(predictor, device, batch_size) if pool.client is not None else None
+    return ref if ref is not None else predictor
 
 
 def _rehazard(store: TileStore, previous: GenerationGuard, by_window: dict, pending: list, thresholds: tuple,
@@ -298,9 +314,9 @@ def write_risk(
     """The region's mosaic: one group per zone in ``RUN/risk.zarr``, marked complete only
     when every zone is.
 
-    The tiles are tasks on the active distributed client (else a thread here), the model
-    sent to each worker once (see :func:`write_zone_risk`); ``device`` is the device option
-    the workers load a checkpoint with (default: the predictor's own)."""
+    Each zone is one graph on the active distributed client (else a thread here), the model
+    in it once (see :func:`write_zone_risk`); ``device`` is the device option the workers
+    load a checkpoint with (default: the predictor's own)."""
     device = parse_device(device or getattr(predictor, "requested_device", None) or "auto")
     root = RunLayout(run_dir).risk
     result = RiskResult(root)
@@ -310,7 +326,7 @@ def write_risk(
     group = zarr.open_group(str(root), mode="a", zarr_format=ZARR_FORMAT)  # the zone groups' format
     group.attrs.update({**risk_root_attrs(region, [g.zone_name for g, _ in zones], __version__), COMPLETE_ATTR: False})
     with task_pool() as pool:
-        source = _model_source(pool, predictor, device, batch_size)  # sent once for every zone
+        source = _model_source(pool, predictor, device, batch_size)  # the same for every zone
         for grid, lsi_path in zones:
             _, reused = write_zone_risk(root, grid, lsi_path, predictor, rain=rain, mode=mode, thresholds=thresholds,
                                         thresholds_source=thresholds_source, uncertainty=uncertainty, tile=tile,

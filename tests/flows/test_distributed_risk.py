@@ -1,8 +1,9 @@
 """The risk stage as Dask work on a real ``dask scheduler`` with ``dask worker`` processes on
-loopback: every inference task runs on the workers, each worker loads the checkpoint once
-(counted in the worker), and the mosaic equals, bit for bit, the same stage on local threads.
-On a cluster with a worker advertising ``GPU=1``, inference tasks run only there, and a
-predictor built in memory reaches each worker once (scattered), never once per task."""
+loopback: one graph per zone whose every inference tile runs once, in a group task on the
+workers; each worker loads the checkpoint once (counted in the worker), the counters add up
+over the workers, and the mosaic equals, bit for bit, the same stage on local threads. On a
+cluster with a worker advertising ``GPU=1``, inference tasks run only there, and a
+predictor built in memory enters the graph once, never once per task."""
 
 from __future__ import annotations
 
@@ -19,13 +20,20 @@ import xarray as xr
 
 from flows.dask_context import ADDRESS_ENV, dask_client
 from pipeline.core.errors import CheckpointError
-from tests.flows.test_distributed import START_TIMEOUT_S, cluster, start_worker, stop_process  # noqa: F401
+from tests.flows.test_distributed import (  # noqa: F401
+    START_TIMEOUT_S,
+    cluster,
+    start_worker,
+    stop_process,
+)
 from tests.tinyregion import GRID, FakeSource, make_tiny_region
 
 torch = pytest.importorskip("torch")
 pytestmark = pytest.mark.slow
 CHANNELS = ("slope", "dem", "ndvi", "ndwi", "smi", "ndbi", "lsi")  # models.networks.DEFAULT_CHANNELS
-RISK_TASK = "slidewatch-risk-"
+RISK_TASK = "slidewatch-risk-"  # the write tasks
+GROUP_TASK = "slidewatch-predict-tiles-"  # the inference tasks: a group of tiles through the model
+BLEND_TASK = "slidewatch-predict-"  # the inference tasks and the blend tasks
 
 
 def tiny_lsi(root: Path):  # type: ignore[no-untyped-def]
@@ -88,8 +96,13 @@ def _assert_identical(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> Non
     assert np.isfinite(a["susceptibility"]).mean() > 0.5
 
 
-def _inference_tasks(stream: list[dict]) -> list[dict]:
-    return [d for d in stream if str(d["key"]).startswith(RISK_TASK)]
+def _tasks(stream: list[dict], prefix: str) -> list[dict]:
+    """The task stream's entries whose key (the name of a tuple key) starts with ``prefix``."""
+    return [d for d in stream if str(d["key"][0] if isinstance(d["key"], tuple) else d["key"]).startswith(prefix)]
+
+
+def _counts(stats) -> dict:  # type: ignore[no-untyped-def]
+    return {k: v for k, v in stats.as_dict().items() if k != "model_seconds"}
 
 
 def test_risk_on_a_scheduler_equals_threads_and_loads_the_model_once_per_worker(  # type: ignore[no-untyped-def]
@@ -112,14 +125,18 @@ def test_risk_on_a_scheduler_equals_threads_and_loads_the_model_once_per_worker(
         with get_task_stream(client) as ts:
             remote = write_risk(tmp_path / "cluster", [(grid, lsi_path)], pred, region="tiny", tile=32)
         loads = {w: n - before[w] for w, n in model_loads(client).items()}
-    tasks = _inference_tasks(ts.data)
-    per_worker = Counter(d["worker"] for d in tasks)
-    # one task per tile, every one on the two worker processes (none in this process)
-    assert len(tasks) == len(grid.tiles(2)) == 4 and set(per_worker) <= set(workers), per_worker
-    # each worker that ran tiles loaded the checkpoint exactly once, whatever its number of tiles
+    writes, groups = _tasks(ts.data, RISK_TASK), _tasks(ts.data, GROUP_TASK)
+    per_worker = Counter(d["worker"] for d in groups)
+    # one write task per tile; each group of inference tiles ran once, on the two worker
+    # processes (none in this process): 32 px tiles, stride 24 → 5 × 5 tiles in 2 × 4 groups
+    assert len(writes) == len(grid.tiles(2)) == 4 and {d["worker"] for d in writes} <= set(workers)
+    assert len(groups) == len({d["key"] for d in groups}) == 3 * 2 and set(per_worker) <= set(workers), per_worker
+    # each worker that ran inference loaded the checkpoint exactly once, whatever its number of groups
     assert max(per_worker.values()) >= 2
     assert loads == {w: int(w in per_worker) for w in workers}, (loads, per_worker)
-    assert remote.stats.as_dict()["chunks_run"] == local.stats.as_dict()["chunks_run"] > 0
+    # the counters of every worker added up: the same as on threads, each tile once
+    assert _counts(remote.stats) == _counts(local.stats)
+    assert remote.stats.tiles_run + remote.stats.tiles_skipped == 25 and remote.stats.chunks_run == 4
     assert remote.devices == local.devices == {"cpu (float32)"}
     _assert_identical(_arrays(tmp_path / "cluster", grid.zone_name), _arrays(tmp_path / "threads", grid.zone_name))
     zone = xr.open_zarr(tmp_path / "cluster" / "risk.zarr", group=grid.zone_name, consolidated=False)
@@ -182,6 +199,7 @@ def test_gpu_workers_get_the_inference_and_an_in_memory_model_once(  # type: ign
                 assert inference_resources(pool, "auto") == ({"GPU": 1}, 1)
                 assert inference_resources(pool, "cpu") == (None, 3)
             pids = client.run(os.getpid)
+            scheduler_pid = client.run_on_scheduler(os.getpid)
             with get_task_stream(client) as ts:
                 res = write_risk(tmp_path / "cluster", [(grid, lsi_path)], pred, region="tiny", tile=32)
     finally:
@@ -193,12 +211,13 @@ def test_gpu_workers_get_the_inference_and_an_in_memory_model_once(  # type: ign
             deadline = time.monotonic() + START_TIMEOUT_S
             while len(c.scheduler_info()["workers"]) > len(workers) and time.monotonic() < deadline:
                 time.sleep(0.2)
-    tasks = _inference_tasks(ts.data)
-    assert len(tasks) == 4 and {d["worker"] for d in tasks} == {gpu_addr}, Counter(d["worker"] for d in tasks)
-    # scattered to each of the 3 workers (broadcast), not sent with each of the 4 tasks: one
-    # copy per worker, rarely two (distributed's replication may copy to a worker that just
-    # received it); a copy per task would give the GPU worker at least 5
+    inference, groups = _tasks(ts.data, BLEND_TASK), _tasks(ts.data, GROUP_TASK)
+    assert len(groups) == 6 and len(_tasks(ts.data, RISK_TASK)) == 4
+    assert {d["worker"] for d in inference} == {gpu_addr}, Counter(d["worker"] for d in inference)
+    # in the graph once and unpickled once, by the GPU worker that runs the inference: not
+    # with each of the 6 group tasks, not by the scheduler (it only reads the graph), not by
+    # the CPU workers (they only write)
     unpickled = Counter(int(line) for line in log.read_text().split())
-    assert set(unpickled) == set(pids.values()) and max(unpickled.values()) <= 2, (unpickled, pids)
+    assert unpickled == {pids[gpu_addr]: 1}, (unpickled, pids, scheduler_pid)
     assert res.devices == {"LoggedPredictor (in memory)"}
     _assert_identical(_arrays(tmp_path / "cluster", grid.zone_name), _arrays(tmp_path / "threads", grid.zone_name))

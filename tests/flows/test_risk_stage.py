@@ -10,22 +10,22 @@ import pytest
 import torch
 import xarray as xr
 
-from flows import stages
-from pipeline.rain.events import resolve_rain
 import models.demo
-from models.demo import ensure_demo_model
+from flows import stages
 from flows.stages.risk import open_zone
 from models.checkpoint import save_checkpoint
 from models.data import NormStats
+from models.demo import ensure_demo_model
 from models.networks import DEFAULT_CHANNELS, EnhancedUNet
 from models.predictor import Predictor
 from pipeline.core.config import CubeConfig, TimeWindow
 from pipeline.core.errors import CheckpointError
+from pipeline.core.quality import QualityFlag
+from pipeline.plan.regions import Region
 from pipeline.predict.inference import predict_window
 from pipeline.predict.mosaic import classify
 from pipeline.predict.uncertainty import FlipEnsemble
-from pipeline.core.quality import QualityFlag
-from pipeline.plan.regions import Region
+from pipeline.rain.events import resolve_rain
 from tests.tinyregion import FakeSource, make_tiny_region, tiny_region
 
 WINDOW = TimeWindow(date(2024, 7, 1), date(2024, 8, 31))
@@ -196,3 +196,111 @@ def test_device_used_is_announced_and_recorded(lsi_run, tmp_path) -> None:  # ty
     assert len(notes) == (0 if torch.cuda.is_available() else 1)  # the fallback, said once
     (stats,) = [i for k, i in events if k == "inference"]
     assert stats["devices"] == [want] and stats["stats"]["chunks_run"] > 0
+
+
+class CountingPredictor:
+    """A numpy stand-in for the U-Net (a fixed weighted sum of the channels through a
+    sigmoid, halo 1) that keeps a digest of every tile it is given."""
+
+    channels = tuple(DEFAULT_CHANNELS)
+    halo = 1
+
+    def __init__(self) -> None:
+        import threading
+
+        self.calls = 0
+        self.tiles: list[str] = []
+        self._lock = threading.Lock()
+        self.weights = np.linspace(-1.0, 1.0, len(self.channels), dtype=np.float32)
+
+    def check_channels(self, names) -> None:  # type: ignore[no-untyped-def]
+        if tuple(names) != self.channels:
+            raise CheckpointError(f"channels {list(names)} are not {list(self.channels)}.", "pass them in order.")
+
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k != "_lock"}
+
+    def __setstate__(self, state: dict) -> None:
+        import threading
+
+        self.__dict__.update(state, _lock=threading.Lock())
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        import hashlib
+
+        with self._lock:
+            self.calls += 1
+            self.tiles += [hashlib.sha256(np.ascontiguousarray(t).tobytes()).hexdigest() for t in batch]
+        z = np.tensordot(self.weights, np.nan_to_num(batch), axes=(0, 1)) / 100.0
+        return (1.0 / (1.0 + np.exp(-z))).astype(np.float32)
+
+
+def test_each_inference_tile_runs_once_across_write_tiles(lsi_run, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Four 64 px write tiles over one grid of 40 px inference tiles (overlap 4, stride 36:
+    origins 0, 36, 72, 108 on each 128 px axis, the last clipped to 20 px): the model sees
+    each of the 16 tiles once, i.e. (3·40 + 20)² = 140² pixels for 128² output pixels
+    (1.20), not once per write tile that needs it (2 + 3 tiles per axis: 180² / 128² = 1.98)."""
+    from flows.stages.risk import write_risk
+
+    result, _, _ = lsi_run
+    (zone,) = result.zones
+    assert len(zone.grid.tiles(2)) == 4
+    fake = CountingPredictor()
+    res = write_risk(tmp_path / "once", [(zone.grid, zone.lsi_path)], fake, region="tiny", tile=40, uncertainty=False)
+    s = res.stats
+    assert len(fake.tiles) == len(set(fake.tiles)) == s.tiles_run  # no tile twice
+    assert s.tiles_run + s.tiles_skipped == 16 and s.model_calls == fake.calls
+    assert s.pixels_output == 128 * 128
+    sizes = [40, 40, 40, 20]
+    if s.tiles_skipped == 0:
+        assert s.pixels_processed == sum(sizes) ** 2
+    assert s.overlap_factor <= 1.3, s.overlap_factor
+
+    # a resumed run computes only the tiles the missing write tiles need: with one tile per
+    # group, the write tile at (0, 0) alone needs the tile at (0, 0)
+    class Stop(Exception):
+        pass
+
+    def stop_at(key: str):  # type: ignore[no-untyped-def]
+        def on_event(kind: str, info: dict) -> None:
+            if kind == "tile" and not info["skipped"] and info["tile"] == key:
+                raise Stop
+        return on_event
+
+    first = zone.grid.tiles(2)[0].key
+    partial = CountingPredictor()
+    with pytest.raises(Stop):  # one tile per group: the graph finishes write tile (0, 0) alone first
+        write_risk(tmp_path / "resume", [(zone.grid, zone.lsi_path)], partial, region="tiny", tile=40,
+                   uncertainty=False, batch_size=1, on_event=stop_at(first))
+    again = CountingPredictor()
+    events: list[tuple[str, bool]] = []
+    res2 = write_risk(tmp_path / "resume", [(zone.grid, zone.lsi_path)], again, region="tiny", tile=40,
+                      uncertainty=False, batch_size=1,
+                      on_event=lambda k, i: events.append((i["tile"], i["skipped"])) if k == "tile" else None)
+    done_before = {t for t, skipped in events if skipped}
+    assert first in done_before
+    assert len(again.tiles) == len(set(again.tiles)) == res2.stats.tiles_run
+    assert res2.stats.tiles_run + res2.stats.tiles_skipped == 16 - len(done_before)  # all but the corner tile only r0_c0 needs
+    ref = xr.open_zarr(tmp_path / "once" / "risk.zarr", group="utm48n", consolidated=False)["susceptibility"].values
+    got = xr.open_zarr(tmp_path / "resume" / "risk.zarr", group="utm48n", consolidated=False)["susceptibility"].values
+    np.testing.assert_array_equal(got, ref)
+
+
+def test_a_worker_that_cannot_see_the_inputs_fails_in_one_line(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A Dask worker without the shared volume would read the LSI store as empty (all
+    nodata): the model refuses to run there instead."""
+    import pickle
+
+    from flows.stages.inference_workers import WorkerModel, run_counters, take_counters
+    from pipeline.core.errors import StoreError
+
+    fake = CountingPredictor()
+    sent = WorkerModel(fake, fake, run_counters("unseen"), inputs=[str(tmp_path / "gone.zarr")])
+    model = pickle.loads(pickle.dumps(sent))  # as a worker gets it
+    with pytest.raises(StoreError, match=r"cannot read .*gone\.zarr") as info:
+        model(np.zeros((1, len(fake.channels), 8, 8), dtype=np.float32))
+    assert "\n" not in str(info.value) and "Fix:" in str(info.value)
+    (tmp_path / "gone.zarr").mkdir()
+    assert model(np.zeros((1, len(fake.channels), 8, 8), dtype=np.float32)).shape == (1, 8, 8)
+    _, devices = take_counters("unseen")  # the calls' device, in this process's counters
+    assert devices == ["CountingPredictor (in memory)"] and take_counters("unseen") is None
