@@ -104,9 +104,9 @@ def simulate(path: Path, orbit: str = "ascending", cols_grow_with_range: bool = 
         img = img[:, ::-1]
     path.parent.mkdir(parents=True, exist_ok=True)
     with rasterio.open(path, "w", driver="GTiff", width=WIDTH, height=rows, count=1, dtype="uint16",
-                       tiled=True, blockxsize=512, blockysize=512, compress="deflate") as dst:
+                       tiled=True, blockxsize=512, blockysize=512, compress="deflate",
+                       gcps=gcps, crs=CRS.from_epsg(4326)) as dst:
         dst.write(img, 1)
-        dst.gcps = (gcps, CRS.from_epsg(4326))
     corners = [ground(np.array(S_NEAR + c * DX), np.array(r * DY)) for r, c in ((0, 0), (0, WIDTH), (rows, WIDTH), (rows, 0))]
     lonlat = [to_ll.transform(float(e), float(n)) for e, n in corners]
     return {"orbit": orbit, "footprint": lonlat, "shape": img.shape}

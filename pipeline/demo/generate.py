@@ -349,7 +349,7 @@ def _write_precipitation(path: Path, bbox: list[float], seed: int, say: Callable
     say("precipitation: IMERG-shaped Zarr with a storm")
     ds = make_synthetic_storm(tuple(bbox), DEMO_WINDOW.end - timedelta(days=3), DEMO_WINDOW.end, seed)
     path.parent.mkdir(parents=True, exist_ok=True)
-    ds.to_zarr(str(path), mode="w")
+    ds.to_zarr(str(path), mode="w", zarr_format=2, consolidated=True)  # as IMERG on Planetary Computer
 
 
 def is_current(layout: DemoLayout, seed: int) -> bool:

@@ -21,12 +21,12 @@ __all__ = ["inside_geometry"]
 
 def _grid_geometry(geometry: Mapping[str, Any], epsg: int) -> Any:
     """The lon/lat GeoJSON geometry in the grid's CRS (a shapely geometry)."""
+    import shapely
     from pyproj import Transformer
     from shapely.geometry import shape
-    from shapely.ops import transform
 
     to_grid = Transformer.from_crs(4326, epsg, always_xy=True)
-    return transform(to_grid.transform, shape(geometry))
+    return shapely.transform(shape(geometry), to_grid.transform, interleaved=False)
 
 
 def _inside_block(block: np.ndarray, block_info: dict | None = None, *, geom: Any, grid: ZoneGrid) -> np.ndarray:

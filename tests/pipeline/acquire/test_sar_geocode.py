@@ -84,6 +84,7 @@ def test_chunks_outside_the_footprint_open_nothing(tmp_path) -> None:  # type: i
     assert np.isnan(geocode_chunk(far, X, Y, sim.EPSG, None)).all()  # opening would have raised
 
 
+@pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")  # the point of the test
 def test_unreadable_and_ungeoreferenced_assets_are_named(tmp_path) -> None:  # type: ignore[no-untyped-def]
     missing = tmp_path / "missing.tif"
     with pytest.raises(RuntimeError) as info:
