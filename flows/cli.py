@@ -167,6 +167,7 @@ def run(
     cube_only: Annotated[bool, typer.Option("--cube-only", help="Stop after the cube; skip factors and LSI.")] = False,
     checkpoint: Annotated[Optional[Path], typer.Option(help="U-Net checkpoint (model.safetensors from `slidewatch train`); without it the run stops after the LSI.")] = None,
     device: Annotated[str, typer.Option(help="Inference device: auto (CUDA where the model runs, else the CPU, announced), cpu, or cuda (alias gpu). With a Dask cluster the workers run the model, on those with a GPU resource when some have one.")] = "auto",
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Inference tiles (576 px) per model call; raise it on a GPU, lower it where memory is short (one call holds batch × 576² pixels of activations).")] = 8,
     dask_address: Annotated[Optional[str], typer.Option(envvar="SLIDEWATCH_DASK_ADDRESS", help="Dask scheduler address (tcp://host:8786); default: a local cluster.")] = None,
     dashboard: Annotated[bool, typer.Option("--dashboard", help="Serve the local Dask cluster's dashboard on 127.0.0.1 (its URL is printed); off by default.")] = False,
     sar: Annotated[str, typer.Option(help="Sentinel-1: auto (RTC when Planetary Computer grants it, i.e. with PC_SDK_SUBSCRIPTION_KEY; else GRD, noted), rtc (fail without access), grd, or none (NDMI proxy for soil moisture).")] = "auto",
@@ -235,7 +236,7 @@ def run(
         record = run_record(reg, window, stac_url, result, rain,
                             extra={"checkpoint": str(checkpoint) if checkpoint else None, "hazard_mode": hazard})
         _risk_stage(result, rain, checkpoint, progress, device=device, overwrite=overwrite, record=record,
-                    hazard=hazard, uncertainty=uncertainty, strict=strict)
+                    hazard=hazard, uncertainty=uncertainty, strict=strict, batch_size=batch_size)
         finish_run(result.run_dir, record)  # run.json, last and under the run's lock
     _print_outputs(result, checkpoint is not None)
 

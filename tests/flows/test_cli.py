@@ -114,5 +114,6 @@ def test_bad_input_gives_one_line_and_exit_2(args, needle, tmp_path):  # type: i
 def test_help_is_useful():
     res = runner.invoke(app, ["run", "--help"])
     assert res.exit_code == 0
-    for opt in ("--region", "--start", "--end", "--stac-url", "--out", "--dry-run"):
+    for opt in ("--region", "--start", "--end", "--stac-url", "--out", "--dry-run", "--device", "--batch-size"):
         assert opt in res.output
+
