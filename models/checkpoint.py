@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import functools
-import hashlib
 import json
 import math
 import os
@@ -45,6 +44,7 @@ import pipeline
 from models.data import NormStats
 from models.networks import ARCHITECTURES, build_model
 from pipeline.core.errors import CheckpointError
+from pipeline.core.files import file_sha256
 
 __all__ = [
     "FORMAT",
@@ -224,11 +224,7 @@ def _check_inputs(inputs: dict, channels: list, source: str) -> None:
 
 def sha256(path: str | Path) -> str:
     """Hex SHA-256 of a file (weights and metadata together for a checkpoint)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return file_sha256(path)
 
 
 def check_channel_list(expected: Sequence[str], got: Sequence[str], what: str = "input") -> None:

@@ -22,7 +22,6 @@ This module imports nothing else of ours but the errors (``models.data`` re-expo
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.core.errors import InputDataError
+from pipeline.core.files import file_sha256
 
 __all__ = [
     "SPLITS",
@@ -349,12 +349,6 @@ def _parse_id(bid: str, nr: int, nc: int) -> tuple[int, int]:
     return int(m[1]), int(m[2])
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def read_split_polygons(path: str | Path, crs, attribute: str = "split") -> dict[str, list]:
@@ -439,7 +433,7 @@ def split_from_vector(
     codes = np.where(ok, best, UNUSED)
     assignment = tuple(tuple(int(v) for v in row) for row in codes)
     return BlockSplit(
-        tuple(shape), block_size, assignment, 0, int(buffer), "vector", str(Path(path).resolve()), _sha256(Path(path))
+        tuple(shape), block_size, assignment, 0, int(buffer), "vector", str(Path(path).resolve()), file_sha256(Path(path))
     )
 
 

@@ -25,7 +25,6 @@ and size. Each zone item links to it with ``rel="derived_from"`` and its ``mlm:n
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -44,6 +43,7 @@ from pystac.extensions.projection import ProjectionExtension
 
 from pipeline.core.config import TimeWindow
 from pipeline.core.errors import CheckpointError, StoreError
+from pipeline.core.files import file_sha256
 from pipeline.core.layout import RunLayout
 from pipeline.core.secrets import redact
 from pipeline.products.stac_item import (
@@ -88,12 +88,6 @@ class CheckpointHeader:
     sha256: str
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def read_checkpoint_header(path: str | os.PathLike) -> CheckpointHeader:
@@ -114,7 +108,7 @@ def read_checkpoint_header(path: str | os.PathLike) -> CheckpointHeader:
             if not 1 < n <= min(_MAX_HEADER, size - 8):
                 raise CheckpointError(f"{path} is not a safetensors checkpoint (bad header length).", _FIX)
             header = json.loads(f.read(n))
-        digest = _sha256(path)
+        digest = file_sha256(path)
     except OSError as exc:
         raise CheckpointError(f"Cannot read the checkpoint {path}: {exc}.", _FIX) from exc
     except ValueError as exc:
