@@ -140,7 +140,7 @@ def _print_outputs(result, with_risk: bool) -> None:  # type: ignore[no-untyped-
     layout = RunLayout(result.run_dir)
     if with_risk:
         out_console.print(f"[bold green]risk mosaic[/]: {layout.risk} (one group per UTM zone)")
-        out_console.print(f"exports (COGs, PNG, STAC item): {layout.exports}")
+        out_console.print(f"exports (COGs + QGIS styles, region mosaics, PNG, STAC catalog): {layout.exports}")
         zone = result.zones[0].grid.zone_name
         out_console.print(f"open with: xr.open_zarr({str(layout.risk)!r}, group={zone!r}, decode_coords='all')")
         out_console.print(f"map: slidewatch report {layout.run_dir}")

@@ -36,7 +36,7 @@ from flows.stages.inference_workers import (
 from pipeline import __version__
 from pipeline.core.config import CHUNKS_PER_TILE, INFERENCE_TILE, Tile, ZoneGrid
 from pipeline.core.errors import CheckpointError, StoreError
-from pipeline.core.layout import ZARR_FORMAT, RunLayout
+from pipeline.core.layout import RunLayout
 from pipeline.core.provenance import Rain, RunProvenance
 from pipeline.predict.hazard import check_hazard_mode
 from pipeline.predict.inference import PredictionStats, PredictorLike
@@ -51,7 +51,7 @@ from pipeline.predict.mosaic import (
     tile_dataset,
 )
 from pipeline.predict.uncertainty import FlipEnsemble
-from pipeline.store.tiles import COMPLETE_ATTR, GenerationGuard, TileStore, template
+from pipeline.store.tiles import COMPLETE_ATTR, GenerationGuard, TileStore, open_parent_group, template
 
 #: The zone attribute naming the device(s) the model ran on (``cpu (float32)``, ``cuda:0 ...``).
 DEVICE_ATTR = "inference_device"
@@ -323,7 +323,7 @@ def write_risk(
     cubes = cube_paths or {}
     for grid, lsi_path in zones:  # every zone's inputs checked before the store is touched
         check_model_channels(xr.open_zarr(lsi_path, decode_coords="all"), lsi_path, predictor, cubes.get(grid.zone_name))
-    group = zarr.open_group(str(root), mode="a", zarr_format=ZARR_FORMAT)  # the zone groups' format
+    group = open_parent_group(root)  # in the zone groups' format (an old v3 root is converted)
     group.attrs.update({**risk_root_attrs(region, [g.zone_name for g, _ in zones], __version__), COMPLETE_ATTR: False})
     with task_pool() as pool:
         source = _model_source(pool, predictor, device, batch_size)  # the same for every zone

@@ -327,7 +327,7 @@ def open_parent_group(path: Path) -> zarr.Group:
     path = Path(path)
     found = store_format(path)
     if found is not None and found != ZARR_FORMAT:
-        attrs = dict(zarr.open_group(str(path), mode="r").attrs)
+        attrs = dict(zarr.open_group(str(path), mode="r", zarr_format=found).attrs)
         for name in ("zarr.json",) if found == 3 else (".zgroup", ".zattrs", ".zmetadata"):
             (path / name).unlink(missing_ok=True)
         group = zarr.open_group(str(path), mode="a", zarr_format=ZARR_FORMAT)
