@@ -126,3 +126,22 @@ class FakeSource:
     def search(self, collection, bbox, datetime, max_cloud_cover=None, max_items=None):  # type: ignore[no-untyped-def]
         self.calls.append((collection, tuple(bbox), datetime, max_cloud_cover))
         return list(self.items.get(collection, []))
+
+
+def tiny_checkpoint(lsi_path: Path, path: Path, *, seed: int = 0, provenance: dict | None = None) -> Path:
+    """An untrained tiny EnhancedUNet (seeded) saved at ``path``, normalised with the mean
+    and standard deviation of the LSI store at ``lsi_path``: a real checkpoint for tests
+    that need the risk stage to run, not to be right."""
+    import torch
+    import xarray as xr
+
+    from models.checkpoint import save_checkpoint
+    from models.data import NormStats
+    from models.networks import DEFAULT_CHANNELS, EnhancedUNet
+
+    torch.manual_seed(seed)
+    model = EnhancedUNet(DEFAULT_CHANNELS, base_width=4, depth=2)
+    lsi = xr.open_zarr(lsi_path)
+    mean = tuple(float(lsi[c].mean()) for c in DEFAULT_CHANNELS)
+    std = tuple(float(lsi[c].std()) or 1.0 for c in DEFAULT_CHANNELS)
+    return save_checkpoint(path, model, NormStats(mean, std), **({"provenance": provenance} if provenance else {}))

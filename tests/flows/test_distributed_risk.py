@@ -26,7 +26,7 @@ from tests.flows.test_distributed import (  # noqa: F401
     start_worker,
     stop_process,
 )
-from tests.tinyregion import GRID, FakeSource, make_tiny_region
+from tests.tinyregion import FakeSource, make_tiny_region, tiny_region
 
 torch = pytest.importorskip("torch")
 pytestmark = pytest.mark.slow
@@ -38,23 +38,17 @@ BLEND_TASK = "slidewatch-predict-"  # the inference tasks and the blend tasks
 
 def tiny_lsi(root: Path):  # type: ignore[no-untyped-def]
     """The tiny region's cube and LSI store under ``root`` (4 risk tiles): ``(grid, lsi_path)``."""
-    from pyproj import Transformer
-
     from flows import stages
     from pipeline.core.config import CubeConfig, TimeWindow
-    from pipeline.plan.regions import Region
     from pipeline.rain.events import resolve_rain
 
     items = make_tiny_region(root / "cogs")
-    tr = Transformer.from_crs(GRID.epsg, 4326, always_xy=True)
-    minx, miny, maxx, maxy = GRID.bounds
-    w, s = tr.transform(minx + 50, miny + 50)
-    e, n = tr.transform(maxx - 50, maxy - 50)
+    region = tiny_region("tiny")
     window = TimeWindow(date(2024, 7, 1), date(2024, 8, 31))
     with dask_client("threads"):
-        result = stages.cube_stage(Region("tiny", (w, s, e, n)), window, FakeSource.url, root / "out",
+        result = stages.cube_stage(region, window, FakeSource.url, root / "out",
                                    CubeConfig(), chunk=32, source=FakeSource(items))
-        stages.lsi_stage(result, resolve_rain(None, None, None, (w, s, e, n), window))
+        stages.lsi_stage(result, resolve_rain(None, None, None, region.bbox, window))
     (zone,) = result.zones
     return zone.grid, zone.lsi_path
 

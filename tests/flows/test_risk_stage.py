@@ -26,7 +26,7 @@ from pipeline.predict.inference import predict_window
 from pipeline.predict.mosaic import classify
 from pipeline.predict.uncertainty import FlipEnsemble
 from pipeline.rain.events import resolve_rain
-from tests.tinyregion import FakeSource, make_tiny_region, tiny_region
+from tests.tinyregion import FakeSource, make_tiny_region, tiny_checkpoint, tiny_region
 
 WINDOW = TimeWindow(date(2024, 7, 1), date(2024, 8, 31))
 
@@ -44,12 +44,7 @@ def lsi_run(tmp_path_factory):  # type: ignore[no-untyped-def]
                                source=FakeSource(items))
     rain = resolve_rain(20.0, 2.0, None, _region().bbox, WINDOW)
     stages.lsi_stage(result, rain)
-    torch.manual_seed(0)
-    model = EnhancedUNet(DEFAULT_CHANNELS, base_width=4, depth=2)
-    lsi = xr.open_zarr(result.zones[0].lsi_path)
-    mean = tuple(float(lsi[c].mean()) for c in DEFAULT_CHANNELS)
-    std = tuple(float(lsi[c].std()) or 1.0 for c in DEFAULT_CHANNELS)
-    ckpt = save_checkpoint(root / "model.safetensors", model, NormStats(mean, std),
+    ckpt = tiny_checkpoint(result.zones[0].lsi_path, root / "model.safetensors",
                            provenance={"note": "random weights for tests"})
     return result, rain, ckpt
 

@@ -25,26 +25,20 @@ from models.data import NormStats
 from models.networks import DEFAULT_CHANNELS, EnhancedUNet
 from models.predictor import Predictor
 from pipeline.core.config import CubeConfig, TimeWindow
-from pipeline.plan.regions import Region
-from tests.tinyregion import GRID, FakeSource, make_tiny_region
+from tests.tinyregion import FakeSource, make_tiny_region, tiny_region
 
 HERE = Path(__file__).resolve().parent
 
 
 @pytest.fixture(scope="module")
 def lsi_store(tmp_path_factory):  # type: ignore[no-untyped-def]
-    from pyproj import Transformer
-
     root = tmp_path_factory.mktemp("crashrisk")
     items = make_tiny_region(root / "cogs")
-    tr = Transformer.from_crs(GRID.epsg, 4326, always_xy=True)
-    minx, miny, maxx, maxy = GRID.bounds
-    w, s = tr.transform(minx + 50, miny + 50)
-    e, n = tr.transform(maxx - 50, maxy - 50)
+    region = tiny_region("tiny")
     window = TimeWindow(date(2024, 7, 1), date(2024, 8, 31))
-    result = stages.cube_stage(Region("tiny", (w, s, e, n)), window, FakeSource.url, root / "out", CubeConfig(),
+    result = stages.cube_stage(region, window, FakeSource.url, root / "out", CubeConfig(),
                                chunk=32, source=FakeSource(items))
-    stages.lsi_stage(result, resolve_rain(None, None, None, (w, s, e, n), window))
+    stages.lsi_stage(result, resolve_rain(None, None, None, region.bbox, window))
     torch.manual_seed(1)
     ckpt = save_checkpoint(root / "m.safetensors", EnhancedUNet(DEFAULT_CHANNELS, base_width=4, depth=2),
                            NormStats((0.0,) * 7, (1.0,) * 7))

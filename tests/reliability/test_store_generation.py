@@ -10,15 +10,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 import xarray as xr
 import zarr
 
 from flows import stages
 from flows.stages.risk import open_zone
-from models.checkpoint import save_checkpoint
-from models.data import NormStats
-from models.networks import DEFAULT_CHANNELS, EnhancedUNet
 from pipeline.core.config import CubeConfig, TimeWindow
 from pipeline.core.files import exchange_paths, replace_dir
 from pipeline.core.layout import ZARR_FORMAT
@@ -32,7 +28,7 @@ from pipeline.store.tiles import (
     TileStore,
     store_generation,
 )
-from tests.tinyregion import FakeSource, make_tiny_region, tiny_region
+from tests.tinyregion import FakeSource, make_tiny_region, tiny_checkpoint, tiny_region
 
 WINDOW = TimeWindow(date(2024, 7, 1), date(2024, 8, 31))
 
@@ -122,12 +118,7 @@ def tiny_run(tmp_path):  # type: ignore[no-untyped-def]
     result = stages.cube_stage(region, WINDOW, FakeSource.url, root / "out", CubeConfig(), chunk=32, source=source)
     rain = resolve_rain(20.0, 2.0, None, region.bbox, WINDOW)
     stages.lsi_stage(result, rain)
-    torch.manual_seed(0)
-    model = EnhancedUNet(DEFAULT_CHANNELS, base_width=4, depth=2)
-    lsi = xr.open_zarr(result.zones[0].lsi_path)
-    mean = tuple(float(lsi[c].mean()) for c in DEFAULT_CHANNELS)
-    std = tuple(float(lsi[c].std()) or 1.0 for c in DEFAULT_CHANNELS)
-    ckpt = save_checkpoint(root / "model.safetensors", model, NormStats(mean, std))
+    ckpt = tiny_checkpoint(result.zones[0].lsi_path, root / "model.safetensors")
     return region, source, result, rain, ckpt
 
 

@@ -29,7 +29,7 @@ from pipeline.core.layout import ZARR_FORMAT, fill_value, store_format
 from pipeline.core.quality import QUALITY_NODATA, QualityFlag
 from pipeline.store.tiles import TileStore, open_parent_group, template, write_tiles
 from tests.tinyregion import GRID as TINY_GRID
-from tests.tinyregion import FakeSource, make_tiny_region, tiny_region
+from tests.tinyregion import FakeSource, make_tiny_region, tiny_checkpoint, tiny_region
 
 WINDOW = TimeWindow(date(2024, 7, 1), date(2024, 8, 31))
 CLASS_LAYERS = ("risk_class", "susceptibility_class")
@@ -44,11 +44,8 @@ def gdal_open(store: Path, variable: str, group: str | None = None) -> rasterio.
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):  # type: ignore[no-untyped-def]
     """cube → LSI → risk on the tiny region with the real stages (one zone, utm48n)."""
-    torch = pytest.importorskip("torch")
+    pytest.importorskip("torch")
     from flows import stages
-    from models.checkpoint import save_checkpoint
-    from models.data import NormStats
-    from models.networks import DEFAULT_CHANNELS, EnhancedUNet
     from pipeline.rain.events import resolve_rain
 
     root = tmp_path_factory.mktemp("gdal")
@@ -57,12 +54,7 @@ def run(tmp_path_factory):  # type: ignore[no-untyped-def]
     result = stages.cube_stage(region, WINDOW, FakeSource.url, root / "out", CubeConfig(), chunk=32, source=source)
     rain = resolve_rain(None, None, None, region.bbox, WINDOW)  # R_m = 1: hazard = susceptibility
     stages.lsi_stage(result, rain)
-    torch.manual_seed(0)
-    model = EnhancedUNet(DEFAULT_CHANNELS, base_width=4, depth=2)
-    lsi = xr.open_zarr(result.zones[0].lsi_path)
-    mean = tuple(float(lsi[c].mean()) for c in DEFAULT_CHANNELS)
-    std = tuple(float(lsi[c].std()) or 1.0 for c in DEFAULT_CHANNELS)
-    ckpt = save_checkpoint(root / "model.safetensors", model, NormStats(mean, std))
+    ckpt = tiny_checkpoint(result.zones[0].lsi_path, root / "model.safetensors")
     stages.risk_stage(result, rain, ckpt, tile=32, uncertainty=False)
     # thresholds at the terciles of this untrained model's output, so that every class occurs
     sus = xr.open_zarr(result.run_dir / "risk.zarr", group="utm48n", consolidated=False)["susceptibility"].values
