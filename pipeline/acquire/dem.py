@@ -288,8 +288,6 @@ def _read(ds, tile: DemTile, window, env) -> np.ndarray:  # type: ignore[no-unty
 
 def _paste(mosaic: np.ndarray, lattice, tile: DemTile, ds, tr, crs, env) -> None:  # type: ignore[no-untyped-def]
     """Copy the part of one tile that falls on ``mosaic`` into it (its valid pixels win)."""
-    from rasterio.enums import Resampling
-    from rasterio.warp import reproject
     from rasterio.windows import Window
     from rasterio.windows import transform as window_transform
 
@@ -317,8 +315,8 @@ def _paste(mosaic: np.ndarray, lattice, tile: DemTile, ds, tr, crs, env) -> None
         return
     window = Window(c0, r0, c1 - c0, r1 - r0)
     vals = _read(ds, tile, window, env)
-    part = np.full(mosaic.shape, np.nan, dtype="float32")
-    reproject(vals, part, src_transform=window_transform(window, tr), src_crs=crs, dst_transform=lattice, dst_crs=crs,
-              resampling=Resampling.bilinear, src_nodata=np.nan, dst_nodata=np.nan)
+    # through a georeferenced in-memory GeoTIFF, not ``reproject`` on arrays: its in-memory datasets
+    # silence rasterio with ``warnings.catch_warnings``, which is not thread safe (chunks run side by side)
+    part = _warp(vals, window_transform(window, tr), crs, lattice, crs, mosaic.shape)
     ok = np.isfinite(part)
     mosaic[ok] = part[ok]

@@ -11,12 +11,14 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pystac
 import pytest
 import rasterio
+import rasterio.errors
 import xarray as xr
 from pyproj import Transformer
 from rasterio.crs import CRS
@@ -173,30 +175,56 @@ def test_tiles_of_another_longitude_spacing_join_without_a_seam(tmp_path) -> Non
     north of such a band border is resampled onto its southern neighbour's lattice first. On a
     plane (which bilinear interpolation reproduces exactly) the DEM is the plane everywhere."""
     grid = _grid(n=128)
-    w, s, _, n = grid.lonlat_bounds
+    _, s, _, n = grid.lonlat_bounds
     mid = round((s + n) / 2 / 0.005) * 0.005
-    lon0 = np.floor(w / 0.01) * 0.01
     lat_ref, lon_ref = 29.9, 103.1
 
     def plane(lon, lat):  # type: ignore[no-untyped-def]  # about 1 m per m both ways
         return 1000 + 100_000 * (lon - lon_ref) + 110_000 * (lat - lat_ref)
 
-    items = []
-    for name, lat0, xres in (("south", mid - 0.02, PX), ("north", mid, 1.5 * PX)):
-        cols, rows = round(0.04 / xres), 72
-        tr = Affine(xres, 0, lon0 - xres / 2, 0, -PX, lat0 + rows * PX + PX / 2)
-        cc, rr = np.meshgrid(np.arange(cols), np.arange(rows))
-        z = plane(tr.c + (cc + 0.5) * xres, tr.f - (rr + 0.5) * PX).astype("float32")
-        with rasterio.open(tmp_path / f"{name}.tif", "w", driver="GTiff", width=cols, height=rows, count=1,
-                           dtype="float32", crs=CRS.from_epsg(4326), transform=tr, nodata=-32767.0) as dst:
-            dst.write(z, 1)
-        items.append(pc_dem_item(name, tmp_path / f"{name}.tif", tr, (rows, cols)))
+    items = _two_lattice_items(tmp_path, grid, plane)
     dem = dem_on_grid(items, grid).values
     y, x = grid.pixel_centres()
     lon, lat = Transformer.from_crs(grid.epsg, 4326, always_xy=True).transform(*np.meshgrid(x, y))
     assert (lat > mid).any() and (lat < mid).any()
     assert np.isfinite(dem).all()
     np.testing.assert_allclose(dem, plane(lon, lat), atol=0.05)
+
+
+def _two_lattice_items(root: Path, grid: ZoneGrid, fn=_terrain) -> list[pystac.Item]:  # type: ignore[no-untyped-def]
+    """Two GLO-30-like tiles either side of a longitude-spacing border (1" south, 1.5" north)."""
+    w, s, _, n = grid.lonlat_bounds
+    mid = round((s + n) / 2 / 0.005) * 0.005
+    lon0 = np.floor(w / 0.01) * 0.01
+    items = []
+    for name, lat0, xres in (("south", mid - 0.02, PX), ("north", mid, 1.5 * PX)):
+        cols, rows = round(0.04 / xres), 72
+        tr = Affine(xres, 0, lon0 - xres / 2, 0, -PX, lat0 + rows * PX + PX / 2)
+        cc, rr = np.meshgrid(np.arange(cols), np.arange(rows))
+        z = fn(tr.c + (cc + 0.5) * xres, tr.f - (rr + 0.5) * PX).astype("float32")
+        with rasterio.open(root / f"{name}.tif", "w", driver="GTiff", width=cols, height=rows, count=1,
+                           dtype="float32", crs=CRS.from_epsg(4326), transform=tr, nodata=-32767.0) as dst:
+            dst.write(z, 1)
+        items.append(pc_dem_item(name, root / f"{name}.tif", tr, (rows, cols)))
+    return items
+
+
+def test_tiles_resampled_on_many_threads_warn_nothing(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Resampling a tile of another lattice used ``rasterio.warp.reproject`` on arrays, whose
+    in-memory datasets silence rasterio's warnings with ``warnings.catch_warnings``: not thread
+    safe, so chunks computed side by side let a ``NotGeoreferencedWarning`` through now and then."""
+    import dask
+
+    grid = _grid(chunk=16, n=128)
+    items = _two_lattice_items(tmp_path, grid)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(4):
+            with dask.config.set(scheduler="threads", num_workers=8):
+                dem = dem_on_grid(items, grid).values
+            assert np.isfinite(dem).all()
+    ours = [w for w in caught if issubclass(w.category, rasterio.errors.NotGeoreferencedWarning)]
+    assert not ours, f"{len(ours)} NotGeoreferencedWarning(s): {ours[0].message}"
 
 
 def test_one_task_per_chunk_and_lazy(straddling, tmp_path) -> None:  # type: ignore[no-untyped-def]
