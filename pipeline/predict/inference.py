@@ -641,7 +641,10 @@ class _Source:
         ys, xs = slice(ry0, ry1), slice(rx0, rx1)
         if self.kind == "dataset":
             sub = self._ds[list(self.channels)].isel({self.dims[0]: ys, self.dims[1]: xs})
-            return np.stack([np.asarray(sub[c].values, dtype=np.float32) for c in self.channels])
+            out = np.empty((len(self.channels), ry1 - ry0, rx1 - rx0), dtype=np.float32)
+            for i, c in enumerate(self.channels):  # each channel straight into its plane (no stacked copy)
+                out[i] = sub[c].values
+            return out
         if self.kind == "dataarray":
             return np.array(self._da.isel({self.dims[0]: ys, self.dims[1]: xs}).values, dtype=np.float32)
         return np.array(self._arr[:, ys, xs], dtype=np.float32)  # a copy: filled in place later

@@ -15,9 +15,10 @@ A script: prints, asserts nothing. The model is a real ``models.networks.Enhance
    each task reads its own window; ``--dask-source`` opens it with dask chunks), runs
    ``predict_dataset(...).to_zarr(...)`` on dask's synchronous scheduler (torch uses the
    threads) and reports wall time (after one warm-up call on the full tile shape, as for
-   the bare pass, and one on each edge-tile shape of the grid, at most three more: the
-   once-per-process cost a long run pays on its first tiles; ``--cold`` skips the
-   latter), the inference counters and its own peak RSS
+   the bare pass, one on each edge-tile shape of the grid, at most three more, and a tiny
+   Zarr read and write, which start zarr's event loop and codec pipeline: the
+   once-per-process cost a long run pays on its first tiles, about 0.3 s, a fifth of the
+   512² run; ``--cold`` skips the latter two), the inference counters and its own peak RSS
    (``VmHWM``, plus RSS sampled from outside). Printed per size: output Mpx/s, processed
    Mpx/s (every pixel the model saw: overlap and edge padding included), and the issue-18
    figures with their goals: output px/s / bare (goal >= 0.7), processed px/s / bare
@@ -30,8 +31,10 @@ torch's CPU activations for the few distinct batch shapes otherwise stay in glib
 heap once its dynamic mmap threshold has risen, adding a few hundred MB that plateau
 once every shape has been seen (measured: 2048² peak 1.23 GB vs 0.70 GB for 1024²
 without it; a numpy-only predictor over 2048² and 4096² peaks at 255 and 261 MB).
-The region sides default to 512 and 1024 to stay within ~3 minutes on 2 busy cores;
-``--sizes 1024 2048`` compares two regions that both have interior chunks.
+The region sides default to 512 (one tile: the fixed costs of one chunk), 1024 (four
+tiles, three of them edge tiles of odd shapes) and 2048 (interior tiles batched in
+pairs, as in a large area): about 2 minutes on 2 idle cores. The bare pass is timed
+``--repeats`` times before and after each chunked run (median of each).
 """
 
 from __future__ import annotations
@@ -136,6 +139,11 @@ def child(args) -> None:
             for w in sides:
                 if (h, w) != (args.tile, args.tile):
                     pred(np.zeros((1, len(CHANNELS), h, w), np.float32))
+    if not args.cold:  # and the Zarr path once (a tiny read and write): its first use in a
+        # process starts zarr's event loop and codec pipeline, a fixed cost paid once per run
+        ds[list(CHANNELS)].isel(y=slice(0, 8), x=slice(0, 8)).load()
+        xr.Dataset({"w": (("y", "x"), np.zeros((8, 8), np.float32))}).chunk(8).to_zarr(
+            Path(args.out).with_suffix(".warm.zarr"), mode="w", consolidated=False)
     rss0 = psutil.Process().memory_info().rss
     # the bare pass of this process, right before and after: the machines are shared and
     # noisy, so each ratio compares runs a few seconds apart
@@ -184,7 +192,7 @@ def run_child(args, size: int, store: Path, out: Path) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="sizes 256 and 512, width 8, depth 3, tile 128")
-    ap.add_argument("--sizes", type=int, nargs="+", default=None, help="region sides (default 512 1024)")
+    ap.add_argument("--sizes", type=int, nargs="+", default=None, help="region sides (default 512 1024 2048)")
     ap.add_argument("--width", type=int, default=16)
     ap.add_argument("--depth", type=int, default=3)
     ap.add_argument("--tile", type=int, default=None, help="inference tile (default INFERENCE_TILE)")
@@ -193,7 +201,7 @@ def main() -> None:
                     help="tiles per model call, chunked and bare (on CPU px/s hardly depends on it; 2 "
                          "keeps the run near 3 minutes at tile 576)")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--dask-source", action="store_true",
                     help="open the region with dask chunks (tasks share source blocks) instead of chunks=None")
     ap.add_argument("--glibc-default", action="store_true",
@@ -211,7 +219,7 @@ def main() -> None:
     if args.quick:
         args.width, args.depth, args.tile, args.chunk = 8, 3, 128, 256
         args.sizes = args.sizes or [256, 512]
-    sizes = args.sizes or [512, 1024]
+    sizes = args.sizes or [512, 1024, 2048]
 
     import torch
 
