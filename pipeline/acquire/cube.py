@@ -30,7 +30,9 @@ from rasterio.enums import Resampling
 from pipeline import __version__
 from pipeline.acquire.catalog import RunInputs, has_map_projection
 from pipeline.acquire.items import items_over, refresh_signatures, sign_for_read
-from pipeline.acquire.readers import boa_offset, reader_choice, s2_composite_blocks, scenes_over, stack_blocks
+from pipeline.acquire.readers import (
+    S1_LAYERS, boa_offset, reader_choice, s1_blocks, s2_composite_blocks, scenes_over, stack_blocks,
+)
 from pipeline.core.collections import (
     DEM_ASSET,
     S1_VALID_ABOVE,
@@ -303,34 +305,17 @@ def build_cube(inputs: RunInputs, grid: ZoneGrid, bands: Sequence[str], reader: 
     dem = dem_on_grid(inputs.dem, grid)
     y = ds["y"].values
     x = ds["x"].values
-    nan = da.full(grid.shape, np.nan, dtype="float32", chunks=grid.chunk)
     hist_ids = {it.id for it in inputs.s1_history}
     in_history = bool(inputs.s1) and all(it.id in hist_ids for it in inputs.s1)
-    history = None
-    if len(inputs.s1_history) >= 2:
-        # VV over the whole history once, aligned across orbit tracks: the references and the
-        # window's median come from the same scenes and the same geometry correction
-        history = s1_history_db(inputs.s1_history, grid, inputs.s1_collection, dem, reader)
-        track = {it.id: orbit_track(it) for it in inputs.s1_history}
-        history = align_tracks(history, [track.get(str(i), "") for i in history["id"].values])
-        dry, wet = sar_references(history)
-        ds["vv_dry"], ds["vv_wet"] = dry.assign_coords(y=y, x=x), wet.assign_coords(y=y, x=x)
+    if reader == "direct" and len(inputs.s1_history) >= 2 and in_history and _projected(inputs):
+        # one task per chunk reads the history, aligns the tracks and reduces it, holding only
+        # the scenes with a value in that chunk: the same pixels as the stack path
+        blocks = _s1_direct(inputs, grid)
+        for i, name in enumerate(S1_LAYERS):
+            ds[name] = (("y", "x"), blocks[i])
     else:
-        ds["vv_dry"] = (("y", "x"), nan)
-        ds["vv_wet"] = (("y", "x"), nan)
-    if inputs.s1 and history is not None and in_history:
-        in_window = {it.id for it in inputs.s1}
-        window = [k for k, i in enumerate(history["id"].values) if str(i) in in_window]
-        vv = _nanmedian_time(history.isel(time=window)).data if window else nan
-        ds["vv"] = (("y", "x"), vv)
-        vh = _nanmedian_time(_to_db(s1_power(inputs.s1, "vh", grid, inputs.s1_collection, dem, reader)))
-        ds["vh"] = vh.assign_coords(y=y, x=x)
-    elif inputs.s1:
-        s1 = s1_backscatter(inputs.s1, grid, inputs.s1_collection, dem, reader)
-        ds["vv"], ds["vh"] = (s1[v].assign_coords(y=y, x=x) for v in ("vv", "vh"))
-    else:
-        ds["vv"] = (("y", "x"), nan)
-        ds["vh"] = (("y", "x"), nan)
+        for name, var in _s1_stacked(inputs, grid, dem, reader, in_history).items():
+            ds[name] = var.assign_coords(y=y, x=x) if isinstance(var, xr.DataArray) else (("y", "x"), var)
     ds["dem"] = dem
     keep = {"x", "y"}
     ds = ds.drop_vars([c for c in ds.coords if c not in keep])
@@ -340,6 +325,57 @@ def build_cube(inputs: RunInputs, grid: ZoneGrid, bands: Sequence[str], reader: 
     ds["y"].attrs.update(units="m", long_name="y coordinate of projection", standard_name="projection_y_coordinate", axis="Y")
     ds.attrs["slidewatch_version"] = __version__
     return ds
+
+
+def _s1_stacked(
+    inputs: RunInputs, grid: ZoneGrid, dem: xr.DataArray, reader: str, in_history: bool,
+) -> dict[str, xr.DataArray | da.Array]:
+    """The Sentinel-1 variables (``vv_dry``, ``vv_wet``, ``vv``, ``vh``) from ``(time, y, x)``
+    stacks: the stackstac reader, GRD in radar geometry, a window outside the history."""
+    nan = da.full(grid.shape, np.nan, dtype="float32", chunks=grid.chunk)
+    out: dict[str, xr.DataArray | da.Array] = {}
+    history = None
+    if len(inputs.s1_history) >= 2:
+        # VV over the whole history once, aligned across orbit tracks: the references and the
+        # window's median come from the same scenes and the same geometry correction
+        history = s1_history_db(inputs.s1_history, grid, inputs.s1_collection, dem, reader)
+        track = {it.id: orbit_track(it) for it in inputs.s1_history}
+        history = align_tracks(history, [track.get(str(i), "") for i in history["id"].values])
+        out["vv_dry"], out["vv_wet"] = sar_references(history)
+    else:
+        out["vv_dry"] = out["vv_wet"] = nan
+    if inputs.s1 and history is not None and in_history:
+        in_window = {it.id for it in inputs.s1}
+        window = [k for k, i in enumerate(history["id"].values) if str(i) in in_window]
+        out["vv"] = _nanmedian_time(history.isel(time=window)).data if window else nan
+        out["vh"] = _nanmedian_time(_to_db(s1_power(inputs.s1, "vh", grid, inputs.s1_collection, dem, reader)))
+    elif inputs.s1:
+        s1 = s1_backscatter(inputs.s1, grid, inputs.s1_collection, dem, reader)
+        out["vv"], out["vh"] = s1["vv"], s1["vh"]
+    else:
+        out["vv"] = out["vh"] = nan
+    return out
+
+
+def _projected(inputs: RunInputs) -> bool:
+    """Whether every Sentinel-1 scene is on a map projection (RTC, or GRD with ``proj:*``):
+    the direct reader reads them; GRD in radar geometry is geocoded by its own path."""
+    return inputs.s1_collection != SENTINEL1_GRD or all(
+        has_map_projection(it) for it in [*inputs.s1_history, *inputs.s1])
+
+
+def _s1_direct(inputs: RunInputs, grid: ZoneGrid) -> da.Array:
+    """:func:`pipeline.acquire.readers.s1_blocks` of the run's history and window scenes."""
+    _check_assets(inputs.s1_history, ["vv"], inputs.s1_collection)
+    _check_assets(inputs.s1, ["vh"], inputs.s1_collection)
+    history = scenes_over(inputs.s1_history, ["vv"], grid)  # items with nothing over the grid are left out
+    track = {it.id: orbit_track(it) for it in inputs.s1_history}
+    names = [track.get(s.item_id, "") for s in history]
+    labels = sorted(set(names))
+    in_window = {it.id for it in inputs.s1}
+    return s1_blocks(history, [labels.index(n) for n in names], [s.item_id in in_window for s in history],
+                     scenes_over(inputs.s1, ["vh"], grid), grid,
+                     squared=inputs.s1_collection == SENTINEL1_GRD, env=gdal_env())
 
 
 def cube_variables(bands: Sequence[str]) -> dict[str, str]:

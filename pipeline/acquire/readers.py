@@ -23,10 +23,14 @@ geotransform and shape against its item (:func:`pipeline.acquire.gdal.check_geor
 a failed read as stackstac does (``Error opening '<url>': ...``), which
 :func:`pipeline.acquire.failures.read_failure` parses; a failed read fails the tile, never
 becomes nodata. Each thread keeps its last :data:`OPEN_FILES_PER_THREAD` files open
-(:func:`_dataset`): a chunk's window rarely lines up with the file's internal blocks, so the
-neighbouring chunks need the same blocks, and GDAL's block cache (``GDAL_CACHEMAX``, set in
-:mod:`pipeline.acquire.gdal`) keeps them only while the file is open; without this a chunk
-grid offset from the files' blocks decompresses each block up to four times.
+(:func:`_dataset`), a few only: every open file costs memory, and a chunk reads more files
+than any useful cap (with GDAL 3.10 the windowed reads do not keep decompressed blocks in
+GDAL's block cache, measured: a kept handle saves the header parse, not the decompression).
+
+Memory follows a chunk's depth, not the write tile's: the Sentinel-2 task stacks only the
+scenes with cloud-free pixels in its chunk, and the Sentinel-1 task (:func:`s1_blocks`)
+only the scenes with a value in its chunk, reducing them to the references and medians in
+the same task (no ``(time, y, x)`` history between tasks).
 """
 
 from __future__ import annotations
@@ -46,10 +50,11 @@ from rasterio.enums import Resampling
 from stackstac.rio_env import LayeredEnv
 
 from pipeline.acquire.gdal import AssetGeoref, asset_georef, check_georef, gdal_env, http_cache_generation
-from pipeline.core.collections import S2_BOA_OFFSET, S2_OFFSET_BASELINE, S2_QUANTIFICATION, SCL_VALID
+from pipeline.core.collections import S1_VALID_ABOVE, S2_BOA_OFFSET, S2_OFFSET_BASELINE, S2_QUANTIFICATION, SCL_VALID
 from pipeline.core.config import ZoneGrid
 from pipeline.core.errors import InputDataError
 from pipeline.core.stats import nanquantile_axis0
+from pipeline.factors import sar as _sar
 
 __all__ = [
     "DEFAULT_READER",
@@ -62,6 +67,8 @@ __all__ = [
     "median_of_finite",
     "reader_choice",
     "read_chunk",
+    "S1_LAYERS",
+    "s1_blocks",
     "s2_composite_blocks",
     "scenes_over",
     "stack_blocks",
@@ -76,10 +83,15 @@ DEFAULT_READER = "direct"
 #: How far (grid pixels) a file's origin and pixel size may stray from the grid's lattice and
 #: still be read without the warper: float rounding only.
 LATTICE_TOLERANCE_PX = 1e-6
-#: Files each thread keeps open between tasks (least recently used closed first).
-OPEN_FILES_PER_THREAD = 64
+#: Files each thread keeps open between tasks (least recently used closed first). Each open
+#: file holds about 0.5-1 MB (its ``VSI_CACHE`` and GDAL's per-dataset state), so this bounds
+#: the memory per thread whatever the number of files a run reads (at 64 the handles of a
+#: large region held over 100 MB on two threads, for no measurable speed: a chunk reads each
+#: file once, in the same order as its neighbour, so a cap below a chunk's file count never
+#: hits; a reopen parses the header again, which GDAL's ``/vsicurl/`` cache usually serves).
+OPEN_FILES_PER_THREAD = 16
 #: GDAL's ``VSI_CACHE_SIZE`` of each open file (bytes): with :data:`OPEN_FILES_PER_THREAD`, at
-#: most 32 MiB per thread.
+#: most 8 MiB per thread.
 VSI_CACHE_BYTES = 512 * 1024
 
 
@@ -555,4 +567,102 @@ def median_of_finite(stack: np.ndarray) -> np.ndarray:
     with np.errstate(invalid="ignore"):  # inf - inf where a pixel has no observation
         out = vlo + (vhi - vlo) * frac
     out[n == 0] = np.nan
+    return out
+
+
+# ----------------------------------------------------------------------------- Sentinel-1
+
+
+#: The layers of :func:`s1_blocks`, in order.
+S1_LAYERS = ("vv_dry", "vv_wet", "vv", "vh")
+
+
+def s1_blocks(
+    history: Sequence[Scene], tracks: Sequence[int], in_window: Sequence[bool], window: Sequence[Scene],
+    grid: ZoneGrid, *, squared: bool = False, env: LayeredEnv | None = None,
+) -> da.Array:
+    """Lazy ``(4, y, x)`` float32 in dB (:data:`S1_LAYERS`): the VV dry and wet references
+    (:data:`pipeline.factors.sar.SAR_REFERENCE_PERCENTILES` of the track-aligned history, NaN where fewer than two
+    scenes have a value), the median of the aligned VV of the window's scenes and the median
+    VH of ``window``; one task per grid chunk that reads, converts and reduces.
+
+    ``history`` holds the VV asset (index 0) of each history scene, ``tracks`` its orbit
+    track (an integer label, the same numbering for the whole grid), ``in_window`` whether it
+    is one of the window's scenes; ``window`` holds their VH asset (index 0). ``squared``:
+    the assets are amplitudes (GRD), squared to power. The same values, bit for bit, as the
+    stack path (``s1_history_db`` → ``align_tracks`` → ``sar_references``, and the medians,
+    in :mod:`pipeline.acquire.cube`), but a chunk's stack holds only the scenes that have a
+    value in it, not every scene of the grid: a scene whose footprint misses the chunk, or
+    that has no valid pixel there, is not part of the chunk's stack (where it would be NaN
+    throughout, which changes none of the statistics), so memory follows the depth of the
+    chunk, not of the whole write tile.
+    """
+    history, window = tuple(history), tuple(window)
+    tracks_t = tuple(int(t) for t in tracks)
+    flags = tuple(bool(f) for f in in_window)
+    if not len(history) == len(tracks_t) == len(flags):
+        raise ValueError("s1_blocks: history, tracks and in_window differ in length")
+    ychunks, xchunks = _grid_chunks(grid)
+    return da.map_blocks(
+        _s1_block, chunks=((len(S1_LAYERS),), ychunks, xchunks), dtype="float32",
+        meta=np.empty((0, 0, 0), dtype="float32"),
+        name=f"direct-s1-{tokenize(history, tracks_t, flags, window, grid, squared)}",
+        history=history, tracks=tracks_t, in_window=flags, window=window, grid=grid, squared=squared, env=env,
+    )
+
+
+def _db_stack(scenes: Sequence[Scene], grid: ZoneGrid, rows: tuple[int, int], cols: tuple[int, int],
+              squared: bool, env: LayeredEnv | None) -> tuple[np.ndarray, list[int]]:
+    """The chunk's backscatter in dB of those ``scenes`` (asset 0) with a value in it, in
+    scene order, and their indices. As the stack path: bilinear, values at or below
+    ``S1_VALID_ABOVE`` are no data, squared when ``squared``, then dB of the positive ones."""
+    shape = (rows[1] - rows[0], cols[1] - cols[0])
+    box = _chunk_bounds(grid, rows, cols)
+    near = [k for k, s in enumerate(scenes)
+            if s.assets[0] is not None and (s.assets[0].bounds is None or _overlap(s.assets[0].bounds, box))]
+    stack = np.empty((len(near), *shape), dtype="float32")
+    kept: list[int] = []
+    for k in near:
+        vals = read_chunk(scenes[k].assets[0], grid, rows, cols, dtype="float32", fill_value=np.nan,  # type: ignore[arg-type]
+                          resampling=Resampling.bilinear, env=env)
+        if vals is None:
+            continue
+        stack[len(kept)] = vals
+        kept.append(k)
+    data = stack[:len(kept)]
+    data[~(data > np.float32(S1_VALID_ABOVE))] = np.nan
+    if squared:
+        np.multiply(data, data, out=data)
+    data[~(data > 0)] = np.nan
+    np.log10(data, out=data)
+    data *= np.float32(10.0)
+    # a scene without a value in the chunk would be NaN throughout: left out
+    has_value = [j for j in range(len(kept)) if not np.isnan(data[j]).all()]
+    for n, j in enumerate(has_value):
+        if n != j:
+            data[n] = data[j]
+    return data[:len(has_value)], [kept[j] for j in has_value]
+
+
+def _nan_quantile(stack: np.ndarray, q: float) -> np.ndarray:
+    """:func:`~pipeline.core.stats.nanquantile_axis0`, NaN for an empty stack."""
+    if stack.shape[0] == 0:
+        return np.full(stack.shape[1:], np.nan, dtype="float32")
+    return nanquantile_axis0(stack, q)
+
+
+def _s1_block(block_info: dict | None = None, *, history: tuple[Scene, ...], tracks: tuple[int, ...],
+              in_window: tuple[bool, ...], window: tuple[Scene, ...], grid: ZoneGrid, squared: bool,
+              env: LayeredEnv | None) -> np.ndarray:
+    _, rows, cols = block_info[None]["array-location"]  # type: ignore[index]
+    shape = (rows[1] - rows[0], cols[1] - cols[0])
+    out = np.empty((len(S1_LAYERS), *shape), dtype="float32")
+    vv, which = _db_stack(history, grid, rows, cols, squared, env)
+    vv = _sar.align_tracks_kernel(vv, np.array([tracks[k] for k in which], dtype=np.intp))
+    for i, pct in enumerate(_sar.SAR_REFERENCE_PERCENTILES):  # the kernel of sar_references
+        out[i] = _sar.sar_reference_kernel(vv, pct)
+    out[2] = _nan_quantile(vv[[j for j, k in enumerate(which) if in_window[k]]], 0.5)
+    del vv
+    vh, _ = _db_stack(window, grid, rows, cols, squared, env)
+    out[3] = _nan_quantile(vh, 0.5)
     return out

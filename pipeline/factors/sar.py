@@ -15,7 +15,8 @@ import xarray as xr
 
 from pipeline.core.stats import nanquantile_axis0
 
-__all__ = ["MIN_TRACK_SCENES", "align_tracks", "align_tracks_kernel", "orbit_track", "sar_references"]
+__all__ = ["MIN_TRACK_SCENES", "SAR_REFERENCE_PERCENTILES", "align_tracks", "align_tracks_kernel", "orbit_track",
+           "sar_reference_kernel", "sar_references"]
 
 
 def orbit_track(item: pystac.Item) -> str:
@@ -26,6 +27,8 @@ def orbit_track(item: pystac.Item) -> str:
 
 #: Scenes a track needs at a pixel before its mean is trusted as its geometry offset.
 MIN_TRACK_SCENES = 3
+#: Percentiles of the track-aligned VV history that make the dry and wet references.
+SAR_REFERENCE_PERCENTILES = (10.0, 90.0)
 
 
 def align_tracks_kernel(block: np.ndarray, groups: np.ndarray) -> np.ndarray:
@@ -76,15 +79,22 @@ def align_tracks(history: xr.DataArray, tracks: Sequence[str]) -> xr.DataArray:
     return history.copy(data=aligned)
 
 
-def sar_references(history: xr.DataArray, low: float = 10.0, high: float = 90.0) -> tuple[xr.DataArray, xr.DataArray]:
-    """Per-pixel low/high percentiles of the VV history (dB), NaN-aware."""
+def sar_reference_kernel(block: np.ndarray, q: float) -> np.ndarray:
+    """The ``q``-th percentile (0-100) over axis 0 of a ``(time, y, x)`` VV history in dB,
+    NaN-aware, NaN where fewer than two scenes have a value (one scene is no history); an
+    empty history gives NaN."""
+    if block.shape[0] == 0:
+        return np.full(block.shape[1:], np.nan, dtype="float32")
+    out = nanquantile_axis0(block, q / 100.0)
+    out[np.isfinite(block).sum(axis=0) < 2] = np.nan
+    return out
 
-    def kernel(block: np.ndarray, q: float) -> np.ndarray:
-        out = nanquantile_axis0(block, q / 100.0)
-        out[np.isfinite(block).sum(axis=0) < 2] = np.nan  # one scene is no history
-        return out
 
+def sar_references(history: xr.DataArray, low: float = SAR_REFERENCE_PERCENTILES[0],
+                   high: float = SAR_REFERENCE_PERCENTILES[1]) -> tuple[xr.DataArray, xr.DataArray]:
+    """Per-pixel low/high percentiles of the VV history (dB), NaN-aware
+    (:func:`sar_reference_kernel` per block)."""
     data = history.data
-    dry = da.map_blocks(kernel, data, low, drop_axis=0, dtype="float32")
-    wet = da.map_blocks(kernel, data, high, drop_axis=0, dtype="float32")
+    dry = da.map_blocks(sar_reference_kernel, data, low, drop_axis=0, dtype="float32")
+    wet = da.map_blocks(sar_reference_kernel, data, high, drop_axis=0, dtype="float32")
     return (xr.DataArray(dry, dims=("y", "x")), xr.DataArray(wet, dims=("y", "x")))

@@ -357,6 +357,33 @@ def write_region(partial: Path, tile: Tile, ds: xr.Dataset) -> None:
         raise
 
 
+_MALLOC_TRIM: list = []
+
+
+def release_freed_memory() -> bool:
+    """Hand the heap memory this process has freed back to the operating system (glibc's
+    ``malloc_trim(0)``; False where the C library has none, e.g. musl or macOS).
+
+    A tile's arrays are allocated and freed by several threads, each in its own malloc
+    arena; freed, the space stays mapped, scattered between live blocks, so without this
+    the resident size climbs to the busiest tile's footprint and stays there, and the next
+    tile's peak comes on top of it. :func:`write_tiles` calls it after every tile (dask's
+    distributed workers get the same effect from ``MALLOC_TRIM_THRESHOLD_``).
+    """
+    if not _MALLOC_TRIM:
+        import ctypes
+
+        try:
+            _MALLOC_TRIM.append(ctypes.CDLL(None).malloc_trim)
+        except (OSError, AttributeError):
+            _MALLOC_TRIM.append(None)
+    trim = _MALLOC_TRIM[0]
+    if trim is None:
+        return False
+    trim(0)
+    return True
+
+
 def write_tiles(
     store: TileStore,
     grid: ZoneGrid,
@@ -387,7 +414,8 @@ def write_tiles(
     ``concurrency`` tiles are computed at once (each from its own thread, so a distributed
     cluster gets several tiles' graphs together). After a failure no new tile starts; the
     tiles already running finish and are recorded, then the error is raised. Memory grows
-    with ``concurrency`` (one tile's working set each).
+    with ``concurrency`` (one tile's working set each); after each tile the freed heap goes
+    back to the system (:func:`release_freed_memory`).
     """
     retrying = tile_retrying(TILE_RETRIES if retries is None else retries,
                              TILE_RETRY_DELAY_S if retry_delay_s is None else retry_delay_s,
@@ -410,6 +438,8 @@ def write_tiles(
             # statistics are per thread (tenacity keeps them thread-local), so per tile here
             _label(exc, tile, retrying.statistics.get("attempt_number", 1))
             raise
+        finally:
+            release_freed_memory()  # the next tile starts from what is live, not the last peak
         return tile
 
     if concurrency <= 1 or len(pending) <= 1:
