@@ -6,6 +6,7 @@ three Sentinel-1 RTC dates, one EPSG:4326 DEM tile.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -145,3 +146,26 @@ def tiny_checkpoint(lsi_path: Path, path: Path, *, seed: int = 0, provenance: di
     mean = tuple(float(lsi[c].mean()) for c in DEFAULT_CHANNELS)
     std = tuple(float(lsi[c].std()) or 1.0 for c in DEFAULT_CHANNELS)
     return save_checkpoint(path, model, NormStats(mean, std), **({"provenance": provenance} if provenance else {}))
+
+
+def copied_item(item: pystac.Item, root: Path, suffix: str, *, dx: float = 0.0, dy: float = 0.0,
+                edit: Callable[[np.ndarray, dict], np.ndarray] | None = None) -> pystac.Item:
+    """A copy of ``item`` (id ``<id>_<suffix>``) whose files, rewritten under ``root``, are
+    moved by (dx, dy) metres (``proj:transform`` too) and whose values ``edit(array,
+    profile)`` may change."""
+    out = item.clone()
+    out.id = f"{item.id}_{suffix}"
+    for key, asset in out.assets.items():
+        with rasterio.open(asset.href) as src:
+            profile, arr = src.profile, src.read(1)
+        if edit is not None:
+            arr = edit(arr, profile)
+        t = profile["transform"]
+        profile["transform"] = Affine(t.a, t.b, t.c + dx, t.d, t.e, t.f + dy)
+        dst = root / out.id / f"{key}.tif"
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        with rasterio.open(dst, "w", **profile) as f:
+            f.write(arr, 1)
+        asset.href = str(dst)
+        asset.extra_fields["proj:transform"] = list(profile["transform"])[:6]
+    return out

@@ -16,7 +16,6 @@ import pytest
 import rasterio
 import xarray as xr
 from rasterio.enums import Resampling
-from rasterio.transform import Affine
 
 from pipeline.acquire import readers
 from pipeline.acquire.catalog import RunInputs
@@ -26,7 +25,7 @@ from pipeline.core.config import ZoneGrid
 from pipeline.factors import sar
 from pipeline.store import tiles as store_tiles
 from pipeline.store.tiles import TileStore, grid_coords, template, write_tiles
-from tests.tinyregion import BANDS, GRID, RES, make_tiny_region
+from tests.tinyregion import BANDS, GRID, RES, copied_item, make_tiny_region
 
 # stackstac's own geometry code uses affine's deprecated `*` (not ours)
 pytestmark = pytest.mark.filterwarnings("ignore:Use `@` matmul:PendingDeprecationWarning")
@@ -39,24 +38,16 @@ def _copy(item, root, suffix: str, *, dx: float = 0.0, scale: float = 1.0, nodat
           track: tuple[str, int] | None = None):
     """A copy of an S1 item: files moved ``dx`` metres east, values times ``scale``, the
     top-left chunk set to the files' nodata when ``nodata_block``, another orbit track."""
-    out = item.clone()
-    out.id = f"{item.id}_{suffix}"
-    if track is not None:
-        out.properties["sat:orbit_state"], out.properties["sat:relative_orbit"] = track
-    for key, asset in out.assets.items():
-        with rasterio.open(asset.href) as src:
-            profile, arr = src.profile, src.read(1)
+
+    def edit(arr: np.ndarray, profile: dict) -> np.ndarray:
         arr = arr * np.float32(scale)
         if nodata_block:
             arr[:CHUNK, :CHUNK] = profile["nodata"]
-        t = profile["transform"]
-        profile["transform"] = Affine(t.a, t.b, t.c + dx, t.d, t.e, t.f)
-        dst = root / out.id / f"{key}.tif"
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        with rasterio.open(dst, "w", **profile) as f:
-            f.write(arr, 1)
-        asset.href = str(dst)
-        asset.extra_fields["proj:transform"] = list(profile["transform"])[:6]
+        return arr
+
+    out = copied_item(item, root, suffix, dx=dx, edit=edit)
+    if track is not None:
+        out.properties["sat:orbit_state"], out.properties["sat:relative_orbit"] = track
     return out
 
 

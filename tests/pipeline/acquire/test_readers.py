@@ -6,8 +6,6 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-import rasterio
-from rasterio.transform import Affine
 
 from pipeline.acquire.catalog import RunInputs
 from pipeline.acquire.cube import build_cube, s1_power, s2_composite
@@ -16,7 +14,7 @@ from pipeline.acquire.readers import READER_ENV, median_of_finite, reader_choice
 from pipeline.core.errors import InputDataError
 from pipeline.core.stats import nanquantile_axis0
 from pipeline.plan.estimate import graph_tasks
-from tests.tinyregion import BANDS, GRID, make_tiny_region
+from tests.tinyregion import BANDS, GRID, copied_item, make_tiny_region
 
 # stackstac's own geometry code uses affine's deprecated `*` (not ours)
 pytestmark = pytest.mark.filterwarnings("ignore:Use `@` matmul:PendingDeprecationWarning")
@@ -34,24 +32,6 @@ GRIDS = {
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):  # type: ignore[no-untyped-def]
     return make_tiny_region(tmp_path_factory.mktemp("tiny"))
-
-
-def _shifted_copy(item, root, dx: float, dy: float):  # type: ignore[no-untyped-def]
-    """A copy of ``item`` whose files (and proj:transform) are moved by (dx, dy) metres."""
-    out = item.clone()
-    out.id = f"{item.id}_moved"
-    for key, asset in out.assets.items():
-        with rasterio.open(asset.href) as src:
-            profile, arr = src.profile, src.read(1)
-        t = profile["transform"]
-        profile["transform"] = Affine(t.a, t.b, t.c + dx, t.d, t.e, t.f + dy)
-        dst = root / out.id / f"{key}.tif"
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        with rasterio.open(dst, "w", **profile) as f:
-            f.write(arr, 1)
-        asset.href = str(dst)
-        asset.extra_fields["proj:transform"] = list(profile["transform"])[:6]
-    return out
 
 
 def _equal(a, b) -> None:  # type: ignore[no-untyped-def]
@@ -79,7 +59,7 @@ def test_s2_composite_direct_equals_stackstac_pixel_for_pixel(tiny, where) -> No
 def test_off_lattice_scene_goes_through_the_warper_as_in_stackstac(tiny, tmp_path) -> None:  # type: ignore[no-untyped-def]
     """A scene whose files sit 3.7 m / 6.2 m off the grid's lattice cannot be pasted: the direct
     reader warps it exactly as stackstac does (same GDAL warper set-up): identical pixels."""
-    s2 = [*tiny["sentinel-2-l2a"], _shifted_copy(tiny["sentinel-2-l2a"][1], tmp_path, 3.7, -6.2)]
+    s2 = [*tiny["sentinel-2-l2a"], copied_item(tiny["sentinel-2-l2a"][1], tmp_path, "moved", dx=3.7, dy=-6.2)]
     direct = s2_composite(s2, GRID, BANDS, "direct").compute(scheduler="synchronous")
     stack = s2_composite(s2, GRID, BANDS, "stackstac").compute(scheduler="synchronous")
     _equal(direct, stack)
