@@ -60,6 +60,7 @@ import threading
 import uuid
 import warnings
 from collections.abc import Callable, Iterable, Mapping
+from functools import lru_cache
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
@@ -357,7 +358,15 @@ def write_region(partial: Path, tile: Tile, ds: xr.Dataset) -> None:
         raise
 
 
-_MALLOC_TRIM: list = []
+@lru_cache(maxsize=1)
+def _malloc_trim() -> Callable[[int], int] | None:
+    """glibc's ``malloc_trim``, or None where the C library has none."""
+    import ctypes
+
+    try:
+        return ctypes.CDLL(None).malloc_trim  # type: ignore[no-any-return]
+    except (OSError, AttributeError):
+        return None
 
 
 def release_freed_memory() -> bool:
@@ -370,14 +379,7 @@ def release_freed_memory() -> bool:
     tile's peak comes on top of it. :func:`write_tiles` calls it after every tile (dask's
     distributed workers get the same effect from ``MALLOC_TRIM_THRESHOLD_``).
     """
-    if not _MALLOC_TRIM:
-        import ctypes
-
-        try:
-            _MALLOC_TRIM.append(ctypes.CDLL(None).malloc_trim)
-        except (OSError, AttributeError):
-            _MALLOC_TRIM.append(None)
-    trim = _MALLOC_TRIM[0]
+    trim = _malloc_trim()
     if trim is None:
         return False
     trim(0)
