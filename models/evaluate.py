@@ -200,9 +200,9 @@ def score_blocks(
     n_boot: int = 1000,
     confidence: float = 0.95,
     boot_seed: int = 0,
-) -> tuple[list[dict], dict, dict, dict]:
-    """Per-block metric rows, a pooled row, bootstrap intervals and the bootstrap's
-    settings. Pixels count where ``y != IGNORE`` and ``mask`` (the split's
+) -> tuple[list[dict], dict, dict, dict, tuple[np.ndarray, np.ndarray]]:
+    """Per-block metric rows, a pooled row, bootstrap intervals, the bootstrap's
+    settings and the pooled ``(probabilities, labels)`` of the counted pixels. Pixels count where ``y != IGNORE`` and ``mask`` (the split's
     :meth:`~BlockSplit.mask`) is set. Pooled: pixel counts, Dice etc. and both AUCs over
     all blocks' pixels; size-class recall pooled from per-block component counts (a
     landslide cut by a block edge counts as two). The bootstrap resamples blocks that
@@ -229,8 +229,8 @@ def score_blocks(
     intervals: dict = {}
     info = {"unit": "block", "n_units": len(units), "resamples": int(n_boot), "confidence": confidence,
             "seed": boot_seed, "method": "percentile"}
+    pp, yy = (np.concatenate(all_p), np.concatenate(all_y)) if rows else (np.empty(0, np.float32), np.empty(0, np.uint8))
     if rows:
-        pp, yy = np.concatenate(all_p), np.concatenate(all_y)
         overall.update(segmentation_metrics(pp, yy, None, threshold, by_size=False))
         for name, (hit, tot) in size_px.items():
             overall[f"recall_{name}"] = hit / tot if tot else math.nan
@@ -238,7 +238,7 @@ def score_blocks(
         intervals = block_bootstrap(counts, n_boot, confidence, boot_seed)
         info["exact_bins"] = counts.exact_bins
     overall["blocks"] = len(units)
-    return rows, overall, intervals, info
+    return rows, overall, intervals, info, (pp, yy)
 
 
 def _scores(prob, target) -> tuple[np.ndarray, np.ndarray]:
@@ -336,14 +336,10 @@ def evaluate_split(
         raise InputDataError(f"the split has no {which} blocks.", "choose another split or a smaller block size.")
     split_of = {b.id: label or which for b in blocks}
     probs = predict_blocks(predictor, x, blocks, context, window)
-    rows, overall, intervals, info = score_blocks(
+    rows, overall, intervals, info, (pooled_p, pooled_y) = score_blocks(
         probs, y, blocks, split_of, threshold, split.mask(which), n_boot, confidence, boot_seed
     )
     info.update({"context": context, "window": window, "buffer": split.buffer})
-    mask = split.mask(which)
-    keep = [(mask[b.r0:b.r1, b.c0:b.c1] & (y[b.r0:b.r1, b.c0:b.c1] != IGNORE)) for b in blocks]
-    pooled_p = np.concatenate([probs[b.id][k] for b, k in zip(blocks, keep)])
-    pooled_y = np.concatenate([y[b.r0:b.r1, b.c0:b.c1][k] for b, k in zip(blocks, keep)])
     curves = evaluation_curves(pooled_p, pooled_y, threshold, overall)
     return EvaluationReport(
         rows, overall, "", getattr(predictor, "checkpoint_sha256", None), label or which, threshold, intervals, info,
@@ -490,7 +486,7 @@ def lsi_threshold_baseline(data: TrainingData, lsi_channel: str = "lsi", n_boot:
     thr = _best_threshold(lsi, yv)
     test_blocks = data.split.blocks("test")
     probs = {b.id: lsi[b.r0 : b.r1, b.c0 : b.c1] for b in test_blocks}
-    _, overall, intervals, _ = score_blocks(
+    _, overall, intervals, _, _ = score_blocks(
         probs, data.y, test_blocks, {b.id: "test" for b in test_blocks}, thr, data.split.mask("test"), n_boot
     )
     return {**overall, "threshold": thr, "intervals": intervals}

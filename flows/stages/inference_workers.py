@@ -357,7 +357,6 @@ def zone_graph(jobs: Sequence[TileJob], predictor: Any, source: Any, counters: R
     from pipeline.predict.uncertainty import FlipEnsemble
 
     channels = tuple(predictor.channels)
-    predictor.check_channels(list(channels))
     ds = _open_inputs(lsi_path, channels, cube_path, cube_vars)
     model: Any = WorkerModel(predictor, source, counters,
                              inputs=[str(lsi_path)] + ([str(cube_path)] if cube_vars else []))

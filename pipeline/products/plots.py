@@ -61,8 +61,6 @@ ALERT_PLOT = "alert.png"
 PR_CURVE_PLOT = "pr_curve.png"
 RELIABILITY_PLOT = "reliability.png"
 TRAINING_CURVES_PLOT = "training_curves.png"
-#: Folder of a run's plots (``RUN/plots``).
-PLOTS_DIR = "plots"
 
 #: Colours and markers of the two kinds of rainfall event.
 _KIND_STYLE: dict[str, dict[str, Any]] = {
