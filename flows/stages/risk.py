@@ -120,107 +120,103 @@ def write_zone_risk(
     part of it); the devices the model ran on are added to ``devices`` and recorded in the
     group's ``inference_device`` attribute.
     """
-    if pool is None:
-        with task_pool() as own:
-            return write_zone_risk(
-                root, grid, lsi_path, predictor, rain=rain, mode=mode, thresholds=thresholds,
-                thresholds_source=thresholds_source, uncertainty=uncertainty, extra_attrs=extra_attrs,
-                cube_path=cube_path, tile=tile, batch_size=batch_size, overwrite=overwrite, on_event=on_event,
-                stats=stats, device=device, pool=own, source=source, devices=devices)
-    emit = on_event or _quiet
-    lsi_guard = GenerationGuard(lsi_path)  # checked after every tile: the LSI must not change under us
-    lsi_lazy = xr.open_zarr(lsi_path, decode_coords="all")
-    from_cube = check_model_channels(lsi_lazy, lsi_path, predictor, cube_path)
-    cube_source = GenerationGuard(cube_path) if from_cube and cube_path is not None else None
-    mode = check_hazard_mode(mode)
-    prov = RunProvenance.from_attrs(lsi_lazy.attrs)
-    if mode == "decoupled":
-        prov = prov.with_rain(rain) if rain is not None else prov
-    elif prov.rain is None:
-        raise StoreError(f"{lsi_path} holds a rain-free LSI, but --hazard paper needs the rain-scaled one.",
-                         "rerun the LSI stage with --hazard paper (it rebuilds the LSI store).")
-    rm = float(prov.rain.multiplier) if prov.rain is not None else 1.0
-    model = FlipEnsemble(predictor) if uncertainty else predictor
-    lsi_fp = lsi_lazy.attrs.get("slidewatch_fingerprint")
-    store = TileStore(root / grid.zone_name,
-                      risk_fingerprint(lsi_fp, model, thresholds, tile, __version__, rain=prov.rain, mode=mode))
-    if store.is_complete():  # same LSI store, checkpoint and settings: nothing to redo
-        emit("reused", {"zone": grid.zone_name, "path": str(store.path)})
-        return store.path, True
-    # the susceptibility does not depend on the rain: the key of everything but the hazard
-    sus_fp = risk_fingerprint(lsi_fp, model, thresholds, tile, __version__, rain=None, mode=mode)
-    previous = _same_susceptibility(store.path, sus_fp) if mode == "decoupled" else None
-    device = parse_device(device or getattr(predictor, "requested_device", None) or "auto")
-    seen: set[str] = set()
+    with contextlib.ExitStack() as stack:
+        if pool is None:  # the active distributed client, else a thread here
+            pool = stack.enter_context(task_pool())
+        emit = on_event or _quiet
+        lsi_guard = GenerationGuard(lsi_path)  # checked after every tile: the LSI must not change under us
+        lsi_lazy = xr.open_zarr(lsi_path, decode_coords="all")
+        from_cube = check_model_channels(lsi_lazy, lsi_path, predictor, cube_path)
+        cube_source = GenerationGuard(cube_path) if from_cube and cube_path is not None else None
+        mode = check_hazard_mode(mode)
+        prov = RunProvenance.from_attrs(lsi_lazy.attrs)
+        if mode == "decoupled":
+            prov = prov.with_rain(rain) if rain is not None else prov
+        elif prov.rain is None:
+            raise StoreError(f"{lsi_path} holds a rain-free LSI, but --hazard paper needs the rain-scaled one.",
+                             "rerun the LSI stage with --hazard paper (it rebuilds the LSI store).")
+        rm = float(prov.rain.multiplier) if prov.rain is not None else 1.0
+        model = FlipEnsemble(predictor) if uncertainty else predictor
+        lsi_fp = lsi_lazy.attrs.get("slidewatch_fingerprint")
+        store = TileStore(root / grid.zone_name,
+                          risk_fingerprint(lsi_fp, model, thresholds, tile, __version__, rain=prov.rain, mode=mode))
+        if store.is_complete():  # same LSI store, checkpoint and settings: nothing to redo
+            emit("reused", {"zone": grid.zone_name, "path": str(store.path)})
+            return store.path, True
+        # the susceptibility does not depend on the rain: the key of everything but the hazard
+        sus_fp = risk_fingerprint(lsi_fp, model, thresholds, tile, __version__, rain=None, mode=mode)
+        previous = _same_susceptibility(store.path, sus_fp) if mode == "decoupled" else None
+        device = parse_device(device or getattr(predictor, "requested_device", None) or "auto")
+        seen: set[str] = set()
 
-    def verify() -> None:
-        lsi_guard.check()
-        if cube_source is not None:
-            cube_source.check()
+        def verify() -> None:
+            lsi_guard.check()
+            if cube_source is not None:
+                cube_source.check()
 
-    store.acquire()
-    try:
-        attrs = risk_zone_attrs(prov, grid.zone_name, grid.epsg, str(lsi_path), model, thresholds, __version__,
-                                mode=mode, thresholds_source=thresholds_source)
-        attrs.update(extra_attrs or {})
-        attrs["susceptibility_fingerprint"] = sus_fp
-        # derived: a group made from other inputs is replaced
-        store.prepare(template(grid, RISK_VARIABLES, risk_attrs(thresholds, mode)), attrs, overwrite=True)
-        tiles = grid.tiles(CHUNKS_PER_TILE)
-        done = store.done()
-        emit("tiles", {"zone": f"{grid.zone_name} risk", "stage": "risk", "total": len(tiles), "done": len(done)})
-        by_window = {(t.row0, t.row1, t.col0, t.col1): t for t in tiles}
-        for t in tiles:
-            if t.key in done:
-                emit("tile", {"zone": f"{grid.zone_name} risk", "tile": t.key, "skipped": True})
-        pending = [(slice(t.row0, t.row1), slice(t.col0, t.col1)) for t in tiles if t.key not in done]
-        if previous is not None:  # only the rain changed: the hazard from the stored susceptibility
-            emit("note", {"text": f"{grid.zone_name}: same inputs, model and settings, other rain: the hazard is "
-                                  "recomputed from the stored susceptibility (no model run)"})
-            _rehazard(store, previous, by_window, pending, thresholds, rm, mode, uncertainty, verify, grid.zone_name,
-                      emit)
-            pending = []
-            seen.update(_recorded_devices(previous.path))  # its susceptibility is the one kept
-        run = uuid.uuid4().hex[:12]
-        jobs = [TileJob(grid.zone_name, by_window[(sy.start, sy.stop, sx.start, sx.stop)], str(lsi_path),
-                        str(store.partial), (float(thresholds[0]), float(thresholds[1])), rm, mode, uncertainty, run)
-                for sy, sx in pending]
-        if jobs:
-            resources, _ = inference_resources(pool, device)
-            if source is None:
-                source = _model_source(pool, predictor, device, batch_size)
-            step = grid.chunk * CHUNKS_PER_TILE  # the write tiles: the graph's output chunks
+        store.acquire()
+        try:
+            attrs = risk_zone_attrs(prov, grid.zone_name, grid.epsg, str(lsi_path), model, thresholds, __version__,
+                                    mode=mode, thresholds_source=thresholds_source)
+            attrs.update(extra_attrs or {})
+            attrs["susceptibility_fingerprint"] = sus_fp
+            # derived: a group made from other inputs is replaced
+            store.prepare(template(grid, RISK_VARIABLES, risk_attrs(thresholds, mode)), attrs, overwrite=True)
+            tiles = grid.tiles(CHUNKS_PER_TILE)
+            done = store.done()
+            emit("tiles", {"zone": f"{grid.zone_name} risk", "stage": "risk", "total": len(tiles), "done": len(done)})
+            by_window = {(t.row0, t.row1, t.col0, t.col1): t for t in tiles}
+            for t in tiles:
+                if t.key in done:
+                    emit("tile", {"zone": f"{grid.zone_name} risk", "tile": t.key, "skipped": True})
+            pending = [(slice(t.row0, t.row1), slice(t.col0, t.col1)) for t in tiles if t.key not in done]
+            if previous is not None:  # only the rain changed: the hazard from the stored susceptibility
+                emit("note", {"text": f"{grid.zone_name}: same inputs, model and settings, other rain: the hazard is "
+                                      "recomputed from the stored susceptibility (no model run)"})
+                _rehazard(store, previous, by_window, pending, thresholds, rm, mode, uncertainty, verify, grid.zone_name,
+                          emit)
+                pending = []
+                seen.update(_recorded_devices(previous.path))  # its susceptibility is the one kept
+            run = uuid.uuid4().hex[:12]
+            jobs = [TileJob(grid.zone_name, by_window[(sy.start, sy.stop, sx.start, sx.stop)], str(lsi_path),
+                            str(store.partial), (float(thresholds[0]), float(thresholds[1])), rm, mode, uncertainty, run)
+                    for sy, sx in pending]
+            if jobs:
+                resources, _ = inference_resources(pool, device)
+                if source is None:
+                    source = _model_source(pool, predictor, device, batch_size)
+                step = grid.chunk * CHUNKS_PER_TILE  # the write tiles: the graph's output chunks
 
-            def finished(outcome: TileOutcome) -> None:
-                store.record([outcome.key], verify=verify)
-                emit("tile", {"zone": f"{grid.zone_name} risk", "tile": outcome.key, "skipped": False})
+                def finished(outcome: TileOutcome) -> None:
+                    store.record([outcome.key], verify=verify)
+                    emit("tile", {"zone": f"{grid.zone_name} risk", "tile": outcome.key, "skipped": False})
 
-            try:
-                writes = zone_graph(jobs, predictor, source, run_counters(run), lsi_path=lsi_path,
-                                    tile_shape=(step, step), tile=tile, batch_size=batch_size,
-                                    uncertainty=uncertainty, cube_path=cube_path if from_cube else None,
-                                    cube_vars=tuple(from_cube), resources=resources)
-                run_writes(pool, writes, finished, run=run, check=verify)
-            except BaseException:
-                with contextlib.suppress(Exception):  # drop the run's counters in every process
-                    collect_counters(pool, run)
-                raise
-            counts, ran_on = collect_counters(pool, run)
-            if stats is not None:
-                stats.add(**counts.as_dict())
-            for label in sorted(ran_on - seen):
-                announced = label in (devices or ())  # once per run, not per zone
-                seen.add(label)
-                if device == "auto" and label.startswith("cpu") and not announced:
-                    emit("note", {"text": "no CUDA GPU where the model runs: inference on the CPU in float32 "
-                                          f"(--device auto; recorded as {DEVICE_ATTR})"})
-        if devices is not None:
-            devices.update(seen)
-        path = store.finalize({DEVICE_ATTR: ", ".join(sorted(seen))} if seen else None)
-    finally:
-        store.release()
-    emit("written", {"zone": f"{grid.zone_name} risk", "stage": "risk", "path": str(path)})
-    return path, False
+                try:
+                    writes = zone_graph(jobs, predictor, source, run_counters(run), lsi_path=lsi_path,
+                                        tile_shape=(step, step), tile=tile, batch_size=batch_size,
+                                        uncertainty=uncertainty, cube_path=cube_path if from_cube else None,
+                                        cube_vars=tuple(from_cube), resources=resources)
+                    run_writes(pool, writes, finished, run=run, check=verify)
+                except BaseException:
+                    with contextlib.suppress(Exception):  # drop the run's counters in every process
+                        collect_counters(pool, run)
+                    raise
+                counts, ran_on = collect_counters(pool, run)
+                if stats is not None:
+                    stats.add(**counts.as_dict())
+                for label in sorted(ran_on - seen):
+                    announced = label in (devices or ())  # once per run, not per zone
+                    seen.add(label)
+                    if device == "auto" and label.startswith("cpu") and not announced:
+                        emit("note", {"text": "no CUDA GPU where the model runs: inference on the CPU in float32 "
+                                              f"(--device auto; recorded as {DEVICE_ATTR})"})
+            if devices is not None:
+                devices.update(seen)
+            path = store.finalize({DEVICE_ATTR: ", ".join(sorted(seen))} if seen else None)
+        finally:
+            store.release()
+        emit("written", {"zone": f"{grid.zone_name} risk", "stage": "risk", "path": str(path)})
+        return path, False
 
 
 def _same_susceptibility(path: Path, sus_fp: str) -> GenerationGuard | None:

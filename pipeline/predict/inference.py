@@ -177,17 +177,21 @@ class TilePlan:
         return axis_weights(length, self.tile, self.overlap, self.margin,
                             origin > 0, origin + self.tile < n)
 
+    def _spans(self, origins: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """Global ``[start, stop)`` where the tiles at ``origins`` have a positive weight."""
+        start = origins + np.where(origins > 0, self.margin, 0)
+        stop = np.where(origins + self.tile < n, origins + self.tile - self.margin, n)
+        return start, stop
+
     def nonzero_span(self, origin: int, n: int) -> tuple[int, int]:
         """Global ``[start, stop)`` where the tile at ``origin`` has a positive weight."""
-        start = origin + (self.margin if origin > 0 else 0)
-        stop = origin + self.tile - self.margin if origin + self.tile < n else n
+        start, stop = self._spans(np.asarray(origin), n)
         return int(start), int(stop)
 
     def tiles_for(self, n: int, lo: int, hi: int) -> list[int]:
         """Origins of the tiles with a positive weight somewhere in ``[lo, hi)``."""
         o = self.origins(n)
-        start = o + np.where(o > 0, self.margin, 0)
-        stop = np.where(o + self.tile < n, o + self.tile - self.margin, n)
+        start, stop = self._spans(o, n)
         return [int(v) for v in o[(start < hi) & (stop > lo)]]
 
 
