@@ -43,6 +43,7 @@ from models.data import (
 from models.metrics import (
     SIZE_CLASSES,
     block_bootstrap,
+    pr_steps,
     recall_by_size,
     segmentation_metrics,
     unit_counts,
@@ -261,13 +262,11 @@ def pr_curve(prob, target, max_points: int = PR_CURVE_POINTS) -> dict:
     n_pos = int(np.count_nonzero(t))
     if n_pos == 0:
         return {"precision": [], "recall": [], "thresholds": [], "points": 0, "thinned": False}
-    order = np.argsort(-s, kind="mergesort")
-    s, t = s[order], t[order]
-    last = np.r_[np.nonzero(np.diff(s))[0], s.size - 1]  # the last pixel of each distinct score
-    tp = np.cumsum(t)[last].astype(np.float64)
-    precision = np.r_[(tp / (last + 1))[::-1], 1.0]
+    tp, ranked, at = pr_steps(s, t)
+    tp = tp.astype(np.float64)
+    precision = np.r_[(tp / ranked)[::-1], 1.0]
     recall = np.r_[(tp / n_pos)[::-1], 0.0]
-    thresholds = s[last][::-1]
+    thresholds = at[::-1]
     n = precision.size
     thinned = n > max_points
     if thinned:

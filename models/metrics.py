@@ -35,6 +35,7 @@ __all__ = [
     "dice",
     "iou",
     "metrics_from_confusion",
+    "pr_steps",
     "precision",
     "recall",
     "recall_by_size",
@@ -144,13 +145,20 @@ def average_precision(prob, target, valid=None) -> float:
     n_pos = int(np.count_nonzero(t))
     if n_pos == 0:
         return float("nan")
-    order = np.argsort(-s, kind="mergesort")
-    s, t = s[order], t[order]
-    last = np.r_[np.nonzero(np.diff(s))[0], s.size - 1]  # last pixel of each distinct score
-    tp = np.cumsum(t)[last]
-    fp = (last + 1) - tp
+    tp, ranked, _ = pr_steps(s, t)
     rec = tp / n_pos
-    return float(np.sum(np.diff(np.r_[0.0, rec]) * tp / (tp + fp)))
+    return float(np.sum(np.diff(np.r_[0.0, rec]) * tp / ranked))
+
+
+def pr_steps(score: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The steps of a precision-recall curve over finite scores ``score`` and boolean labels
+    ``truth`` (flat): at each distinct score, highest first (tied pixels form one step), the
+    true positives and the pixels scored at or above it, and that score. Precision is
+    ``tp / ranked``, recall ``tp / truth.sum()``."""
+    order = np.argsort(-score, kind="mergesort")
+    s, t = score[order], truth[order]
+    last = np.r_[np.nonzero(np.diff(s))[0], s.size - 1]  # last pixel of each distinct score
+    return np.cumsum(t)[last], last + 1, s[last]
 
 
 def recall_by_size(
