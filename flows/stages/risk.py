@@ -165,22 +165,21 @@ def write_zone_risk(
             tiles = grid.tiles(CHUNKS_PER_TILE)
             done = store.done()
             emit("tiles", {"zone": f"{grid.zone_name} risk", "stage": "risk", "total": len(tiles), "done": len(done)})
-            by_window = {(t.row0, t.row1, t.col0, t.col1): t for t in tiles}
             for t in tiles:
                 if t.key in done:
                     emit("tile", {"zone": f"{grid.zone_name} risk", "tile": t.key, "skipped": True})
-            pending = [(slice(t.row0, t.row1), slice(t.col0, t.col1)) for t in tiles if t.key not in done]
+            pending = [t for t in tiles if t.key not in done]
             if previous is not None:  # only the rain changed: the hazard from the stored susceptibility
                 emit("note", {"text": f"{grid.zone_name}: same inputs, model and settings, other rain: the hazard is "
                                       "recomputed from the stored susceptibility (no model run)"})
-                _rehazard(store, previous, by_window, pending, thresholds, rm, mode, uncertainty, verify, grid.zone_name,
+                _rehazard(store, previous, pending, thresholds, rm, mode, uncertainty, verify, grid.zone_name,
                           emit)
                 pending = []
                 seen.update(_recorded_devices(previous.path))  # its susceptibility is the one kept
             run = uuid.uuid4().hex[:12]
-            jobs = [TileJob(grid.zone_name, by_window[(sy.start, sy.stop, sx.start, sx.stop)], str(lsi_path),
-                            str(store.partial), (float(thresholds[0]), float(thresholds[1])), rm, mode, uncertainty, run)
-                    for sy, sx in pending]
+            jobs = [TileJob(grid.zone_name, t, str(lsi_path), str(store.partial),
+                            (float(thresholds[0]), float(thresholds[1])), rm, mode, uncertainty, run)
+                    for t in pending]
             if jobs:
                 resources, _ = inference_resources(pool, device)
                 if source is None:
@@ -251,7 +250,7 @@ def _model_source(pool: TaskPool, predictor: PredictorLike, device: str, batch_s
     return ref if ref is not None else predictor
 
 
-def _rehazard(store: TileStore, previous: GenerationGuard, by_window: dict, pending: list, thresholds: tuple,
+def _rehazard(store: TileStore, previous: GenerationGuard, pending: list[Tile], thresholds: tuple,
               rm: float, mode: str, uncertainty: bool, verify: Callable[[], None], zone: str, emit: Event) -> None:
     """Write the pending tiles from the previous group's susceptibility with this rain's hazard."""
     old = xr.open_zarr(previous.path, chunks=None, decode_coords="all", consolidated=False)
@@ -260,9 +259,8 @@ def _rehazard(store: TileStore, previous: GenerationGuard, by_window: dict, pend
         verify()
         previous.check()
 
-    for sy, sx in pending:
-        t: Tile = by_window[(sy.start, sy.stop, sx.start, sx.stop)]
-        sub = old.isel(y=sy, x=sx)
+    for t in pending:
+        sub = old.isel(y=slice(t.row0, t.row1), x=slice(t.col0, t.col1))
         arrays = risk_tile(np.asarray(sub["susceptibility"].values), np.asarray(sub["lsi"].values),
                            np.asarray(sub["quality"].values), thresholds, rain_multiplier=rm, mode=mode,
                            uncertainty=np.asarray(sub["uncertainty"].values) if uncertainty else None)
